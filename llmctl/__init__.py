@@ -1,0 +1,3 @@
+"""llmctl: one workstation, a private OpenAI-compatible model server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,360 @@
+"""The command line: each command parses, calls one core function, renders the result.
+
+The only typer importer. Heavy modules (the daemon, the proxy, vLLM, torch,
+huggingface_hub) are imported inside the commands that need them, so
+`llmctl --help` and `llmctl status` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import __version__
+from . import config as cfgmod
+from .errors import ConfigError, LlmctlError, UsageError
+
+app = typer.Typer(help="A private, OpenAI-compatible model server on one workstation.",
+                  no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+config_app = typer.Typer(help="Write, show and read the config file.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="Config file (default: $LLMCTL_CONFIG, else the user config).",
+    show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print data as JSON on stdout.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False
+          ) -> None:
+    pass
+
+
+def _load(path: Path | None) -> cfgmod.Config:
+    from .gpu import detect_device
+
+    return cfgmod.load(path, device=detect_device)
+
+
+def _ui():
+    from . import ui
+
+    return ui
+
+
+# ── config ───────────────────────────────────────────────────────────────────
+
+
+@config_app.command("init")
+def config_init(
+    path: ConfigOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Write a starter config with a freshly generated API key (file mode 0600)."""
+    from .gpu import detect_device
+
+    target = path or cfgmod.config_path()
+    cfgmod.init(target, detect_device(), force=force)
+    _ui().ok(f"wrote {target} with a new API key (`llmctl config key` prints it)")
+
+
+@config_app.command("show")
+def config_show(path: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the effective config (file, defaults and environment), keys masked."""
+    cfg = _load(path)
+    if as_json:
+        import dataclasses
+
+        d = dataclasses.asdict(cfg)
+        d["path"] = str(cfg.path) if cfg.path else None
+        d["proxy"]["api_keys"] = [cfgmod.mask(k) for k in cfg.proxy.api_keys]
+        _ui().data(d)
+        return
+    _ui().note(f"# from {cfg.path or 'built-in defaults (no config file)'}")
+    _ui().text(cfgmod.to_toml(cfg))
+
+
+@config_app.command("key")
+def config_key(path: ConfigOpt = None) -> None:
+    """Print the first API key, for scripts: `export OPENAI_API_KEY=$(llmctl config key)`."""
+    cfg = _load(path)
+    if not cfg.proxy.api_keys:
+        raise ConfigError("no API key is configured", "run `llmctl config init`")
+    _ui().text(cfg.proxy.api_keys[0])
+
+
+# ── models ───────────────────────────────────────────────────────────────────
+
+
+@app.command()
+def pull(
+    models: Annotated[list[str] | None, typer.Argument(
+        help="Hub repo ids or configured model names; default: every configured model.",
+        show_default=False)] = None,
+    path: ConfigOpt = None,
+) -> None:
+    """Download (or prepare) model weights into the store."""
+    from . import hub
+    from .engine import python_for
+
+    cfg = _load(path)
+    ui = _ui()
+    sources = _sources(cfg, models)
+    for source in sources:
+        folder = hub.pull(source, python=python_for(cfg), say=ui.say)
+        ui.ok(f"{source} → {folder}")
+
+
+def _sources(cfg: cfgmod.Config, wanted: list[str] | None) -> list[str]:
+    if not wanted:
+        return list(dict.fromkeys(m.source for m in cfg.models if m.managed))
+    out = []
+    for w in wanted:
+        match = [m for m in cfg.models if w in m.names and m.managed]
+        out.append(match[0].source if match else w)
+    return list(dict.fromkeys(out))
+
+
+@app.command()
+def plan(path: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the memory split `up` would use, with the arithmetic."""
+    from . import gpu, hub
+    from . import plan as planmod
+
+    cfg = _load(path)
+    readings = gpu.read()
+    facts = {}
+    for m in cfg.models:
+        if m.managed:
+            folder = hub.resolve(m.source)
+            facts[m.key] = hub.facts(folder) if folder else None
+    plans = planmod.plan(cfg, readings, facts)
+    if as_json:
+        import dataclasses
+
+        _ui().data({k: dataclasses.asdict(p) for k, p in plans.items()})
+        return
+    for k, p in plans.items():
+        knob = (f"--gpu-memory-utilization {p.gpu_memory_utilization:.2f}" if p.device == "cuda"
+                else f"VLLM_CPU_KVCACHE_SPACE={p.kv_cache_gib} VLLM_CPU_OMP_THREADS_BIND={p.cores_spec}")
+        _ui().text(f"{k}: {knob}")
+        for line in p.why:
+            _ui().text(f"    {line}")
+
+
+# ── the stack ────────────────────────────────────────────────────────────────
+
+
+@app.command()
+def up(
+    path: ConfigOpt = None,
+    foreground: Annotated[bool, typer.Option(
+        "--foreground", help="Run the daemon in this terminal (for systemd); Ctrl-C stops it.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every backend.")] = 900.0,
+) -> None:
+    """Start the stack: pull what is missing, start the daemon, wait until the models are ready."""
+    from . import hub, stack
+    from .engine import python_for
+
+    ui = _ui()
+    from . import state
+
+    if state.daemon_alive():
+        st = state.read_stack() or {}
+        ui.ok(f"already up: proxy at {st.get('proxy_url', '?')} (`llmctl status` for details)")
+        return
+    for line in stack.clean_leftovers():
+        ui.note(line)
+    cfg = _load(path)
+    if cfg.path is None and path is None:
+        # First run: write the starter file so the key survives restarts and can be read back.
+        from .gpu import detect_device
+
+        target = cfgmod.config_path()
+        cfgmod.init(target, detect_device())
+        ui.ok(f"wrote a starter config with a new API key to {target}")
+        cfg = _load(target)
+    for m in cfg.models:
+        if m.managed and hub.resolve(m.source) is None:
+            hub.pull(m.source, python=python_for(cfg), say=ui.say)
+    stack.check_ports(cfg)
+    if foreground:
+        from .daemon import run
+
+        raise typer.Exit(run(cfg.path))
+
+    proc = stack.start_daemon(cfg)
+    t0 = time.monotonic()
+    ui.say(f"starting {len(cfg.models)} backend(s); daemon pid {proc.pid}, logs in "
+           f"{cfgmod.logs_dir()}")
+
+    def show(st: dict[str, Any]) -> None:
+        for key, b in st["backends"].items():
+            extra = f" — {b['reason']}" if b.get("reason") else ""
+            ui.note(f"[{time.monotonic() - t0:5.0f}s] {key:<10} {b['state']}{extra}")
+
+    try:
+        result = stack.wait_ready(proc, timeout, show)
+    except KeyboardInterrupt:
+        ui.say("interrupted: stopping the stack")
+        stack.down(timeout=60)
+        raise typer.Exit(130) from None
+    elapsed = time.monotonic() - t0
+    if result.message and not result.stack.get("backends"):
+        tail = _tail(cfgmod.logs_dir() / "daemon.log")
+        raise LlmctlError(f"the daemon failed: {result.message}",
+                          "daemon log:\n  " + "\n  ".join(tail) if tail else None)
+    for key in result.failed:
+        b = result.stack["backends"][key]
+        ui.fail(f"{key} failed: {b.get('reason') or b.get('last_exit')}")
+        for line in _tail(Path(b["log"])) if b.get("log") else []:
+            ui.note("  " + line)
+    if not result.ok:
+        msg = result.message or f"{len(result.failed)} backend(s) failed"
+        raise LlmctlError(msg, "the proxy keeps serving the ready models; `llmctl logs NAME` "
+                          "shows a backend's log, `llmctl down` stops everything")
+    names = ", ".join(b["name"] for b in result.stack["backends"].values())
+    ui.ok(f"ready in {elapsed:.0f} s: {cfg.proxy_url}/v1  (models: {names})")
+    ui.say(f"  try:  echo 'Write a haiku about GPUs' | llmctl chat\n"
+           f"        curl {cfg.proxy_url}/v1/chat/completions -H \"Authorization: Bearer "
+           f"$(llmctl config key)\" -H 'Content-Type: application/json' -d '{{\"model\": "
+           f"\"{cfg.models[0].name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'")
+
+
+def _tail(p: Path, n: int = 15) -> list[str]:
+    from .supervisor import log_tail
+
+    return log_tail(p, n)
+
+
+@app.command()
+def down(timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for the daemon's own shutdown before killing.")] = 60.0) -> None:
+    """Stop the proxy and every backend; return when no process and no port is left."""
+    from . import stack
+
+    done = stack.down(timeout)
+    ui = _ui()
+    if not done:
+        ui.ok("nothing was running")
+    for line in done:
+        ui.ok(line)
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Daemon, proxy and each backend: state, pid, port, uptime, restarts, memory."""
+    from . import stack
+
+    st = stack.read_status().as_dict()
+    if as_json:
+        _ui().data(st)
+    else:
+        _ui().status_table(st)
+
+
+@app.command()
+def logs(
+    name: Annotated[str | None, typer.Argument(help="Model key (coder, general…); default: daemon.",
+                                               show_default=False)] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines to show.")] = 50,
+) -> None:
+    """Print the daemon's or a backend's log."""
+    p = cfgmod.logs_dir() / f"{name or 'daemon'}.log"
+    if not p.exists():
+        known = sorted(x.stem for x in cfgmod.logs_dir().glob("*.log"))
+        raise UsageError(f"no log named {name or 'daemon'} in {cfgmod.logs_dir()}",
+                         f"known: {', '.join(known)}" if known else "start the stack with `llmctl up`")
+    for line in _tail(p, lines):
+        print(line)
+    if follow:
+        with open(p, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            try:
+                while True:
+                    chunk = f.readline()
+                    if chunk:
+                        sys.stdout.write(chunk.decode("utf-8", "replace"))
+                        sys.stdout.flush()
+                    else:
+                        time.sleep(0.25)
+            except KeyboardInterrupt:
+                return
+
+
+@app.command()
+def chat(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or alias.",
+                                              show_default=False)] = None,
+    url: Annotated[str | None, typer.Option(help="Base URL of an OpenAI-compatible server.",
+                                            show_default=False)] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="LLMCTL_API_KEY", help="Bearer key (default: the configured one).",
+        show_default=False)] = None,
+    system: Annotated[str | None, typer.Option(help="A system prompt.", show_default=False)] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Limit each answer.",
+                                                   show_default=False)] = None,
+    path: ConfigOpt = None,
+) -> None:
+    """Chat in the terminal, streaming. From a pipe: one question in, one answer out."""
+    from . import chat as chatmod
+    from . import state
+    from .client import Client
+
+    cfg = _load(path)
+    running = state.read_stack() if state.daemon_alive() else None
+    base = url or (running or {}).get("proxy_url") or cfg.proxy_url
+    key = api_key or (cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None)
+    if model is None:
+        pick = [m for m in cfg.models if m.key == "general"] or list(cfg.models)
+        model = pick[0].name if pick else None
+    if not model:
+        raise UsageError("no model to chat with", "pass --model NAME")
+    params: dict[str, Any] = {}
+    if max_tokens is not None:
+        params["max_tokens"] = max_tokens
+    client = Client(base, key)
+    try:
+        if not sys.stdin.isatty():
+            question = sys.stdin.read().strip()
+            if not question:
+                raise UsageError("nothing to ask: stdin was empty",
+                                 "echo 'your question' | llmctl chat")
+            chatmod.one_shot(client, model, question, sys.stdout, system, **params)
+        else:
+            _ui().note(f"chatting with {model} at {base} — /reset forgets, /exit or Ctrl-D leaves")
+            chatmod.repl(client, model, input, sys.stdout, system, **params)
+    finally:
+        client.close()
+
+
+def main() -> None:
+    try:
+        app()
+    except LlmctlError as e:
+        _ui().fail(e.message, e.hint)
+        if os.environ.get("LLMCTL_DEBUG") == "1":
+            raise
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

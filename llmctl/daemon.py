@@ -1,0 +1,164 @@
+"""The daemon: one event loop running the supervisor and the proxy; signals; drain.
+
+May import: config, engine, gpu, hub, plan, proxy, state, supervisor.
+Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached,
+with its output in logs/daemon.log) or in the foreground by `llmctl up --foreground`.
+
+Order: take the lock, plan, bind the proxy (so /health and /ready answer at
+once), start backends one by one, serve. SIGTERM or SIGINT: the proxy stops
+accepting and drains in-flight requests, then every backend group is stopped.
+stack.json reports every state change; it is removed on a clean exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import config as cfgmod
+from . import engine, gpu, hub, plan, state
+from .errors import LlmctlError
+from .supervisor import Backend, Supervisor
+
+log = logging.getLogger("llmctl.daemon")
+
+DRAIN_SECONDS = 10.0
+
+
+def build_backends(cfg: cfgmod.Config, on_change) -> tuple[list[Backend], str]:
+    readings = gpu.read()
+    device = cfg.engine.device if cfg.engine.device != "auto" else readings.device
+    folders = {m.key: hub.resolve(m.source) for m in cfg.models if m.managed}
+    facts = {k: hub.facts(p) if p else None for k, p in folders.items()}
+    plans = plan.plan(cfg, readings, facts, device=device)
+    backends = []
+    for m in cfg.models:
+        if not m.managed:
+            backends.append(Backend(m, None, None, on_change=on_change))
+            continue
+        p = plans[m.key]
+        folder = folders[m.key]
+        cmd = engine.command(cfg, m, p, str(folder or m.source))
+        b = Backend(m, cmd, cfgmod.logs_dir() / f"{m.key}.log", planned_bytes=p.planned_bytes,
+                    on_change=on_change)
+        if folder is None:
+            b.state = "FATAL"
+            b.reason = f"{m.source} is not pulled; run `llmctl pull`"
+        backends.append(b)
+    return backends, device
+
+
+class Daemon:
+    def __init__(self, cfg: cfgmod.Config) -> None:
+        self.cfg = cfg
+        self.started_at = time.time()
+        self.backends: list[Backend] = []
+        self.device = "?"
+        self.error: str | None = None
+
+    def report(self) -> None:
+        state.write_stack({
+            "pid": os.getpid(), "started_at": self.started_at, "device": self.device,
+            "proxy_url": self.cfg.proxy_url,
+            "config_path": str(self.cfg.path) if self.cfg.path else None,
+            "log": str(cfgmod.logs_dir() / "daemon.log"), "error": self.error,
+            "backends": {b.key: b.snapshot() for b in self.backends},
+        })
+
+    async def serve(self) -> int:
+        import uvicorn
+
+        from .proxy import create_app
+
+        self.backends, self.device = build_backends(self.cfg, self.report)
+        host, port = self.cfg.proxy.host, self.cfg.proxy.port
+        if not state.port_free(port, host if host not in ("", "::") else "0.0.0.0"):
+            self.error = f"proxy port {port} is in use by another process"
+            self.report()
+            log.error(self.error)
+            return 1
+        self.report()
+        app = create_app(self.backends, self.cfg.proxy)
+        server = uvicorn.Server(uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False,
+            lifespan="off", timeout_graceful_shutdown=int(DRAIN_SECONDS)))
+        supervisor = Supervisor(self.backends)
+
+        async def start_backends() -> None:
+            # Wait until the proxy listens, so `up` can watch /ready from the start.
+            while not server.started and not server.should_exit:
+                await asyncio.sleep(0.05)
+            await supervisor.run()
+
+        # uvicorn turns SIGINT/SIGTERM into "stop accepting, drain, return", then raises the
+        # signal again with the handler it found: make that one harmless, or the default
+        # action would kill the daemon before it stops the backends.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: None)
+        starter = asyncio.create_task(start_backends())
+        log.info("proxy on %s; device %s", self.cfg.proxy_url, self.device)
+        try:
+            # uvicorn handles SIGINT/SIGTERM: stop accepting, drain, return.
+            await server.serve()
+        except SystemExit:  # uvicorn exits this way when it cannot bind
+            self.error = f"the proxy could not listen on {host}:{port}"
+        finally:
+            log.info("stopping backends")
+            starter.cancel()
+            await asyncio.gather(starter, return_exceptions=True)
+            await supervisor.stop()
+            await app.state.proxy.client.aclose()
+        return 1 if self.error else 0
+
+
+def _loop_factory():
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop
+    except ImportError:
+        return asyncio.new_event_loop
+
+
+def run(config_path: Path | None) -> int:
+    logging.basicConfig(level=os.environ.get("LLMCTL_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # One line per health check would drown the request log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    lock = state.DaemonLock()
+    if not lock.acquire():
+        log.error("another llmctl daemon holds %s", state.path(state.LOCK))
+        return 3
+    clean = False
+    try:
+        cfg = cfgmod.load(config_path, device=gpu.detect_device)
+        d = Daemon(cfg)
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            rc = runner.run(d.serve())
+        clean = rc == 0
+        return rc
+    except LlmctlError as e:
+        log.error("%s", e.message)
+        state.write_stack({"pid": os.getpid(), "error": e.message, "backends": {}})
+        return 1
+    finally:
+        if clean:
+            state.clear_stack()
+        lock.release()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m llmctl.daemon")
+    ap.add_argument("--config", type=Path, default=None)
+    args = ap.parse_args(argv)
+    sys.exit(run(args.config))
+
+
+if __name__ == "__main__":
+    main()

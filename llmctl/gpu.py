@@ -1,0 +1,78 @@
+"""Readings of the machine: NVML for GPUs (the only pynvml importer), psutil for RAM and cores.
+
+May import: nothing of the package. Returns frozen dataclasses; never prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class Readings:
+    gpus: tuple[Gpu, ...]
+    ram_total_bytes: int
+    ram_available_bytes: int
+    cores: tuple[int, ...]  # the CPU ids this process may run on
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus else "cpu"
+
+
+def read_gpus(nvml: Any = None) -> tuple[Gpu, ...]:
+    """Every GPU NVML sees; () when there is no driver, no library or no GPU."""
+    if nvml is None:
+        try:
+            import pynvml as nvml  # nvidia-ml-py
+        except ImportError:
+            return ()
+    try:
+        nvml.nvmlInit()
+    except Exception:  # NVMLError_LibraryNotFound, DriverNotLoaded, …
+        return ()
+    try:
+        out = []
+        for i in range(nvml.nvmlDeviceGetCount()):
+            h = nvml.nvmlDeviceGetHandleByIndex(i)
+            mem = nvml.nvmlDeviceGetMemoryInfo(h)
+            name = nvml.nvmlDeviceGetName(h)
+            if isinstance(name, bytes):
+                name = name.decode()
+            out.append(Gpu(i, name, int(mem.total), int(mem.free)))
+        return tuple(out)
+    except Exception:
+        return ()
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def read(nvml: Any = None) -> Readings:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    try:
+        cores = tuple(sorted(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        cores = tuple(range(os.cpu_count() or 1))
+    return Readings(read_gpus(nvml), int(vm.total), int(vm.available), cores)
+
+
+def detect_device() -> str:
+    """'cuda' when NVML sees a GPU, else 'cpu'."""
+    return "cuda" if read_gpus() else "cpu"

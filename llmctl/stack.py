@@ -1,0 +1,230 @@
+"""The stack as the CLI sees it: start the daemon and wait, read its state, stop it, clean up.
+
+May import: config, errors, state, supervisor (log_tail only). Never imports the
+daemon, the proxy or vLLM: `status` and `down` must stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import config as cfgmod
+from . import state
+from .errors import StackError
+
+FINAL = {"RUNNING", "FATAL"}
+
+
+def port_holder(port: int) -> str | None:
+    """'pid 123 (python)' for the process listening on `port`, when it can be found."""
+    try:
+        import psutil
+
+        for c in psutil.net_connections(kind="inet"):
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+                try:
+                    name = psutil.Process(c.pid).name()
+                except psutil.Error:
+                    name = "?"
+                return f"pid {c.pid} ({name})"
+    except Exception:
+        return None
+    return None
+
+
+def check_ports(cfg: cfgmod.Config) -> None:
+    wanted = [("proxy", cfg.proxy.port)] + [(f"model {m.key}", m.port) for m in cfg.models
+                                             if m.managed]
+    for what, port in wanted:
+        if not state.port_free(port):
+            holder = port_holder(port)
+            raise StackError(f"port {port} ({what}) is in use"
+                             + (f" by {holder}" if holder else ""),
+                             "stop that process, or change the port in the config")
+
+
+def group_rss(pgid: int | None) -> int | None:
+    if not pgid:
+        return None
+    try:
+        import psutil
+    except ImportError:
+        return None
+    total = 0
+    for pid in state.group_pids(pgid):
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+@dataclass
+class Status:
+    running: bool  # a daemon holds the lock
+    stack: dict[str, Any] | None  # its report, or what a dead one left
+    leftovers: list[int] = field(default_factory=list)  # process groups alive without a daemon
+
+    def as_dict(self) -> dict[str, Any]:
+        s = self.stack or {}
+        backends = {}
+        now = time.time()
+        for key, b in (s.get("backends") or {}).items():
+            pgid = b.get("pgid")
+            alive = bool(pgid) and bool(state.group_pids(pgid))
+            backends[key] = {
+                **b,
+                "alive": alive,
+                "uptime_s": round(now - b["ready_at"], 1) if b.get("ready_at") and alive else None,
+                "rss_bytes": group_rss(pgid) if alive else None,
+            }
+            if not self.running:
+                backends[key]["state"] = "STOPPED" if not alive else "ORPHANED"
+        return {
+            "daemon": {"running": self.running, "pid": s.get("pid") if self.running else None,
+                       "uptime_s": round(now - s["started_at"], 1)
+                       if self.running and s.get("started_at") else None,
+                       "error": s.get("error"), "log": s.get("log")},
+            "proxy_url": s.get("proxy_url") if self.running else None,
+            "device": s.get("device"),
+            "backends": backends,
+            "leftovers": self.leftovers,
+        }
+
+
+def read_status() -> Status:
+    running = state.daemon_alive()
+    stack = state.read_stack()
+    leftovers = []
+    if not running and stack:
+        for b in (stack.get("backends") or {}).values():
+            pgid = b.get("pgid")
+            if pgid and state.group_pids(pgid):
+                leftovers.append(pgid)
+    return Status(running, stack, leftovers)
+
+
+def clean_leftovers() -> list[str]:
+    """Stop groups a dead daemon left behind; returns what was cleaned, for the user."""
+    st = read_status()
+    if st.running:
+        return []
+    done = []
+    for pgid in st.leftovers:
+        n = len(state.group_pids(pgid))
+        state.stop_group(pgid, grace=5.0)
+        done.append(f"stopped process group {pgid} ({n} processes) left by a dead daemon")
+    if st.stack is not None:
+        state.clear_stack()
+    return done
+
+
+def start_daemon(cfg: cfgmod.Config) -> subprocess.Popen[bytes]:
+    logs = cfgmod.logs_dir()
+    logs.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "llmctl.daemon"]
+    if cfg.path:
+        argv += ["--config", str(cfg.path)]
+    with open(logs / "daemon.log", "ab") as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                close_fds=True)
+
+
+@dataclass
+class UpResult:
+    ok: bool
+    stack: dict[str, Any]
+    failed: list[str]  # backend keys that ended FATAL
+    message: str | None = None
+
+
+def wait_ready(proc: subprocess.Popen[bytes], timeout: float,
+               on_change: Callable[[dict[str, Any]], None] = lambda s: None,
+               poll: float = 0.25) -> UpResult:
+    """Wait until every backend is RUNNING or FATAL, the daemon dies, or time runs out."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    stack: dict[str, Any] = {}
+    while True:
+        stack = state.read_stack() or {}
+        if stack.get("pid") == proc.pid:
+            view = {k: (b.get("state"), b.get("reason")) for k, b in stack["backends"].items()}
+            if view != last:
+                last = view
+                on_change(stack)
+            if stack.get("error"):
+                return UpResult(False, stack, [], stack["error"])
+            states = [b.get("state") for b in stack["backends"].values()]
+            if states and all(s in FINAL for s in states):
+                failed = [k for k, b in stack["backends"].items() if b.get("state") == "FATAL"]
+                return UpResult(not failed, stack, failed)
+        rc = proc.poll()
+        if rc is not None:
+            stack = state.read_stack() or {}
+            msg = stack.get("error") if stack.get("pid") == proc.pid else None
+            return UpResult(False, stack, [], msg or f"the daemon exited ({rc})")
+        if time.monotonic() > deadline:
+            return UpResult(False, stack, [], f"not ready after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def stop_daemon(pid: int, timeout: float) -> bool:
+    """TERM the daemon and wait for it to finish its own shutdown; KILL at the deadline."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not state.daemon_alive() and not state.pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return False
+
+
+def down(timeout: float = 60.0) -> list[str]:
+    """Stop the daemon and everything it started; returns what was done."""
+    st = read_status()
+    done: list[str] = []
+    stack = st.stack or {}
+    if st.running:
+        pid = stack.get("pid") or _lock_pid()
+        if pid:
+            clean = stop_daemon(pid, timeout)
+            done.append(f"stopped the daemon (pid {pid})" + ("" if clean else ", forcibly"))
+    # Whatever the daemon did or did not do, no group of ours outlives `down`.
+    for key, b in (stack.get("backends") or {}).items():
+        pgid = b.get("pgid")
+        if pgid and state.group_pids(pgid):
+            state.stop_group(pgid, grace=5.0)
+            done.append(f"stopped leftover processes of {key} (group {pgid})")
+    ports = [b.get("port") for b in (stack.get("backends") or {}).values() if b.get("port")]
+    for port in ports:
+        deadline = time.monotonic() + 5
+        while not state.port_free(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not state.port_free(port):
+            raise StackError(f"port {port} is still in use after down"
+                             + (f" by {h}" if (h := port_holder(port)) else ""))
+    state.clear_stack()
+    return done
+
+
+def _lock_pid() -> int | None:
+    try:
+        return int(Path(state.path(state.LOCK)).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None

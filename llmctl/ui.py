@@ -1,0 +1,90 @@
+"""The only rich importer: consoles, tables, errors. stdout is data, stderr is talk.
+
+May import: errors. Respects NO_COLOR (rich does).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def say(message: str) -> None:
+    err.print(message, markup=False)
+
+
+def note(message: str) -> None:
+    err.print(f"[dim]{_escape(message)}[/dim]")
+
+
+def ok(message: str) -> None:
+    err.print(f"[green]✓[/green] {_escape(message)}")
+
+
+def fail(message: str, hint: str | None = None) -> None:
+    err.print(f"[red]error:[/red] {_escape(message)}")
+    if hint:
+        err.print(f"[yellow]hint:[/yellow] {_escape(hint)}")
+
+
+def data(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def text(s: str) -> None:
+    sys.stdout.write(s if s.endswith("\n") else s + "\n")
+
+
+def _escape(s: str) -> str:
+    from rich.markup import escape
+
+    return escape(s)
+
+
+def _bytes(n: int | None) -> str:
+    if not n:
+        return "-"
+    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
+
+
+def _age(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def status_table(st: dict[str, Any]) -> None:
+    d = st["daemon"]
+    if d["running"]:
+        out.print(f"daemon  running (pid {d['pid']}, up {_age(d['uptime_s'])})  "
+                  f"proxy {st['proxy_url']}  device {st['device']}")
+    else:
+        out.print("daemon  not running" + (f"  (last error: {d['error']})" if d.get("error") else ""))
+    if st["backends"]:
+        t = Table(box=None, pad_edge=False)
+        for col in ("MODEL", "NAME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "MEMORY",
+                    "PLANNED", "IN FLIGHT"):
+            t.add_column(col)
+        for key, b in st["backends"].items():
+            color = {"RUNNING": "green", "FATAL": "red", "BACKOFF": "yellow",
+                     "STARTING": "cyan", "ORPHANED": "red"}.get(b["state"], "")
+            state = f"[{color}]{b['state']}[/{color}]" if color else b["state"]
+            t.add_row(key, b.get("name") or "-", state, str(b.get("pid") or "-"),
+                      str(b.get("port") or b.get("url") or "-"), _age(b.get("uptime_s")),
+                      str(b.get("restarts", 0)), _bytes(b.get("rss_bytes")),
+                      _bytes(b.get("planned_bytes")), str(b.get("in_flight", 0)))
+        out.print(t)
+        for key, b in st["backends"].items():
+            if b.get("reason") and b["state"] != "RUNNING":
+                out.print(f"  {key}: {_escape(b['reason'])}")
+    if st["leftovers"]:
+        out.print(f"[red]left over from a dead daemon:[/red] process groups "
+                  f"{', '.join(map(str, st['leftovers']))} — `llmctl down` cleans them")

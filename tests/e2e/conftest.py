@@ -1,0 +1,100 @@
+"""One real stack per test session: vLLM (CPU build) serving the SmolLM2 demo model twice.
+
+The stack is started the way a user starts it — `llmctl up` in a subprocess — in a
+temporary LLMCTL_HOME on free ports, and stopped by the last test with `llmctl down`.
+The converted demo weights are kept in .test-models/ between local runs (CI starts
+from a clean clone and converts them once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LLMCTL = [sys.executable, "-m", "llmctl.cli"]
+KEY = "sk-e2e-test-key-0123456789"
+UP_TIMEOUT = 1500  # a cold torch.compile of two servers on one core each takes minutes
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Stack:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.proxy_port, self.coder_port, self.general_port = free_ports(3)
+        self.env = {**os.environ, "LLMCTL_HOME": str(home),
+                    "LLMCTL_MODELS": os.environ.get("LLMCTL_MODELS", str(ROOT / ".test-models")),
+                    "NO_COLOR": "1"}
+        self.env.pop("LLMCTL_CONFIG", None)
+        self.env.pop("LLMCTL_API_KEY", None)
+        self.url = f"http://127.0.0.1:{self.proxy_port}"
+        self.up_seconds: float | None = None
+        self.up_result: subprocess.CompletedProcess[str] | None = None
+
+    def write_config(self) -> None:
+        (self.home / "config.toml").write_text(f"""
+[proxy]
+port = {self.proxy_port}
+api_keys = ["{KEY}"]
+
+[engine]
+device = "cpu"
+
+[models.coder]
+name = "smollm2-coder"
+source = "HuggingFaceTB/SmolLM2-135M-Instruct"
+port = {self.coder_port}
+max_model_len = 2048
+max_num_seqs = 16
+
+[models.general]
+name = "smollm2-general"
+source = "HuggingFaceTB/SmolLM2-135M-Instruct"
+port = {self.general_port}
+max_model_len = 2048
+max_num_seqs = 16
+""")
+
+    def llmctl(self, *args: str, input: str | None = None, timeout: float = 120,
+               ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*LLMCTL, *args], env=self.env, input=input, text=True,
+                              capture_output=True, timeout=timeout, cwd=ROOT)
+
+    def status(self) -> dict:
+        r = self.llmctl("status", "--json", timeout=30)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    s = Stack(tmp_path_factory.mktemp("llmctl-home"))
+    s.write_config()
+    t0 = time.monotonic()
+    s.up_result = s.llmctl("up", "--timeout", str(UP_TIMEOUT), timeout=UP_TIMEOUT + 300)
+    s.up_seconds = time.monotonic() - t0
+    print(f"\n[e2e] llmctl up: exit {s.up_result.returncode} after {s.up_seconds:.0f} s",
+          file=sys.stderr)
+    try:
+        yield s
+    finally:
+        # Whatever happened above, leave nothing running.
+        s.llmctl("down", timeout=180)

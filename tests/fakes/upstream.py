@@ -1,0 +1,176 @@
+"""A small stand-in for a vLLM OpenAI server, for the integration tests and the benchmark.
+
+    python tests/fakes/upstream.py --port 9000 [--startup-delay S] [--never-healthy]
+        [--crash-after S] [--child] [--token-delay S]
+
+It answers /health, /metrics (vllm:num_requests_running), /v1/models,
+/v1/completions and /v1/chat/completions (streaming or not, `max_tokens` chunks),
+/v1/embeddings; and it can be told to misbehave:
+  POST /control/crash      exit at once with code 3
+  POST /control/hang       stop answering /health (and everything else)
+  GET  /control/stats      what it saw: requests, aborted requests, last headers/body
+--child starts a grandchild in the same process group (as vLLM's EngineCore is),
+which outlives a SIGKILL of this process unless the whole group is killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+STATS = {"requests": 0, "aborted": 0, "running": 0, "completed": 0, "last_headers": {},
+         "last_body": None}
+HANG = asyncio.Event()
+ARGS: argparse.Namespace
+
+
+async def health(request: Request) -> Response:
+    if ARGS.never_healthy:
+        return PlainTextResponse("not yet", status_code=503)
+    if HANG.is_set():
+        await asyncio.sleep(3600)
+    return Response(status_code=200)
+
+
+async def metrics(request: Request) -> Response:
+    return PlainTextResponse(f"vllm:num_requests_running{{model_name=\"fake\"}} "
+                             f"{float(STATS['running'])}\n")
+
+
+async def models(request: Request) -> Response:
+    return JSONResponse({"object": "list", "data": [{"id": ARGS.name, "object": "model"}]})
+
+
+def _chunk(i: int, chat: bool, model: str) -> bytes:
+    if chat:
+        choice = {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": f"tok{i} ", "finish_reason": None}
+        obj = "text_completion"
+    return b"data: " + json.dumps({"id": "x", "object": obj, "model": model,
+                                   "choices": [choice]}).encode() + b"\n\n"
+
+
+async def complete(request: Request) -> Response:
+    if HANG.is_set():
+        await asyncio.sleep(3600)
+    raw = await request.body()
+    STATS["requests"] += 1
+    STATS["last_headers"] = dict(request.headers)
+    STATS["last_body"] = raw.decode("utf-8", "replace")
+    body = json.loads(raw)
+    if body.get("model") != ARGS.name:
+        return JSONResponse({"error": {"message": f"The model `{body.get('model')}` does not "
+                                       "exist.", "type": "NotFoundError", "param": None,
+                                       "code": 404}}, status_code=404)
+    if body.get("fail_with"):
+        return JSONResponse({"error": {"message": "asked to fail", "type": "BadRequestError",
+                                       "param": None, "code": body["fail_with"]}},
+                            status_code=int(body["fail_with"]))
+    n = int(body.get("max_tokens") or 16)
+    chat = request.url.path.endswith("chat/completions")
+    delay = float(body.get("token_delay", ARGS.token_delay))
+    first_delay = float(body.get("first_delay", 0))
+    STATS["running"] += 1
+    if body.get("stream"):
+        async def gen():
+            done = False
+            try:
+                if first_delay:
+                    await asyncio.sleep(first_delay)
+                for i in range(n):
+                    if delay:
+                        await asyncio.sleep(delay)
+                    yield _chunk(i, chat, ARGS.name)
+                yield b"data: [DONE]\n\n"
+                done = True
+            finally:
+                STATS["running"] -= 1
+                STATS["completed" if done else "aborted"] += 1
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+    # Like vLLM: a client that hangs up before the answer aborts the request.
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work = asyncio.ensure_future(asyncio.sleep(first_delay + delay * n))
+    gone = asyncio.ensure_future(hung_up())
+    await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    work.cancel()
+    gone.cancel()
+    STATS["running"] -= 1
+    if gone.done() and not gone.cancelled():
+        STATS["aborted"] += 1
+        return Response(status_code=499)
+    STATS["completed"] += 1
+    text = "".join(f"tok{i} " for i in range(n))
+    choice = ({"index": 0, "message": {"role": "assistant", "content": text},
+               "finish_reason": "length"} if chat else
+              {"index": 0, "text": text, "finish_reason": "length"})
+    return JSONResponse({"id": "x", "object": "chat.completion" if chat else "text_completion",
+                         "model": ARGS.name, "choices": [choice],
+                         "usage": {"prompt_tokens": 3, "completion_tokens": n,
+                                   "total_tokens": n + 3}})
+
+
+async def embeddings(request: Request) -> Response:
+    body = await request.json()
+    return JSONResponse({"object": "list", "model": body.get("model"),
+                         "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]})
+
+
+async def control(request: Request) -> Response:
+    what = request.path_params["what"]
+    if what == "crash":
+        os._exit(3)
+    if what == "hang":
+        HANG.set()
+        return JSONResponse({"ok": True})
+    return JSONResponse(STATS)
+
+
+def main() -> None:
+    global ARGS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--name", "--served-model-name", default="fake")
+    ap.add_argument("--startup-delay", type=float, default=0.0)
+    ap.add_argument("--never-healthy", action="store_true")
+    ap.add_argument("--crash-after", type=float, default=0.0)
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--token-delay", type=float, default=0.0)
+    # Accept (and ignore) the vLLM flags llmctl passes, so engine argv can be reused.
+    ARGS, _ = ap.parse_known_args()
+    if ARGS.child:
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    if ARGS.startup_delay:
+        time.sleep(ARGS.startup_delay)
+    if ARGS.crash_after:
+        import threading
+
+        threading.Timer(ARGS.crash_after, lambda: os._exit(4)).start()
+    app = Starlette(routes=[
+        Route("/health", health), Route("/metrics", metrics), Route("/v1/models", models),
+        Route("/v1/completions", complete, methods=["POST"]),
+        Route("/v1/chat/completions", complete, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/control/{what}", control, methods=["GET", "POST"]),
+    ])
+    uvicorn.run(app, host="127.0.0.1", port=ARGS.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

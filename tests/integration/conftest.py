@@ -1,0 +1,135 @@
+"""Real local processes and sockets: a stand-in upstream (tests/fakes/upstream.py) and
+the proxy served by uvicorn in a thread."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from llmctl import config
+from llmctl.proxy import create_app
+
+FAKE = Path(__file__).resolve().parents[1] / "fakes" / "upstream.py"
+KEY = "sk-test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+@dataclass
+class Upstream:
+    port: int
+    proc: subprocess.Popen
+    name: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict:
+        return httpx.get(self.url + "/control/stats", timeout=5).json()
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+
+def start_upstream(name: str = "fake", *args: str) -> Upstream:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--name", name,
+                             *args], start_new_session=True)
+    up = Upstream(port, proc, name)
+    wait_http(up.url + "/v1/models")
+    return up
+
+
+@pytest.fixture
+def upstream():
+    up = start_upstream("fake-coder")
+    yield up
+    up.stop()
+
+
+@dataclass
+class FakeBackend:
+    """What the proxy needs of a backend (supervisor.Backend has the same shape)."""
+
+    model: config.ModelConfig
+    state: str = "RUNNING"
+    in_flight: int = 0
+    reason: str | None = None
+
+
+class ProxyServer:
+    def __init__(self, backends, proxy_cfg: config.ProxyConfig) -> None:
+        self.backends = backends
+        self.app = create_app(backends, proxy_cfg)
+        self.port = proxy_cfg.port
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ProxyServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "proxy did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def model_for(up: Upstream | None, key: str = "coder", name: str | None = None,
+              port: int | None = None, **kw) -> config.ModelConfig:
+    url = up.url if up else f"http://127.0.0.1:{port or free_port()}"
+    return config.ModelConfig(key=key, name=name or (up.name if up else key), url=url, **kw)
+
+
+@pytest.fixture
+def make_proxy():
+    servers = []
+
+    def make(backends, **proxy_kw) -> ProxyServer:
+        cfg = config.ProxyConfig(port=free_port(), api_keys=(KEY, "sk-second"), **proxy_kw)
+        s = ProxyServer(backends, cfg).__enter__()
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.__exit__()

@@ -1,0 +1,277 @@
+"""The proxy against a real local upstream over real sockets: every error row of the
+HTTP contract, streaming, disconnects, queue limits, request ids."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+from .conftest import KEY, FakeBackend, model_for, start_upstream
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def chat(model="fake-coder", **kw):
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **kw}
+
+
+@pytest.fixture
+def proxy(upstream, make_proxy):
+    b = FakeBackend(model_for(upstream, aliases=("code",)))
+    p = make_proxy([b])
+    p.backend = b
+    return p
+
+
+def assert_openai_error(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"]
+    if code:
+        assert err["code"] == code
+    assert r.headers.get("x-request-id")
+    return err
+
+
+# ── auth ──
+
+@pytest.mark.parametrize("headers", [
+    {}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer"},
+    {"Authorization": "Bearer sk-wrong"}, {"Authorization": f"Bearer {KEY}x"},
+])
+def test_bad_or_missing_keys_are_401(proxy, headers):
+    r = httpx.post(proxy.url + "/v1/chat/completions", json=chat(), headers=headers)
+    assert_openai_error(r, 401, "invalid_api_key")
+
+
+def test_every_configured_key_works(proxy):
+    for key in (KEY, "sk-second"):
+        r = httpx.post(proxy.url + "/v1/chat/completions", json=chat(),
+                       headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200
+
+
+def test_health_ready_metrics_need_no_key_but_models_does(proxy):
+    assert httpx.get(proxy.url + "/health").status_code == 200
+    r = httpx.get(proxy.url + "/ready")
+    assert r.status_code == 200 and r.json()["models"] == {"fake-coder": "RUNNING"}
+    assert httpx.get(proxy.url + "/metrics").status_code == 200
+    assert httpx.get(proxy.url + "/v1/models").status_code == 401
+    data = httpx.get(proxy.url + "/v1/models", headers=AUTH).json()
+    assert data["object"] == "list"
+    assert data["data"][0]["id"] == "fake-coder" and data["data"][0]["state"] == "RUNNING"
+    assert "code" in data["data"][0]["aliases"]
+
+
+# ── bodies ──
+
+@pytest.mark.parametrize("body, status, code", [
+    (b"{not json", 400, "invalid_json"),
+    (b"\xff\xfe", 400, "invalid_json"),
+    (b"[1, 2]", 400, "invalid_json"),
+    (b'{"messages": []}', 400, "missing_model"),
+    (b'{"model": 7}', 400, "missing_model"),
+    (b'{"model": "gpt-4"}', 404, "model_not_found"),
+])
+def test_bad_bodies(proxy, body, status, code):
+    r = httpx.post(proxy.url + "/v1/chat/completions", content=body,
+                   headers={**AUTH, "content-type": "application/json"})
+    err = assert_openai_error(r, status, code)
+    if status == 404:
+        assert "fake-coder" in err["message"]
+
+
+def test_body_over_the_limit_is_413_with_or_without_content_length(upstream, make_proxy):
+    p = make_proxy([FakeBackend(model_for(upstream))], max_body_bytes=1000)
+    big = json.dumps(chat(pad="x" * 5000)).encode()
+    r = httpx.post(p.url + "/v1/chat/completions", content=big, headers=AUTH)
+    assert_openai_error(r, 413, "request_too_large")
+
+    def chunked():
+        for i in range(0, len(big), 512):
+            yield big[i:i + 512]
+
+    r = httpx.post(p.url + "/v1/chat/completions", content=chunked(), headers=AUTH)
+    assert "content-length" not in r.request.headers
+    assert_openai_error(r, 413, "request_too_large")
+    assert upstream.stats()["requests"] == 0
+
+
+# ── backend states and failures ──
+
+def test_starting_model_is_503_with_retry_after(upstream, make_proxy):
+    b = FakeBackend(model_for(upstream), state="STARTING")
+    p = make_proxy([b])
+    r = httpx.post(p.url + "/v1/chat/completions", json=chat(), headers=AUTH)
+    assert_openai_error(r, 503, "model_not_ready")
+    assert int(r.headers["retry-after"]) > 0
+    assert httpx.get(p.url + "/ready").status_code == 503
+
+
+def test_ready_while_one_model_still_starts(upstream, make_proxy):
+    up2 = start_upstream("fake-general")
+    try:
+        a = FakeBackend(model_for(upstream))
+        b = FakeBackend(model_for(up2, key="general"), state="STARTING")
+        p = make_proxy([a, b])
+        r = httpx.get(p.url + "/ready")
+        assert r.status_code == 200
+        assert r.json()["models"] == {"fake-coder": "RUNNING", "fake-general": "STARTING"}
+        assert httpx.post(p.url + "/v1/chat/completions", json=chat(),
+                          headers=AUTH).status_code == 200
+        assert httpx.post(p.url + "/v1/chat/completions", json=chat("fake-general"),
+                          headers=AUTH).status_code == 503
+    finally:
+        up2.stop()
+
+
+def test_connection_refused_is_503(make_proxy):
+    p = make_proxy([FakeBackend(model_for(None, name="gone"))])
+    r = httpx.post(p.url + "/v1/chat/completions", json=chat("gone"), headers=AUTH)
+    assert_openai_error(r, 503, "model_unavailable")
+    assert "retry-after" in r.headers
+
+
+def test_backend_silent_past_the_timeout_is_504(upstream, make_proxy):
+    p = make_proxy([FakeBackend(model_for(upstream))], request_timeout=0.5)
+    r = httpx.post(p.url + "/v1/chat/completions", json=chat(first_delay=3), headers=AUTH,
+                   timeout=10)
+    assert_openai_error(r, 504, "upstream_timeout")
+
+
+def test_backend_errors_pass_through_unchanged(proxy, upstream):
+    r = httpx.post(proxy.url + "/v1/chat/completions", json=chat(fail_with=422), headers=AUTH)
+    assert r.status_code == 422
+    assert r.json() == {"error": {"message": "asked to fail", "type": "BadRequestError",
+                                  "param": None, "code": 422}}
+
+
+def test_queue_over_the_limit_is_429(upstream, make_proxy):
+    b = FakeBackend(model_for(upstream))
+    p = make_proxy([b], max_queue_per_model=1)
+    with httpx.Client(timeout=10) as c, c.stream("POST", p.url + "/v1/chat/completions",
+                                                  json=chat(stream=True, max_tokens=5,
+                                                            token_delay=0.3),
+                                                  headers=AUTH) as slow:
+        assert slow.status_code == 200
+        r = httpx.post(p.url + "/v1/chat/completions", json=chat(), headers=AUTH)
+        assert_openai_error(r, 429, "queue_full")
+        assert r.headers["retry-after"] == "1"
+        slow.read()
+    assert wait_for(lambda: b.in_flight == 0)
+    assert httpx.post(p.url + "/v1/chat/completions", json=chat(), headers=AUTH).status_code == 200
+
+
+# ── passthrough ──
+
+def test_non_streaming_passthrough_and_alias_rewrite(proxy, upstream):
+    r = httpx.post(proxy.url + "/v1/chat/completions", json=chat("code", max_tokens=3),
+                   headers=AUTH)
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
+    seen = upstream.stats()
+    assert json.loads(seen["last_body"])["model"] == "fake-coder"
+    assert "authorization" not in seen["last_headers"]  # the key stays at the proxy
+
+
+def test_body_is_forwarded_byte_for_byte_when_no_alias(proxy, upstream):
+    raw = b'{"model":  "fake-coder", "max_tokens": 2,   "messages": [], "x": "\\u00e9"}'
+    r = httpx.post(proxy.url + "/v1/completions", content=raw, headers=AUTH)
+    assert r.status_code == 200
+    assert upstream.stats()["last_body"].encode() == raw
+
+
+def test_other_v1_routes_pass_through(proxy):
+    r = httpx.post(proxy.url + "/v1/embeddings", json={"model": "fake-coder", "input": "a"},
+                   headers=AUTH)
+    assert r.status_code == 200 and r.json()["data"][0]["embedding"] == [0.1, 0.2]
+
+
+def test_sse_chunks_arrive_as_they_are_made(proxy):
+    times = []
+    t0 = time.perf_counter()
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", headers=AUTH, timeout=10,
+                      json=chat(stream=True, max_tokens=5, token_delay=0.25)) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                times.append(time.perf_counter() - t0)
+    assert len(times) == 6  # 5 tokens and [DONE]
+    assert times[0] < 0.6 and times[-1] > 1.1  # the first left long before the last
+
+
+def test_request_id_is_kept_when_sane_and_replaced_when_not(proxy, upstream):
+    r = httpx.post(proxy.url + "/v1/chat/completions", json=chat(),
+                   headers={**AUTH, "X-Request-ID": "ide-42.abc"})
+    assert r.headers["x-request-id"] == "ide-42.abc"
+    assert upstream.stats()["last_headers"]["x-request-id"] == "ide-42.abc"
+    for bad in ("x" * 300, "a b", "<script>"):
+        r = httpx.post(proxy.url + "/v1/chat/completions", json=chat(),
+                       headers={**AUTH, "X-Request-ID": bad})
+        rid = r.headers["x-request-id"]
+        assert rid != bad and len(rid) == 32
+    assert httpx.get(proxy.url + "/health").headers["x-request-id"]
+
+
+def test_unknown_routes_answer_in_openai_shape(proxy):
+    r = httpx.get(proxy.url + "/nope")
+    assert_openai_error(r, 404)
+
+
+# ── disconnects ──
+
+def wait_for(pred, timeout=2.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def test_client_hanging_up_mid_stream_aborts_upstream(proxy, upstream):
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", headers=AUTH, timeout=10,
+                      json=chat(stream=True, max_tokens=100, token_delay=0.1)) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break
+    assert wait_for(lambda: upstream.stats()["aborted"] == 1)
+    assert upstream.stats()["running"] == 0
+    assert wait_for(lambda: proxy.backend.in_flight == 0)
+
+
+def test_client_hanging_up_before_the_first_token_aborts_upstream(proxy, upstream):
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(proxy.url + "/v1/chat/completions", headers=AUTH, timeout=0.5,
+                   json=chat(stream=True, first_delay=10))
+    assert wait_for(lambda: upstream.stats()["aborted"] == 1)
+
+
+def test_client_hanging_up_on_a_non_streaming_request_aborts_upstream(proxy, upstream):
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(proxy.url + "/v1/chat/completions", headers=AUTH, timeout=0.5,
+                   json=chat(max_tokens=10, token_delay=1))
+    assert wait_for(lambda: upstream.stats()["aborted"] == 1)
+    assert wait_for(lambda: proxy.backend.in_flight == 0)
+
+
+def test_metrics_count_requests_by_model_and_status(proxy):
+    httpx.post(proxy.url + "/v1/chat/completions", json=chat(), headers=AUTH)
+    httpx.post(proxy.url + "/v1/chat/completions", json=chat(fail_with=400), headers=AUTH)
+    text = httpx.get(proxy.url + "/metrics").text
+    assert 'llmctl_requests_total{model="fake-coder",status="200"} 1.0' in text
+    assert 'llmctl_requests_total{model="fake-coder",status="400"} 1.0' in text
+    assert "llmctl_time_to_first_byte_seconds_bucket" in text
+    assert 'llmctl_requests_in_flight{model="fake-coder"} 0.0' in text
+
+
+def test_raw_garbage_on_the_socket_does_not_break_the_proxy(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(b"\x00\x01GARBAGE\r\n\r\n")
+        s.recv(1024)
+    assert httpx.get(proxy.url + "/health").status_code == 200

@@ -1,0 +1,145 @@
+"""The supervisor against real processes: the stand-in upstream started, killed, hung,
+crash-looping; process groups reaped; ports checked before a start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+
+from llmctl import config
+from llmctl import state as st
+from llmctl.engine import Command
+from llmctl.supervisor import BACKOFF, FATAL, RUNNING, STOPPED, Backend
+
+from .conftest import FAKE, free_port
+
+
+def backend(tmp_path, *fake_args: str, port: int | None = None, **kw) -> Backend:
+    port = port or free_port()
+    m = config.ModelConfig(key="coder", name="fake", source="/x", port=port)
+    cmd = Command((sys.executable, str(FAKE), "--port", str(port), "--served-model-name",
+                   "fake", *fake_args), {})
+    kw.setdefault("health_interval", 0.3)
+    kw.setdefault("stop_grace", 3.0)
+    return Backend(m, cmd, tmp_path / "coder.log", **kw)
+
+
+async def until(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        await asyncio.sleep(0.05)
+    return pred()
+
+
+def test_start_runs_and_stop_leaves_no_process(tmp_path):
+    async def go():
+        b = backend(tmp_path, "--child")
+        assert await b.start()
+        assert b.state == RUNNING and b.ready_at
+        pgid = b.pid
+        assert len(st.group_pids(pgid)) == 2  # the server and its "EngineCore"
+        await b.stop()
+        assert b.state == STOPPED
+        assert st.group_pids(pgid) == []
+        assert st.port_free(b.model.port)
+
+    asyncio.run(go())
+
+
+def test_sigkill_of_the_server_reaps_its_group_and_restarts(tmp_path):
+    async def go():
+        b = backend(tmp_path, "--child")
+        assert await b.start()
+        old = b.pid
+        watch = asyncio.create_task(b.watch())
+        os.kill(old, signal.SIGKILL)
+        # The orphaned grandchild must be gone before the new server starts.
+        assert await until(lambda: b.pid != old, 10)
+        assert st.group_pids(old) == []
+        assert await until(lambda: b.state == RUNNING, 20)
+        assert b.restarts == 1 and b.last_exit == "killed by SIGKILL"
+        await b.stop()
+        watch.cancel()
+
+    asyncio.run(go())
+
+
+def test_exit_during_the_first_start_is_fatal_with_the_log_tail_reason(tmp_path):
+    async def go():
+        b = backend(tmp_path, "--startup-delay", "0.2", "--crash-after", "0.1")
+        assert not await b.start()
+        assert b.state == FATAL
+        assert "exited while starting (exit code 4)" in b.reason
+        assert st.group_pids(b.pid) == []
+
+    asyncio.run(go())
+
+
+def test_never_healthy_is_fatal_after_the_start_timeout(tmp_path):
+    async def go():
+        b = backend(tmp_path, "--never-healthy", "--child", start_timeout=2.0)
+        t0 = time.monotonic()
+        assert not await b.start()
+        assert 2.0 <= time.monotonic() - t0 < 10
+        assert b.state == FATAL and "not healthy after 2 s" in b.reason
+        assert st.group_pids(b.pid) == []
+
+    asyncio.run(go())
+
+
+def test_a_hung_server_is_detected_by_health_checks_and_restarted(tmp_path):
+    async def go():
+        b = backend(tmp_path, health_failures=2)
+        b._http.timeout = __import__("httpx").Timeout(0.5)
+        assert await b.start()
+        old = b.pid
+        watch = asyncio.create_task(b.watch())
+        import httpx
+
+        async with httpx.AsyncClient() as c:
+            await c.post(b.url + "/control/hang")
+        assert await until(lambda: b.pid != old and b.state == RUNNING, 20)
+        assert "stopped answering /health" in b.last_exit
+        await b.stop()
+        watch.cancel()
+
+    asyncio.run(go())
+
+
+def test_crash_loop_ends_fatal_with_a_reason(tmp_path):
+    async def go():
+        b = backend(tmp_path, "--crash-after", "1.5", max_restarts=2, backoff_cap=0.2)
+        assert await b.start()
+        watch = asyncio.create_task(b.watch())
+        seen = set()
+
+        def fatal():
+            seen.add(b.state)
+            return b.state == FATAL
+
+        assert await until(fatal, 30)
+        assert BACKOFF in seen
+        assert "restarts in a row failed" in b.reason
+        assert st.group_pids(b.pid) == []
+        await watch
+
+    asyncio.run(go())
+
+
+def test_port_in_use_is_refused_before_starting(tmp_path):
+    async def go():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            b = backend(tmp_path, port=s.getsockname()[1])
+            assert not await b.start()
+            assert b.state == FATAL and f"port {b.model.port} is in use" in b.reason
+            assert b.proc is None
+
+    asyncio.run(go())

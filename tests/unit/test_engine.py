@@ -1,0 +1,47 @@
+from llmctl import config, engine
+from llmctl.plan import BackendPlan
+
+
+def model(**kw):
+    base = dict(key="coder", name="c", source="org/r", port=8000, max_model_len=2048,
+                max_num_seqs=16)
+    return config.ModelConfig(**{**base, **kw})
+
+
+CFG = config.Config(engine=config.EngineConfig(python="/opt/py/bin/python"))
+
+
+def test_cpu_backend_argv_and_env():
+    p = BackendPlan("coder", "cpu", kv_cache_gib=3, cores=(1,))
+    cmd = engine.command(CFG, model(), p, "/models/x")
+    assert cmd.argv == ("/opt/py/bin/python", "-m", "vllm.entrypoints.openai.api_server",
+                        "--model", "/models/x", "--served-model-name", "c",
+                        "--host", "127.0.0.1", "--port", "8000",
+                        "--max-model-len", "2048", "--max-num-seqs", "16")
+    assert cmd.env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert cmd.env["VLLM_CPU_OMP_THREADS_BIND"] == "1"
+    assert cmd.env["HF_HUB_OFFLINE"] == "1"
+    assert "--gpu-memory-utilization" not in cmd.argv
+
+
+def test_gpu_backend_gets_its_share_and_extra_args_last():
+    p = BackendPlan("coder", "cuda", gpu_memory_utilization=0.453)
+    cmd = engine.command(CFG, model(args=("--enforce-eager", "--dtype", "half")), p, "/m")
+    i = cmd.argv.index("--gpu-memory-utilization")
+    assert cmd.argv[i + 1] == "0.45"
+    assert cmd.argv[-3:] == ("--enforce-eager", "--dtype", "half")
+    assert "VLLM_CPU_KVCACHE_SPACE" not in cmd.env
+
+
+def test_default_python_is_this_interpreter():
+    import sys
+
+    cmd = engine.command(config.Config(), model(), BackendPlan("coder", "cpu", kv_cache_gib=1),
+                         "/m")
+    assert cmd.argv[0] == sys.executable
+
+
+def test_cores_spec():
+    assert BackendPlan("a", "cpu", cores=(0, 1, 2, 3)).cores_spec == "0-3"
+    assert BackendPlan("a", "cpu", cores=(0, 2)).cores_spec == "0,2"
+    assert BackendPlan("a", "cpu", cores=(5,)).cores_spec == "5"
