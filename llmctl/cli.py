@@ -166,18 +166,21 @@ def up(
         "--foreground", help="Run the daemon in this terminal (for systemd); Ctrl-C stops it.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every backend.")] = 900.0,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Stop a running stack first (to apply a changed config).")] = False,
 ) -> None:
     """Start the stack: pull what is missing, start the daemon, wait until the models are ready."""
-    from . import hub, stack
+    from . import hub, stack, state
     from .engine import python_for
 
     ui = _ui()
-    from . import state
-
     if state.daemon_alive():
-        st = state.read_stack() or {}
-        ui.ok(f"already up: proxy at {st.get('proxy_url', '?')} (`llmctl status` for details)")
-        return
+        if restart:
+            for line in stack.down(timeout=60):
+                ui.note(line)
+        else:
+            _already_up(ui, path, state.read_stack() or {})
+            return
     for line in stack.clean_leftovers():
         ui.note(line)
     cfg = _load(path)
@@ -203,13 +206,9 @@ def up(
     ui.say(f"starting {len(cfg.models)} backend(s); daemon pid {proc.pid}, logs in "
            f"{cfgmod.logs_dir()}")
 
-    def show(st: dict[str, Any]) -> None:
-        for key, b in st["backends"].items():
-            extra = f" — {b['reason']}" if b.get("reason") else ""
-            ui.note(f"[{time.monotonic() - t0:5.0f}s] {key:<10} {b['state']}{extra}")
-
     try:
-        result = stack.wait_ready(proc, timeout, show)
+        with ui.StartProgress() as progress:
+            result = stack.wait_ready(proc, timeout, progress.update)
     except KeyboardInterrupt:
         ui.say("interrupted: stopping the stack")
         stack.down(timeout=60)
@@ -234,6 +233,26 @@ def up(
            f"        curl {cfg.proxy_url}/v1/chat/completions -H \"Authorization: Bearer "
            f"$(llmctl config key)\" -H 'Content-Type: application/json' -d '{{\"model\": "
            f"\"{cfg.models[0].name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'")
+
+
+def _already_up(ui: Any, path: Path | None, running: dict[str, Any]) -> None:
+    ui.ok(f"already up: proxy at {running.get('proxy_url', '?')} (`llmctl status` for details)")
+    try:
+        cfg = _load(path)
+    except LlmctlError:
+        return
+    if running.get("config_digest") in (None, cfgmod.digest(cfg)):
+        return
+    import difflib
+
+    diff = difflib.unified_diff(str(running.get("config_toml", "")).splitlines(),
+                                cfgmod.to_toml(cfg).splitlines(), "running", "config file",
+                                lineterm="", n=0)
+    ui.say("the config file differs from the running stack:")
+    for line in diff:
+        if not line.startswith(("---", "+++", "@@")):
+            ui.say(f"  {line}")
+    ui.say("hint: `llmctl up --restart` applies it (the stack stops, then starts again)")
 
 
 def _tail(p: Path, n: int = 15) -> list[str]:

@@ -483,3 +483,10 @@ def init(path: Path, device: str, *, force: bool = False) -> str:
     key = new_api_key()
     write_private(path, starter_text(device, key))
     return key
+
+
+def digest(cfg: Config) -> str:
+    """A fingerprint of everything that shapes a running stack (keys included, unmasked)."""
+    import hashlib
+
+    return hashlib.sha256(to_toml(cfg, masked=False).encode()).hexdigest()[:16]

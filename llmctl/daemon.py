@@ -61,6 +61,8 @@ class Daemon:
         self.backends: list[Backend] = []
         self.device = "?"
         self.error: str | None = None
+        self.digest = cfgmod.digest(cfg)
+        self.toml = cfgmod.to_toml(cfg)  # masked: what `up` shows when the config changed
 
     def report(self) -> None:
         state.write_stack({
@@ -68,6 +70,7 @@ class Daemon:
             "proxy_url": self.cfg.proxy_url,
             "config_path": str(self.cfg.path) if self.cfg.path else None,
             "log": str(cfgmod.logs_dir() / "daemon.log"), "error": self.error,
+            "config_digest": self.digest, "config_toml": self.toml,
             "backends": {b.key: b.snapshot() for b in self.backends},
         })
 
@@ -85,9 +88,7 @@ class Daemon:
             return 1
         self.report()
         app = create_app(self.backends, self.cfg.proxy)
-        server = uvicorn.Server(uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False,
-            lifespan="off", timeout_graceful_shutdown=int(DRAIN_SECONDS)))
+        server = uvicorn.Server(uvicorn_config(app, host, port))
         supervisor = Supervisor(self.backends)
 
         async def start_backends() -> None:
@@ -115,6 +116,30 @@ class Daemon:
             await supervisor.stop()
             await app.state.proxy.client.aclose()
         return 1 if self.error else 0
+
+
+def uvicorn_config(app, host: str, port: int):
+    """The proxy's server settings, shared by the daemon and the benchmark."""
+    import importlib.util
+
+    import uvicorn
+
+    # httptools parses HTTP/1.1 several times faster than h11; both ship with uvicorn[standard].
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          lifespan="off", http=http, timeout_graceful_shutdown=int(DRAIN_SECONDS))
+
+
+def serve_proxy_forever(backends, proxy_cfg: cfgmod.ProxyConfig) -> None:
+    """The proxy alone, with the daemon's settings and loop (for benchmarks)."""
+    import uvicorn
+
+    from .proxy import create_app
+
+    app = create_app(backends, proxy_cfg)
+    server = uvicorn.Server(uvicorn_config(app, proxy_cfg.host, proxy_cfg.port))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(server.serve())
 
 
 def _loop_factory():

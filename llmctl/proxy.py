@@ -143,6 +143,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_PROMPT = re.compile(rb'"prompt_tokens":\s*(\d+)')
+_COMPLETION = re.compile(rb'"completion_tokens":\s*(\d+)')
+
+
+def _usage(tail: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens from the `usage` object at the end of an answer."""
+    if b'"usage"' not in tail:
+        return None
+    p, c = _PROMPT.findall(tail), _COMPLETION.findall(tail)
+    return (int(p[-1]), int(c[-1])) if p and c else None
+
+
 async def _wait_disconnect(receive: Receive) -> None:
     while True:
         message = await receive()
@@ -159,6 +171,8 @@ class Upstream(Response):
         self.up_headers, self.rid, self.key_fp, self.t0 = headers, rid, key_fp, t0
         self.status_code = 0
         self.background = None
+        self.ttfb: float | None = None
+        self.tokens: tuple[int, int] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         disconnect = asyncio.ensure_future(_wait_disconnect(receive))
@@ -198,15 +212,18 @@ class Upstream(Response):
             self.status_code = resp.status_code
             headers = [(k, v) for k, v in resp.headers.raw if k.lower() not in _DROP_DOWN]
             first = True
+            prev = last = b""
             await send({"type": "http.response.start", "status": resp.status_code,
                         "headers": headers})
             async for chunk in resp.aiter_raw():
                 if first:
-                    p.metrics.ttfb.labels(name).observe(time.perf_counter() - self.t0)
                     self.ttfb = time.perf_counter() - self.t0
+                    p.metrics.ttfb.labels(name).observe(self.ttfb)
                     first = False
+                prev, last = last, chunk  # `usage` comes at the end; keep only the tail
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.tokens = _usage(prev + last)
         except httpx.TimeoutException:
             p.metrics.upstream_errors.labels(name, "timeout").inc()
         finally:
@@ -227,10 +244,11 @@ class Upstream(Response):
         dt = time.perf_counter() - self.t0
         p.metrics.requests.labels(name, str(self.status_code)).inc()
         p.metrics.latency.labels(name).observe(dt)
-        ttfb = getattr(self, "ttfb", None)
-        log.info("id=%s key=%s model=%s status=%s ttfb_ms=%s ms=%.1f", self.rid, self.key_fp,
-                 name, self.status_code, f"{ttfb * 1000:.1f}" if ttfb is not None else "-",
-                 dt * 1000)
+        ttfb = self.ttfb
+        prompt, completion = self.tokens or ("-", "-")
+        log.info("id=%s key=%s model=%s status=%s ttfb_ms=%s ms=%.1f prompt_tokens=%s "
+                 "completion_tokens=%s", self.rid, self.key_fp, name, self.status_code,
+                 f"{ttfb * 1000:.1f}" if ttfb is not None else "-", dt * 1000, prompt, completion)
 
 
 class Proxy:

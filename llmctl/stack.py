@@ -148,19 +148,17 @@ class UpResult:
 
 
 def wait_ready(proc: subprocess.Popen[bytes], timeout: float,
-               on_change: Callable[[dict[str, Any]], None] = lambda s: None,
+               on_update: Callable[[dict[str, Any]], None] = lambda s: None,
                poll: float = 0.25) -> UpResult:
-    """Wait until every backend is RUNNING or FATAL, the daemon dies, or time runs out."""
+    """Wait until every backend is RUNNING or FATAL, the daemon dies, or time runs out.
+
+    `on_update` gets the daemon's report at every poll (the UI redraws or prints changes)."""
     deadline = time.monotonic() + timeout
-    last: Any = None
     stack: dict[str, Any] = {}
     while True:
         stack = state.read_stack() or {}
         if stack.get("pid") == proc.pid:
-            view = {k: (b.get("state"), b.get("reason")) for k, b in stack["backends"].items()}
-            if view != last:
-                last = view
-                on_change(stack)
+            on_update(stack)
             if stack.get("error"):
                 return UpResult(False, stack, [], stack["error"])
             states = [b.get("state") for b in stack["backends"].values()]

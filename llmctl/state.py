@@ -20,6 +20,7 @@ from .config import state_dir
 
 STACK = "stack.json"
 LOCK = "daemon.lock"
+STARTS = "starts.json"
 
 
 def path(name: str) -> Path:
@@ -173,3 +174,20 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def previous_start(key: str) -> float | None:
+    """Seconds the last successful start of this model took (for progress estimates)."""
+    data = read_json(path(STARTS))
+    value = data.get(key) if isinstance(data, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def record_start(key: str, seconds: float) -> None:
+    data = read_json(path(STARTS))
+    data = data if isinstance(data, dict) else {}
+    data[key] = seconds
+    try:
+        write_json(path(STARTS), data)
+    except OSError:
+        pass  # an estimate is not worth failing a start for

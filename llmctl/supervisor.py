@@ -32,6 +32,7 @@ STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (
     "STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
 
 _PR_SET_PDEATHSIG = 1
+START_MARK = "=== llmctl: starting"
 
 
 def _die_with_parent() -> None:
@@ -64,6 +65,35 @@ _CAUSES = [
     ("does not appear to have a file", "model files are missing: run `llmctl pull`"),
     ("No such file or directory", "model files are missing: run `llmctl pull`"),
 ]
+
+
+# Start-up phases as the vLLM log shows them, latest first: the first marker found in
+# the log tail (searched from the end) names the phase.
+_PHASES = [
+    ("Application startup complete", "warming up"),
+    ("Starting vLLM API server", "warming up"),
+    ("init engine", "warming up"),
+    ("KV cache size", "allocating KV cache"),
+    ("Available KV cache memory", "allocating KV cache"),
+    ("GPU KV cache", "allocating KV cache"),
+    ("Warming up model", "compiling"),
+    ("torch.compile", "compiling"),
+    ("Compiling", "compiling"),
+    ("Loading weights took", "compiling"),
+    ("Loading safetensors", "loading weights"),
+    ("Starting to load model", "loading weights"),
+    ("Initializing a V1 LLM engine", "starting engine"),
+]
+
+
+def phase_of(lines: list[str]) -> str:
+    for line in reversed(lines):
+        if line.startswith(START_MARK):  # older lines belong to an earlier start
+            break
+        for needle, phase in _PHASES:
+            if needle in line:
+                return phase
+    return "starting"
 
 
 def likely_cause(lines: list[str]) -> str | None:
@@ -107,8 +137,15 @@ class Backend:
         self.last_exit: str | None = None
         self.reason: str | None = None  # why FATAL / BACKOFF, for `status`
         self.in_flight = 0
+        self.phase: str | None = None  # while STARTING: what the vLLM log says it is doing
+        self.last_start_s: float | None = None  # how long the last successful start took
+        # How long the previous start of the same model took, for `up`'s estimate.
+        self.expected_start_s = st.previous_start(self._start_key()) if cmd else None
         self._stopping = False
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0), trust_env=False)
+
+    def _start_key(self) -> str:
+        return f"{self.model.key}:{self.model.source}"
 
     # ── facts for the proxy and the state file ──
     @property
@@ -133,6 +170,8 @@ class Backend:
             "restarts": self.restarts, "last_exit": self.last_exit, "reason": self.reason,
             "log": str(self.log_path) if self.log_path else None,
             "planned_bytes": self.planned_bytes, "in_flight": self.in_flight,
+            "phase": self.phase if self.state == STARTING else None,
+            "last_start_s": self.last_start_s, "expected_start_s": self.expected_start_s,
         }
 
     def _set(self, state: str, reason: str | None = None) -> None:
@@ -168,7 +207,7 @@ class Backend:
         assert self.cmd is not None and self.log_path is not None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            log.write(f"\n=== llmctl: starting {' '.join(self.cmd.argv)}\n".encode())
+            log.write(f"\n{START_MARK} {' '.join(self.cmd.argv)}\n".encode())
             log.flush()
             self.proc = self._popen(
                 list(self.cmd.argv), env={**os.environ, **self.cmd.env},
@@ -205,6 +244,7 @@ class Backend:
         if not st.port_free(self.model.port):
             self._set(FATAL, f"port {self.model.port} is in use by another process")
             return False
+        self.phase = "starting"
         self._set(STARTING)
         try:
             self._spawn()
@@ -225,8 +265,14 @@ class Backend:
                 return False
             if await self.healthy() and await self._warm_up():
                 self.ready_at = time.time()
+                self.last_start_s = round(self.ready_at - (self.started_at or self.ready_at), 1)
+                st.record_start(self._start_key(), self.last_start_s)
                 self._set(RUNNING)
                 return True
+            phase = phase_of(log_tail(self.log_path, 40)) if self.log_path else "starting"
+            if phase != self.phase:
+                self.phase = phase
+                self.on_change()
             if self._clock() > deadline:
                 await self._reap_group()
                 self.last_exit = "did not become healthy"

@@ -88,3 +88,61 @@ def status_table(st: dict[str, Any]) -> None:
     if st["leftovers"]:
         out.print(f"[red]left over from a dead daemon:[/red] process groups "
                   f"{', '.join(map(str, st['leftovers']))} — `llmctl down` cleans them")
+
+
+class StartProgress:
+    """`up`'s live view: per backend, state, phase from its log, elapsed, estimate.
+
+    On a terminal it redraws in place; otherwise it prints a line per change."""
+
+    COLORS = {"RUNNING": "green", "FATAL": "red", "BACKOFF": "yellow", "STARTING": "cyan"}
+
+    def __init__(self) -> None:
+        self.live: Any = None
+        self.seen: dict[str, tuple[Any, ...]] = {}
+
+    def __enter__(self) -> StartProgress:
+        if err.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(console=err, refresh_per_second=4, transient=False)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    @staticmethod
+    def _line(key: str, b: dict[str, Any]) -> tuple[str, str]:
+        import time
+
+        state = b.get("state") or "?"
+        detail = ""
+        if state == "STARTING":
+            elapsed = time.time() - b["started_at"] if b.get("started_at") else 0
+            est = b.get("expected_start_s")
+            detail = f"{b.get('phase') or 'starting'}  {elapsed:.0f}s" + (
+                f" (last start took {est:.0f}s)" if est else "")
+        elif state == "RUNNING" and b.get("last_start_s"):
+            detail = f"ready in {b['last_start_s']:.0f}s"
+        elif b.get("reason"):
+            detail = b["reason"]
+        return state, detail
+
+    def update(self, stack: dict[str, Any]) -> None:
+        backends = stack.get("backends") or {}
+        if self.live is not None:
+            t = Table(box=None, show_header=False, pad_edge=False)
+            for key, b in backends.items():
+                state, detail = self._line(key, b)
+                c = self.COLORS.get(state, "white")
+                t.add_row(f"  {key}", f"[{c}]{state}[/{c}]", _escape(detail))
+            self.live.update(t)
+            return
+        for key, b in backends.items():
+            sig = (b.get("state"), b.get("phase"), b.get("reason"))
+            if self.seen.get(key) != sig:
+                self.seen[key] = sig
+                state, detail = self._line(key, b)
+                err.print(f"  {key:<10} {state:<9} {_escape(detail)}")

@@ -6,6 +6,9 @@ Tests run in file order against one shared stack; the last one stops it.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import httpx
 import pytest
@@ -102,6 +105,73 @@ def test_up_again_says_already_up(stack):
     r = stack.llmctl("up", timeout=60)
     assert r.returncode == 0
     assert "already up" in r.stderr
+
+
+def running_requests(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:num_requests_running"))
+
+
+def test_client_hang_up_aborts_the_vllm_request(stack):
+    """Issue 3: closing the stream at the proxy makes vLLM stop generating within 2 s."""
+    body = {"model": "smollm2-general", "stream": True, "max_tokens": 1500,
+            "ignore_eos": True, "messages": [{"role": "user", "content": QUESTION}]}
+    with httpx.stream("POST", f"{stack.url}/v1/chat/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        seen = 0
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                seen += 1
+                if seen == 3:
+                    break
+        assert running_requests(stack.general_port) == 1
+    t0 = time.monotonic()
+    while running_requests(stack.general_port) != 0 and time.monotonic() - t0 < 5:
+        time.sleep(0.1)
+    waited = time.monotonic() - t0
+    print(f"\n[e2e] vLLM request aborted {waited:.2f} s after the client hung up")
+    assert waited < 2.0
+
+
+def test_sigkill_of_one_backend_is_reaped_and_restarted_while_the_other_serves(stack):
+    """Issue 4: the killed server's EngineCore/Worker are gone before the restart; the other
+    model answers meanwhile; the killed one comes back RUNNING and answers."""
+    before = stack.status()["backends"]["coder"]
+    old_pid = before["pid"]
+    old_group = st.group_pids(old_pid)
+    assert len(old_group) >= 3, old_group  # API server, EngineCore, Worker
+    t0 = time.monotonic()
+    os.kill(old_pid, signal.SIGKILL)
+    new_pid = None
+    served = 0
+    while time.monotonic() - t0 < 600:
+        b = stack.status()["backends"]["coder"]
+        if new_pid is None and b["pid"] not in (None, old_pid):
+            new_pid = b["pid"]
+            # The supervisor reaps the whole old group before it spawns the new server.
+            assert st.group_pids(old_pid) == [], "EngineCore/Worker outlived the restart"
+        if new_pid and b["state"] == "RUNNING":
+            break
+        r = httpx.post(f"{stack.url}/v1/chat/completions", timeout=60,
+                       headers={"Authorization": f"Bearer {KEY}"},
+                       json={"model": "smollm2-general", "max_tokens": 4,
+                             "messages": [{"role": "user", "content": "Hi"}]})
+        assert r.status_code == 200, r.text
+        served += 1
+        time.sleep(0.5)
+    back = time.monotonic() - t0
+    b = stack.status()["backends"]["coder"]
+    print(f"\n[e2e] SIGKILL → RUNNING again in {back:.0f} s; general answered {served} requests "
+          "meanwhile")
+    assert b["state"] == "RUNNING" and b["restarts"] == 1
+    assert b["last_exit"] == "killed by SIGKILL"
+    assert not any(st.pid_alive(p) for p in old_group)
+    r = httpx.post(f"{stack.url}/v1/chat/completions", timeout=120,
+                   headers={"Authorization": f"Bearer {KEY}"},
+                   json={"model": "smollm2-coder", "max_tokens": 8,
+                         "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
 
 
 def test_down_leaves_no_process_and_frees_the_ports(stack):

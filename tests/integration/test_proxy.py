@@ -275,3 +275,29 @@ def test_raw_garbage_on_the_socket_does_not_break_the_proxy(proxy):
         s.sendall(b"\x00\x01GARBAGE\r\n\r\n")
         s.recv(1024)
     assert httpx.get(proxy.url + "/health").status_code == 200
+
+
+def test_one_log_line_per_request_with_tokens_and_never_the_key(proxy, caplog):
+    import logging
+
+    from llmctl.proxy import fingerprint
+
+    caplog.set_level(logging.INFO, logger="llmctl.proxy")
+    httpx.post(proxy.url + "/v1/chat/completions", json=chat(max_tokens=3),
+               headers={**AUTH, "X-Request-ID": "rid-1"})
+    httpx.post(proxy.url + "/v1/chat/completions", json=chat(max_tokens=4, stream=True),
+               headers={**AUTH, "X-Request-ID": "rid-2"})
+
+    def lines(rid):
+        return [r.getMessage() for r in caplog.records
+                if r.name == "llmctl.proxy" and f"id={rid} " in r.getMessage()]
+
+    assert wait_for(lambda: lines("rid-1") and lines("rid-2"))
+    [one] = lines("rid-1")
+    assert "status=200" in one and "model=fake-coder" in one
+    assert "prompt_tokens=3 completion_tokens=3" in one
+    assert f"key={fingerprint(KEY)}" in one and KEY not in one
+    assert "ttfb_ms=" in one
+    [two] = lines("rid-2")
+    assert "completion_tokens=-" in two  # no usage in this stream
+    assert all(KEY not in r.getMessage() for r in caplog.records)

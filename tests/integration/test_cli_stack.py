@@ -1,0 +1,203 @@
+"""`llmctl up / status / chat / down` as a user runs them, with the stand-in upstream in
+place of vLLM (engine.python is a small script that starts tests/fakes/upstream.py), so
+the whole daemon — detach, lock, state file, proxy, process groups — runs for real in
+seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llmctl import state as st
+
+from .conftest import FAKE, free_port
+
+KEY = "sk-cli-test"
+
+
+class Env:
+    def __init__(self, tmp: Path, coder_args: str = '["--child"]', general_args: str = "[]"):
+        self.home = tmp / "home"
+        self.home.mkdir()
+        model = tmp / "model"
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({
+            "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 128}))
+        fake_python = tmp / "fake-python"
+        # Stands in for engine.python: drops "-m vllm.entrypoints.openai.api_server".
+        fake_python.write_text(f"#!/bin/sh\nshift 2\nexec {sys.executable} {FAKE} \"$@\"\n")
+        fake_python.chmod(0o755)
+        self.ports = [free_port() for _ in range(3)]
+        self.url = f"http://127.0.0.1:{self.ports[0]}"
+        (self.home / "config.toml").write_text(f"""
+[proxy]
+port = {self.ports[0]}
+api_keys = ["{KEY}"]
+[engine]
+device = "cpu"
+python = "{fake_python}"
+[models.coder]
+name = "fake-coder"
+source = "{model}"
+port = {self.ports[1]}
+args = {coder_args}
+[models.general]
+name = "fake-general"
+source = "{model}"
+port = {self.ports[2]}
+args = {general_args}
+""")
+        self.env = {**os.environ, "LLMCTL_HOME": str(self.home), "NO_COLOR": "1",
+                    "COLUMNS": "200"}
+        self.env.pop("LLMCTL_CONFIG", None)
+        self.env.pop("LLMCTL_API_KEY", None)
+
+    def run(self, *args: str, input: str | None = None, timeout: float = 60):
+        return subprocess.run([sys.executable, "-m", "llmctl.cli", *args], env=self.env,
+                              input=input, text=True, capture_output=True, timeout=timeout)
+
+    def status(self) -> dict:
+        r = self.run("status", "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = Env(tmp_path)
+    yield e
+    e.run("down")
+
+
+def test_up_status_chat_down(env):
+    r = env.run("up", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    assert f"{env.url}/v1" in r.stderr
+    s = env.status()
+    assert s["daemon"]["running"] and s["proxy_url"] == env.url
+    assert {k: b["state"] for k, b in s["backends"].items()} == {"coder": "RUNNING",
+                                                                  "general": "RUNNING"}
+    coder = s["backends"]["coder"]
+    assert coder["port"] == env.ports[1] and coder["rss_bytes"] > 0
+
+    r = env.run("chat", "--model", "general", "--max-tokens", "3", input="hello\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "tok0 tok1 tok2 \n"
+
+    r = env.run("status")  # the human table
+    assert r.returncode == 0 and "RUNNING" in r.stdout and "fake-coder" in r.stdout
+
+    again = env.run("up")
+    assert again.returncode == 0 and "already up" in again.stderr
+
+    pgids = [b["pgid"] for b in s["backends"].values()]
+    assert len(st.group_pids(pgids[0])) == 2  # server + its child
+    r = env.run("down")
+    assert r.returncode == 0, r.stderr
+    assert all(st.group_pids(g) == [] for g in pgids)
+    assert all(st.port_free(p) for p in env.ports)
+    assert not st.pid_alive(s["daemon"]["pid"])
+    assert env.status()["daemon"]["running"] is False
+    assert "nothing was running" in env.run("down").stderr
+
+
+def test_sigkill_of_the_daemon_leaves_nothing_for_long_and_is_cleaned(env):
+    assert env.run("up", "--timeout", "60").returncode == 0
+    s = env.status()
+    pgids = [b["pgid"] for b in s["backends"].values()]
+    os.kill(s["daemon"]["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    after = env.status()
+    assert after["daemon"]["running"] is False
+    # The servers got SIGTERM from the kernel (parent-death signal); a grandchild in the
+    # group may outlive them, and status says so until down/up cleans it.
+    deadline = time.monotonic() + 10
+    while any(st.pid_alive(g) for g in pgids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(st.pid_alive(g) for g in pgids), "servers outlived their daemon"
+    r = env.run("down")
+    assert r.returncode == 0, r.stderr
+    assert all(st.group_pids(g) == [] for g in pgids)
+    assert env.status()["backends"] == {}
+
+
+def test_up_refuses_a_port_in_use_naming_the_holder(env):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", env.ports[2]))
+        s.listen()
+        r = env.run("up", "--timeout", "30")
+    assert r.returncode == 1
+    assert f"port {env.ports[2]} (model general) is in use by pid {os.getpid()}" in r.stderr
+    assert "hint:" in r.stderr and "Traceback" not in r.stderr
+    assert env.status()["daemon"]["running"] is False
+
+
+def test_a_failing_backend_fails_up_but_the_other_keeps_serving(tmp_path):
+    e = Env(tmp_path, coder_args='["--crash-after", "0.01", "--startup-delay", "0.3"]')
+    try:
+        r = e.run("up", "--timeout", "60")
+        assert r.returncode == 1
+        assert "coder failed: exited while starting" in r.stderr
+        s = e.status()
+        assert s["backends"]["coder"]["state"] == "FATAL"
+        assert s["backends"]["general"]["state"] == "RUNNING"
+        ok = httpx.post(e.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+                        json={"model": "fake-general", "prompt": "x", "max_tokens": 1})
+        assert ok.status_code == 200
+        down = httpx.post(e.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "fake-coder", "prompt": "x"})
+        assert down.status_code == 503 and "fatal" in down.json()["error"]["message"]
+    finally:
+        e.run("down")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[proxy]\nport = 'x'\n", "'proxy.port' must be an integer"),
+    ("[proxy\n", "TOML syntax error"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, text, needle):
+    e = Env(tmp_path)
+    (e.home / "config.toml").write_text(text)
+    for cmd in (["up"], ["config", "show"], ["chat"]):
+        r = e.run(*cmd, input="hi")
+        assert r.returncode == 1, cmd
+        assert needle in r.stderr and str(e.home / "config.toml") in r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_config_init_show_and_key(tmp_path):
+    e = Env(tmp_path)
+    (e.home / "config.toml").unlink()
+    r = e.run("config", "init")
+    assert r.returncode == 0, r.stderr
+    assert oct((e.home / "config.toml").stat().st_mode)[-3:] == "600"
+    key = e.run("config", "key").stdout.strip()
+    assert key.startswith("sk-local-")
+    shown = e.run("config", "show").stdout
+    assert key not in shown and key[-4:] in shown
+    assert e.run("config", "init").returncode == 1  # refuses to overwrite
+    assert e.run("config", "key").stdout.strip() == key
+
+
+def test_up_with_a_changed_config_says_what_differs_and_restart_applies_it(env):
+    assert env.run("up", "--timeout", "60").returncode == 0
+    cfg = env.home / "config.toml"
+    cfg.write_text(cfg.read_text().replace('name = "fake-general"', 'name = "fake-general-2"'))
+    r = env.run("up")
+    assert r.returncode == 0
+    assert "already up" in r.stderr and "differs" in r.stderr
+    assert '+name = "fake-general-2"' in r.stderr and "--restart" in r.stderr
+    assert env.status()["backends"]["general"]["name"] == "fake-general"
+    r = env.run("up", "--restart", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    assert env.status()["backends"]["general"]["name"] == "fake-general-2"

@@ -1,0 +1,179 @@
+"""Proxy overhead benchmark: the same load sent directly to a fast upstream and through
+the llmctl proxy, in one run, so the ratio holds on a noisy machine.
+
+    .venv/bin/python tests/perf/bench_proxy.py [--requests 1000] [--rounds 3] [--json]
+
+Measures
+  * added latency at concurrency 1, non-streaming and time-to-first-chunk (streaming),
+    p50 and p99 (proxy minus direct);
+  * streamed chunks per second at concurrency 64 (256 chunks per response), proxy as a
+    fraction of direct.
+Targets (issue 3): added p50 <= 1 ms, p99 <= 3 ms; >= 80 % of direct throughput.
+The upstream and the proxy each run in their own process, with the daemon's uvicorn
+settings; the load generator (aiohttp) runs here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+KEY = "sk-bench"
+BODY = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+
+PROXY_MAIN = f"""
+import sys
+sys.path.insert(0, {str(HERE.parents[1])!r})
+from llmctl import config
+from llmctl.daemon import serve_proxy_forever
+port, upstream = int(sys.argv[1]), sys.argv[2]
+m = config.ModelConfig(key="bench", name="bench", url=upstream)
+class B:
+    model, state, in_flight, reason = m, "RUNNING", 0, None
+serve_proxy_forever([B()], config.ProxyConfig(port=port, api_keys=({KEY!r},),
+                                              max_queue_per_model=100000))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_up(session: aiohttp.ClientSession, url: str) -> None:
+    for _ in range(200):
+        try:
+            async with session.get(url + "/health") as r:
+                await r.read()
+                return
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+async def one(session, url, stream: bool) -> float:
+    """Seconds to the full answer (non-streaming) or to the first chunk (streaming)."""
+    body = dict(BODY, stream=stream)
+    t0 = time.perf_counter()
+    async with session.post(url + "/v1/chat/completions", json=body) as r:
+        if stream:
+            await r.content.readany()
+            t = time.perf_counter() - t0
+            await r.read()
+            return t
+        await r.read()
+        return time.perf_counter() - t0
+
+
+async def latency(session, urls: dict[str, str], n: int, stream: bool) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {k: [] for k in urls}
+    block = 50  # interleave in blocks, so drift in machine load hits both sides alike
+    for _ in range(max(1, n // block)):
+        for k, u in urls.items():
+            for _ in range(block):
+                out[k].append(await one(session, u, stream))
+    return out
+
+
+async def throughput(session, url: str, conc: int, chunks: int, rounds: int) -> float:
+    body = dict(BODY, stream=True, max_tokens=chunks)
+
+    async def stream() -> int:
+        n = 0
+        async with session.post(url + "/v1/chat/completions", json=body) as r:
+            async for data in r.content.iter_any():
+                n += data.count(b"data: ")
+        return n
+
+    total = 0
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        total += sum(await asyncio.gather(*(stream() for _ in range(conc))))
+    return total / (time.perf_counter() - t0)
+
+
+async def run(args) -> dict:
+    up_port, px_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, str(HERE / "fast_upstream.py"), str(up_port)], env=env),
+        subprocess.Popen([sys.executable, "-c", PROXY_MAIN, str(px_port),
+                          f"http://127.0.0.1:{up_port}"], env=env),
+    ]
+    try:
+        conn = aiohttp.TCPConnector(limit=0, force_close=False)
+        async with aiohttp.ClientSession(connector=conn,
+                                         headers={"Authorization": f"Bearer {KEY}"}) as s:
+            urls = {"direct": f"http://127.0.0.1:{up_port}", "proxy": f"http://127.0.0.1:{px_port}"}
+            for u in urls.values():
+                await wait_up(s, u)
+            await latency(s, urls, 100, False)  # warm-up: connections, caches, JIT-free paths
+            res: dict = {"requests": args.requests}
+            for name, stream in (("non_streaming", False), ("first_chunk", True)):
+                lat = await latency(s, urls, args.requests, stream)
+                d, p = lat["direct"], lat["proxy"]
+                res[name] = {
+                    "direct_p50_ms": statistics.median(d) * 1e3, "proxy_p50_ms": statistics.median(p) * 1e3,
+                    "direct_p99_ms": pct(d, 99) * 1e3, "proxy_p99_ms": pct(p, 99) * 1e3,
+                }
+                r = res[name]
+                r["added_p50_ms"] = r["proxy_p50_ms"] - r["direct_p50_ms"]
+                r["added_p99_ms"] = r["proxy_p99_ms"] - r["direct_p99_ms"]
+            tp = {}
+            for k in ("direct", "proxy", "direct", "proxy"):  # twice each, best of two
+                v = await throughput(s, urls[k], args.concurrency, args.chunks, args.rounds)
+                tp[k] = max(tp.get(k, 0.0), v)
+            res["throughput"] = {"concurrency": args.concurrency, "chunks_per_response": args.chunks,
+                                 "direct_chunks_per_s": tp["direct"],
+                                 "proxy_chunks_per_s": tp["proxy"],
+                                 "proxy_fraction": tp["proxy"] / tp["direct"]}
+            return res
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--chunks", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    res = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    for name in ("non_streaming", "first_chunk"):
+        r = res[name]
+        print(f"{name:>14}: direct p50 {r['direct_p50_ms']:.3f} ms p99 {r['direct_p99_ms']:.3f} ms | "
+              f"proxy p50 {r['proxy_p50_ms']:.3f} ms p99 {r['proxy_p99_ms']:.3f} ms | "
+              f"added p50 {r['added_p50_ms']:.3f} ms p99 {r['added_p99_ms']:.3f} ms")
+    t = res["throughput"]
+    print(f"    throughput: c={t['concurrency']} × {t['chunks_per_response']} chunks: "
+          f"direct {t['direct_chunks_per_s']:.0f}/s, proxy {t['proxy_chunks_per_s']:.0f}/s "
+          f"= {t['proxy_fraction'] * 100:.1f} % of direct")
+
+
+if __name__ == "__main__":
+    main()
