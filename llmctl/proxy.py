@@ -42,6 +42,7 @@ from .config import ModelConfig, ProxyConfig
 log = logging.getLogger("llmctl.proxy")
 
 RUNNING = "RUNNING"
+_PATH = re.compile(r"^/v1(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # Hop-by-hop headers and those the ASGI server sets itself.
 _DROP_UP = {"host", "content-length", "connection", "keep-alive", "authorization",
@@ -298,6 +299,8 @@ class Proxy:
         key_fp, denied = self.authorize(request)
         if denied:
             return denied
+        if not _PATH.match(path):  # decoded already: NUL, spaces, `..` never reach a backend
+            return error(404, f"no route {path!r}", code="not_found")
         try:
             body = await _read_body(request, self.cfg.max_body_bytes)
         except _BodyTooLarge:

@@ -301,3 +301,11 @@ def test_one_log_line_per_request_with_tokens_and_never_the_key(proxy, caplog):
     [two] = lines("rid-2")
     assert "completion_tokens=-" in two  # no usage in this stream
     assert all(KEY not in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("path", ["/v1/%00", "/v1/a%20b", "/v1/..", "/v1/x/%2e%2e/models",
+                                  "/v1//chat"])
+def test_odd_paths_are_404_and_never_reach_a_backend(proxy, upstream, path):
+    r = httpx.post(proxy.url + path, json=chat(), headers=AUTH)
+    assert_openai_error(r, 404)
+    assert upstream.stats()["requests"] == 0

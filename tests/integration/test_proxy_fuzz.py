@@ -49,7 +49,8 @@ def live(request):
     up.stop()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=500, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
 @given(body=bodies, authorization=auth, path=paths,
        rid=S.one_of(S.none(), header_text), ctype=S.one_of(S.none(), header_text))
 def test_no_500_and_no_hang(live, body, authorization, path, rid, ctype):
