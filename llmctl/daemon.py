@@ -114,7 +114,7 @@ class Daemon:
             starter.cancel()
             await asyncio.gather(starter, return_exceptions=True)
             await supervisor.stop()
-            await app.state.proxy.client.aclose()
+            await app.proxy.aclose()
         return 1 if self.error else 0
 
 
@@ -127,7 +127,8 @@ def uvicorn_config(app, host: str, port: int):
     # httptools parses HTTP/1.1 several times faster than h11; both ship with uvicorn[standard].
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                          lifespan="off", http=http, timeout_graceful_shutdown=int(DRAIN_SECONDS))
+                          lifespan="off", http=http, proxy_headers=False,
+                          timeout_graceful_shutdown=int(DRAIN_SECONDS))
 
 
 def serve_proxy_forever(backends, proxy_cfg: cfgmod.ProxyConfig) -> None:

@@ -1,7 +1,7 @@
 """A small stand-in for a vLLM OpenAI server, for the integration tests and the benchmark.
 
     python tests/fakes/upstream.py --port 9000 [--startup-delay S] [--never-healthy]
-        [--crash-after S] [--child] [--token-delay S]
+        [--crash-after S] [--exit-at-start CODE] [--child] [--token-delay S]
 
 It answers /health, /metrics (vllm:num_requests_running), /v1/models,
 /v1/completions and /v1/chat/completions (streaming or not, `max_tokens` chunks),
@@ -150,6 +150,8 @@ def main() -> None:
     ap.add_argument("--startup-delay", type=float, default=0.0)
     ap.add_argument("--never-healthy", action="store_true")
     ap.add_argument("--crash-after", type=float, default=0.0)
+    ap.add_argument("--exit-at-start", type=int, default=None,
+                    help="exit with this code after the startup delay, never listening")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--token-delay", type=float, default=0.0)
     # Accept (and ignore) the vLLM flags llmctl passes, so engine argv can be reused.
@@ -158,6 +160,9 @@ def main() -> None:
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     if ARGS.startup_delay:
         time.sleep(ARGS.startup_delay)
+    if ARGS.exit_at_start is not None:
+        print("fake: Address already in use", flush=True)  # a cause llmctl can name
+        sys.exit(ARGS.exit_at_start)
     if ARGS.crash_after:
         import threading
 

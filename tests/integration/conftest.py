@@ -3,6 +3,7 @@ the proxy served by uvicorn in a thread."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -95,7 +96,13 @@ class ProxyServer:
         self.port = proxy_cfg.port
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    async def _serve(self) -> None:
+        try:
+            await self.server.serve()
+        finally:
+            await self.app.proxy.aclose()
 
     @property
     def url(self) -> str:

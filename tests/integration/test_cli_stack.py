@@ -143,7 +143,7 @@ def test_up_refuses_a_port_in_use_naming_the_holder(env):
 
 
 def test_a_failing_backend_fails_up_but_the_other_keeps_serving(tmp_path):
-    e = Env(tmp_path, coder_args='["--crash-after", "0.01", "--startup-delay", "0.3"]')
+    e = Env(tmp_path, coder_args='["--exit-at-start", "1", "--startup-delay", "0.3"]')
     try:
         r = e.run("up", "--timeout", "60")
         assert r.returncode == 1

@@ -72,10 +72,10 @@ def test_sigkill_of_the_server_reaps_its_group_and_restarts(tmp_path):
 
 def test_exit_during_the_first_start_is_fatal_with_the_log_tail_reason(tmp_path):
     async def go():
-        b = backend(tmp_path, "--startup-delay", "0.2", "--crash-after", "0.1")
+        b = backend(tmp_path, "--child", "--startup-delay", "0.2", "--exit-at-start", "4")
         assert not await b.start()
         assert b.state == FATAL
-        assert "exited while starting (exit code 4)" in b.reason
+        assert "exited while starting (exit code 4): port in use" in b.reason
         assert st.group_pids(b.pid) == []
 
     asyncio.run(go())

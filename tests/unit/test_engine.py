@@ -17,7 +17,7 @@ def test_cpu_backend_argv_and_env():
     assert cmd.argv == ("/opt/py/bin/python", "-m", "vllm.entrypoints.openai.api_server",
                         "--model", "/models/x", "--served-model-name", "c",
                         "--host", "127.0.0.1", "--port", "8000",
-                        "--max-model-len", "2048", "--max-num-seqs", "16")
+                        "--max-model-len", "2048", "--max-num-seqs", "16", "-O0")
     assert cmd.env["VLLM_CPU_KVCACHE_SPACE"] == "3"
     assert cmd.env["VLLM_CPU_OMP_THREADS_BIND"] == "1"
     assert cmd.env["HF_HUB_OFFLINE"] == "1"
@@ -45,3 +45,13 @@ def test_cores_spec():
     assert BackendPlan("a", "cpu", cores=(0, 1, 2, 3)).cores_spec == "0-3"
     assert BackendPlan("a", "cpu", cores=(0, 2)).cores_spec == "0,2"
     assert BackendPlan("a", "cpu", cores=(5,)).cores_spec == "5"
+
+
+def test_cpu_compile_level_from_args_wins():
+    p = BackendPlan("coder", "cpu", kv_cache_gib=1)
+    for args in (("-O3",), ("--compilation-config", "{}"), ("--enforce-eager",)):
+        cmd = engine.command(CFG, model(args=args), p, "/m")
+        assert "-O0" not in cmd.argv and cmd.argv[-len(args):] == args
+    gpu = engine.command(CFG, model(), BackendPlan("coder", "cuda", gpu_memory_utilization=0.4),
+                         "/m")
+    assert "-O0" not in gpu.argv
