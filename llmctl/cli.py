@@ -199,7 +199,7 @@ def up(
     if foreground:
         from .daemon import run
 
-        raise typer.Exit(run(cfg.path))
+        raise typer.Exit(run(cfg.path, foreground=True))
 
     proc = stack.start_daemon(cfg)
     t0 = time.monotonic()
@@ -215,13 +215,23 @@ def up(
         raise typer.Exit(130) from None
     elapsed = time.monotonic() - t0
     if result.message and not result.stack.get("backends"):
-        tail = _tail(cfgmod.logs_dir() / "daemon.log")
+        tail = _tail(cfgmod.logs_dir() / "daemon.log", 8) + _tail(cfgmod.logs_dir() / "daemon.out", 8)
         raise LlmctlError(f"the daemon failed: {result.message}",
                           "daemon log:\n  " + "\n  ".join(tail) if tail else None)
-    for key in result.failed:
-        b = result.stack["backends"][key]
-        ui.fail(f"{key} failed: {b.get('reason') or b.get('last_exit')}")
-        for line in _tail(Path(b["log"])) if b.get("log") else []:
+    backends = result.stack.get("backends") or {}
+    # Failed backends, and on a timeout the ones still starting: their last log lines.
+    for key, b in backends.items():
+        if key not in result.failed and (result.ok or b.get("state") == "RUNNING"):
+            continue
+        from .supervisor import likely_cause
+
+        tail = _tail(Path(b["log"])) if b.get("log") else []
+        why = b.get("reason") or b.get("last_exit") or f"still {b.get('state')}"
+        ui.fail(f"{key} failed: {why}" if key in result.failed else f"{key}: {why}")
+        cause = likely_cause(tail)
+        if cause and cause not in why:
+            ui.say(f"  likely cause: {cause}")
+        for line in tail:
             ui.note("  " + line)
     if not result.ok:
         msg = result.message or f"{len(result.failed)} backend(s) failed"
@@ -256,7 +266,7 @@ def _already_up(ui: Any, path: Path | None, running: dict[str, Any]) -> None:
 
 
 def _tail(p: Path, n: int = 15) -> list[str]:
-    from .supervisor import log_tail
+    from .state import log_tail
 
     return log_tail(p, n)
 

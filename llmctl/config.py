@@ -77,6 +77,8 @@ class ProxyConfig:
     max_queue_per_model: int = 100
     # How long one upstream request may stay silent before the proxy answers 504.
     request_timeout: float = 600.0
+    # On `down`: how long in-flight requests may finish before the backends are stopped.
+    drain_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ _PROXY_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "max_body_bytes": ((int,), "an integer"),
     "max_queue_per_model": ((int,), "an integer"),
     "request_timeout": ((int, float), "a number of seconds"),
+    "drain_seconds": ((int, float), "a number of seconds"),
 }
 _ENGINE_FIELDS = {
     "device": ((str,), "one of auto, cuda, cpu"),
@@ -305,6 +308,8 @@ def parse(raw: Mapping[str, Any], path: Path | None = None, text: str = "", *,
             r.fail("proxy", k, f"'proxy.{k}' must be at least 1")
     if proxy.request_timeout <= 0:
         r.fail("proxy", "request_timeout", "'proxy.request_timeout' must be positive")
+    if proxy.drain_seconds < 0:
+        r.fail("proxy", "drain_seconds", "'proxy.drain_seconds' must not be negative")
 
     e = r.check("engine", raw.get("engine", {}), _ENGINE_FIELDS)
     engine = EngineConfig(**e)

@@ -1,8 +1,9 @@
 """The daemon: one event loop running the supervisor and the proxy; signals; drain.
 
 May import: config, engine, gpu, hub, plan, proxy, state, supervisor.
-Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached,
-with its output in logs/daemon.log) or in the foreground by `llmctl up --foreground`.
+Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached;
+it logs to logs/daemon.log, rotated, and anything printed lands in logs/daemon.out)
+or in the foreground by `llmctl up --foreground` (logs on stderr).
 
 Order: take the lock, plan, bind the proxy (so /health and /ready answer at
 once), start backends one by one, serve. SIGTERM or SIGINT: the proxy stops
@@ -27,8 +28,6 @@ from .errors import LlmctlError
 from .supervisor import Backend, Supervisor
 
 log = logging.getLogger("llmctl.daemon")
-
-DRAIN_SECONDS = 10.0
 
 
 def build_backends(cfg: cfgmod.Config, on_change) -> tuple[list[Backend], str]:
@@ -88,7 +87,7 @@ class Daemon:
             return 1
         self.report()
         app = create_app(self.backends, self.cfg.proxy)
-        server = uvicorn.Server(uvicorn_config(app, host, port))
+        server = uvicorn.Server(uvicorn_config(app, host, port, self.cfg.proxy.drain_seconds))
         supervisor = Supervisor(self.backends)
 
         async def start_backends() -> None:
@@ -118,7 +117,7 @@ class Daemon:
         return 1 if self.error else 0
 
 
-def uvicorn_config(app, host: str, port: int):
+def uvicorn_config(app, host: str, port: int, drain_seconds: float = 10.0):
     """The proxy's server settings, shared by the daemon and the benchmark."""
     import importlib.util
 
@@ -128,7 +127,7 @@ def uvicorn_config(app, host: str, port: int):
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                           lifespan="off", http=http, proxy_headers=False,
-                          timeout_graceful_shutdown=int(DRAIN_SECONDS))
+                          timeout_graceful_shutdown=max(1, round(drain_seconds)))
 
 
 def serve_proxy_forever(backends, proxy_cfg: cfgmod.ProxyConfig) -> None:
@@ -138,7 +137,8 @@ def serve_proxy_forever(backends, proxy_cfg: cfgmod.ProxyConfig) -> None:
     from .proxy import create_app
 
     app = create_app(backends, proxy_cfg)
-    server = uvicorn.Server(uvicorn_config(app, proxy_cfg.host, proxy_cfg.port))
+    server = uvicorn.Server(uvicorn_config(app, proxy_cfg.host, proxy_cfg.port,
+                                           proxy_cfg.drain_seconds))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(server.serve())
 
@@ -152,9 +152,25 @@ def _loop_factory():
         return asyncio.new_event_loop
 
 
-def run(config_path: Path | None) -> int:
-    logging.basicConfig(level=os.environ.get("LLMCTL_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _logging(foreground: bool) -> None:
+    """Detached: logs/daemon.log, rotated at 10 MB (one line per request adds up).
+    In the foreground: stderr, for the terminal or the journal."""
+    from logging.handlers import RotatingFileHandler
+
+    if foreground:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    else:
+        cfgmod.logs_dir().mkdir(parents=True, exist_ok=True)
+        handler = RotatingFileHandler(cfgmod.logs_dir() / "daemon.log", maxBytes=10 * 1024 * 1024,
+                                      backupCount=3)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("LLMCTL_LOG_LEVEL", "INFO").upper())
+
+
+def run(config_path: Path | None, *, foreground: bool = False) -> int:
+    _logging(foreground)
     # One line per health check would drown the request log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     lock = state.DaemonLock()
@@ -182,8 +198,9 @@ def run(config_path: Path | None) -> int:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m llmctl.daemon")
     ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument("--foreground", action="store_true", help="log to stderr")
     args = ap.parse_args(argv)
-    sys.exit(run(args.config))
+    sys.exit(run(args.config, foreground=args.foreground))
 
 
 if __name__ == "__main__":

@@ -76,3 +76,37 @@ def read(nvml: Any = None) -> Readings:
 def detect_device() -> str:
     """'cuda' when NVML sees a GPU, else 'cpu'."""
     return "cuda" if read_gpus() else "cpu"
+
+
+def process_memory(pids: set[int] | list[int], nvml: Any = None) -> dict[int, int]:
+    """GPU bytes held by each of `pids`, over every GPU (NVML's compute processes).
+
+    {} when NVML is not there; a pid that holds nothing is absent."""
+    want = set(pids)
+    if not want:
+        return {}
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return {}
+    try:
+        nvml.nvmlInit()
+    except Exception:
+        return {}
+    out: dict[int, int] = {}
+    try:
+        for i in range(nvml.nvmlDeviceGetCount()):
+            h = nvml.nvmlDeviceGetHandleByIndex(i)
+            for p in nvml.nvmlDeviceGetComputeRunningProcesses(h):
+                used = getattr(p, "usedGpuMemory", None) or 0
+                if p.pid in want:
+                    out[p.pid] = out.get(p.pid, 0) + int(used)
+    except Exception:
+        return out
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            pass
+    return out

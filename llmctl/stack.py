@@ -1,6 +1,6 @@
 """The stack as the CLI sees it: start the daemon and wait, read its state, stop it, clean up.
 
-May import: config, errors, state, supervisor (log_tail only). Never imports the
+May import: config, errors, gpu (inside functions), state. Never imports the
 daemon, the proxy or vLLM: `status` and `down` must stay fast.
 """
 
@@ -77,15 +77,25 @@ class Status:
         s = self.stack or {}
         backends = {}
         now = time.time()
+        groups = {key: state.group_pids(b["pgid"]) if b.get("pgid") else []
+                  for key, b in (s.get("backends") or {}).items()}
+        gpu_mem: dict[int, int] = {}
+        if s.get("device") == "cuda":  # NVML only where there is a GPU: status stays fast
+            from .gpu import process_memory
+
+            gpu_mem = process_memory([p for pids in groups.values() for p in pids])
         for key, b in (s.get("backends") or {}).items():
             pgid = b.get("pgid")
-            alive = bool(pgid) and bool(state.group_pids(pgid))
+            alive = bool(groups[key])
             backends[key] = {
                 **b,
                 "alive": alive,
                 "uptime_s": round(now - b["ready_at"], 1) if b.get("ready_at") and alive else None,
                 "rss_bytes": group_rss(pgid) if alive else None,
+                "gpu_bytes": sum(gpu_mem.get(p, 0) for p in groups[key]) if gpu_mem else None,
             }
+            if b.get("state") == "FATAL" and b.get("log"):
+                backends[key]["log_tail"] = state.log_tail(Path(b["log"]), 10)
             if not self.running:
                 backends[key]["state"] = "STOPPED" if not alive else "ORPHANED"
         return {
@@ -133,7 +143,8 @@ def start_daemon(cfg: cfgmod.Config) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "llmctl.daemon"]
     if cfg.path:
         argv += ["--config", str(cfg.path)]
-    with open(logs / "daemon.log", "ab") as out:
+    # The daemon logs to daemon.log itself (rotated); this catches what it prints or a crash.
+    with open(logs / "daemon.out", "ab") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 close_fds=True)
@@ -198,6 +209,10 @@ def down(timeout: float = 60.0) -> list[str]:
     st = read_status()
     done: list[str] = []
     stack = st.stack or {}
+    # Every process of every group, taken now: on a GPU the EngineCore/Worker children
+    # hold the memory, and they are gone from their groups once stopped.
+    members = {p for b in (stack.get("backends") or {}).values() if b.get("pgid")
+               for p in state.group_pids(b["pgid"])}
     if st.running:
         pid = stack.get("pid") or _lock_pid()
         if pid:
@@ -217,8 +232,25 @@ def down(timeout: float = 60.0) -> list[str]:
         if not state.port_free(port):
             raise StackError(f"port {port} is still in use after down"
                              + (f" by {h}" if (h := port_holder(port)) else ""))
+    if stack.get("device") == "cuda":
+        done.append(_confirm_gpu_released(members))
     state.clear_stack()
     return done
+
+
+def _confirm_gpu_released(pids: set[int]) -> str:
+    """NVML must no longer list any process of ours (the driver frees memory at exit)."""
+    from .gpu import process_memory
+
+    deadline = time.monotonic() + 10
+    held = process_memory(pids)
+    while held and time.monotonic() < deadline:
+        time.sleep(0.2)
+        held = process_memory(pids)
+    if held:
+        raise StackError(f"GPU memory is still held by pids {sorted(held)} after down",
+                         "`nvidia-smi` shows them; kill them by pid")
+    return "GPU memory released (NVML lists no process of this stack)"
 
 
 def _lock_pid() -> int | None:

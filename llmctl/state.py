@@ -191,3 +191,14 @@ def record_start(key: str, seconds: float) -> None:
         write_json(path(STARTS), data)
     except OSError:
         pass  # an estimate is not worth failing a start for
+
+
+def log_tail(path: Path, lines: int = 20) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 64 * 1024, 0))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [ln for ln in text.splitlines() if ln.strip()][-lines:]

@@ -27,6 +27,7 @@ import httpx
 from . import state as st
 from .config import ModelConfig
 from .engine import Command
+from .state import log_tail
 
 STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (
     "STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
@@ -44,15 +45,43 @@ def _die_with_parent() -> None:
         pass
 
 
-def log_tail(path: Path, lines: int = 20) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - 64 * 1024, 0))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    return [ln for ln in text.splitlines() if ln.strip()][-lines:]
+class LogPump:
+    """Copies a child's output from a pipe into a file, rotating it at `max_bytes`
+    (keeping `backups` old files: NAME.log.1 …), in a thread of its own."""
+
+    def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, backups: int = 3) -> None:
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self.f = open(path, "ab")
+
+    def write(self, data: bytes) -> None:
+        if self.f.tell() + len(data) > self.max_bytes and self.f.tell() > 0:
+            self.f.close()
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            self.f = open(self.path, "ab")
+        self.f.write(data)
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+    def follow(self, fd: int) -> None:
+        import threading
+
+        def run() -> None:
+            try:
+                while chunk := os.read(fd, 65536):  # b"" once every writer has exited
+                    self.write(chunk)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+                self.close()
+
+        threading.Thread(target=run, name=f"log:{self.path.name}", daemon=True).start()
 
 
 # Lines in a vLLM log that name why a start failed, most specific first.
@@ -206,13 +235,23 @@ class Backend:
     def _spawn(self) -> None:
         assert self.cmd is not None and self.log_path is not None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n{START_MARK} {' '.join(self.cmd.argv)}\n".encode())
-            log.flush()
+        # Output goes through a pipe to a size-capped, rotated file: a server that runs
+        # for weeks cannot fill the disk.
+        pump = LogPump(self.log_path)
+        pump.write(f"\n{START_MARK} {' '.join(self.cmd.argv)}\n".encode())
+        r, w = os.pipe()
+        try:
             self.proc = self._popen(
                 list(self.cmd.argv), env={**os.environ, **self.cmd.env},
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, stdout=w, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent, close_fds=True)
+        except BaseException:
+            os.close(r)
+            pump.close()
+            raise
+        finally:
+            os.close(w)
+        pump.follow(r)
         self.started_at = time.time()
         self.ready_at = None
 

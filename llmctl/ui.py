@@ -79,12 +79,16 @@ def status_table(st: dict[str, Any]) -> None:
             state = f"[{color}]{b['state']}[/{color}]" if color else b["state"]
             t.add_row(key, b.get("name") or "-", state, str(b.get("pid") or "-"),
                       str(b.get("port") or b.get("url") or "-"), _age(b.get("uptime_s")),
-                      str(b.get("restarts", 0)), _bytes(b.get("rss_bytes")),
+                      str(b.get("restarts", 0)),
+                      _bytes(b.get("gpu_bytes") if b.get("gpu_bytes") is not None
+                             else b.get("rss_bytes")),
                       _bytes(b.get("planned_bytes")), str(b.get("in_flight", 0)))
         out.print(t)
         for key, b in st["backends"].items():
             if b.get("reason") and b["state"] != "RUNNING":
                 out.print(f"  {key}: {_escape(b['reason'])}")
+            for line in b.get("log_tail") or []:
+                out.print(f"    [dim]{_escape(line)}[/dim]")
     if st["leftovers"]:
         out.print(f"[red]left over from a dead daemon:[/red] process groups "
                   f"{', '.join(map(str, st['leftovers']))} — `llmctl down` cleans them")

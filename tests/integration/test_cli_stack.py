@@ -201,3 +201,55 @@ def test_up_with_a_changed_config_says_what_differs_and_restart_applies_it(env):
     r = env.run("up", "--restart", "--timeout", "60")
     assert r.returncode == 0, r.stderr
     assert env.status()["backends"]["general"]["name"] == "fake-general-2"
+
+
+def test_down_lets_in_flight_requests_finish(env):
+    import threading
+
+    assert env.run("up", "--timeout", "60").returncode == 0
+    got: list[str] = []
+
+    def stream() -> None:
+        with httpx.stream("POST", env.url + "/v1/chat/completions", timeout=30,
+                          headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "fake-coder", "stream": True, "max_tokens": 10,
+                                "token_delay": 0.2, "messages": []}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    got.append(line)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    while not got:
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    r = env.run("down")
+    t.join(timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert got[-1] == "data: [DONE]" and len(got) == 11  # the whole answer arrived
+    assert time.monotonic() - t0 >= 1.0  # down waited for it
+    assert env.status()["backends"] == {}
+
+
+def test_ctrl_c_during_up_stops_the_start_cleanly(tmp_path):
+    e = Env(tmp_path, coder_args='["--startup-delay", "60", "--child"]')
+    up = subprocess.Popen([sys.executable, "-m", "llmctl.cli", "up"], env=e.env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        pgid = None
+        deadline = time.monotonic() + 30
+        while pgid is None and time.monotonic() < deadline:
+            stack = st.read_json(e.home / "state" / "stack.json") or {}
+            pgid = ((stack.get("backends") or {}).get("coder") or {}).get("pgid")
+            time.sleep(0.1)
+        assert pgid and st.group_pids(pgid)
+        up.send_signal(signal.SIGINT)
+        _, err = up.communicate(timeout=60)
+        assert up.returncode == 130, err
+        assert "interrupted" in err and "Traceback" not in err
+        assert st.group_pids(pgid) == []
+        assert e.status()["daemon"]["running"] is False
+    finally:
+        if up.poll() is None:
+            up.kill()
+        e.run("down")

@@ -1,0 +1,41 @@
+import os
+
+from llmctl.supervisor import LogPump, likely_cause, phase_of
+
+
+def test_rotation_keeps_a_bounded_number_of_files(tmp_path):
+    p = tmp_path / "coder.log"
+    pump = LogPump(p, max_bytes=100, backups=2)
+    for i in range(10):
+        pump.write(f"line {i:02d} ".encode() * 5 + b"\n")  # 46 bytes each
+    pump.close()
+    names = sorted(x.name for x in tmp_path.iterdir())
+    assert names == ["coder.log", "coder.log.1", "coder.log.2"]
+    assert all(os.path.getsize(tmp_path / n) <= 100 for n in names)
+    assert b"line 09" in p.read_bytes()
+
+
+def test_follow_copies_a_pipe_until_every_writer_closes(tmp_path):
+    import time
+
+    p = tmp_path / "x.log"
+    r, w = os.pipe()
+    pump = LogPump(p)
+    pump.follow(r)
+    os.write(w, b"hello\n")
+    os.close(w)
+    deadline = time.monotonic() + 5
+    while p.read_bytes() != b"hello\n" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert p.read_bytes() == b"hello\n"
+
+
+def test_phases_and_causes_from_vllm_log_lines():
+    assert phase_of(["=== llmctl: starting x", "(Worker) Starting to load model /m"]) == \
+        "loading weights"
+    assert phase_of(["Warming up model for the compilation..."]) == "compiling"
+    assert phase_of(["CPU KV cache size: 46,592 tokens"]) == "allocating KV cache"
+    # Only the current start counts.
+    assert phase_of(["CPU KV cache size: 1", "=== llmctl: starting again"]) == "starting"
+    assert "out of memory" in likely_cause(["torch.OutOfMemoryError: CUDA out of memory"])
+    assert likely_cause(["all good"]) is None
