@@ -253,3 +253,45 @@ def test_ctrl_c_during_up_stops_the_start_cleanly(tmp_path):
         if up.poll() is None:
             up.kill()
         e.run("down")
+
+
+def test_up_with_only_url_models_needs_no_vllm(tmp_path):
+    """`[models.X] url = …`: routed to and health-checked, never started; vLLM and torch are
+    made unimportable for every llmctl process of this test."""
+    from .conftest import start_upstream
+
+    up = start_upstream("remote-model")
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('vllm', 'torch', 'transformers'):\n"
+        "            raise ImportError(f'{name} is blocked in this test')\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    e = Env(tmp_path)
+    port = free_port()
+    (e.home / "config.toml").write_text(f"""
+[proxy]
+port = {port}
+api_keys = ["{KEY}"]
+[models.remote]
+name = "remote-model"
+url = "{up.url}"
+""")
+    e.url = f"http://127.0.0.1:{port}"
+    e.env["PYTHONPATH"] = str(block)
+    try:
+        r = e.run("up", "--timeout", "30")
+        assert r.returncode == 0, r.stderr
+        s = e.status()
+        assert s["backends"]["remote"]["state"] == "RUNNING"
+        assert s["backends"]["remote"]["pid"] is None  # nothing was started
+        r = e.run("chat", "--model", "remote", "--max-tokens", "2", input="hi")
+        assert r.returncode == 0 and r.stdout == "tok0 tok1 \n", r.stderr
+        assert e.run("down").returncode == 0
+        assert up.proc.poll() is None  # a server llmctl did not start is left alone
+    finally:
+        e.run("down")
+        up.stop()
