@@ -290,11 +290,20 @@ def status(as_json: JsonOpt = False) -> None:
     """Daemon, proxy and each backend: state, pid, port, uptime, restarts, memory."""
     from . import stack
 
-    st = stack.read_status().as_dict()
+    st = stack.read_status()
+    cleaned: list[str] = []
+    if not st.running and st.leftovers:
+        # A dead daemon's groups hold memory and ports: clean them, and say so.
+        cleaned = stack.clean_leftovers()
+        for line in cleaned:
+            _ui().note(line)
+        st = stack.read_status()
+    data = st.as_dict()
+    data["cleaned"] = cleaned
     if as_json:
-        _ui().data(st)
+        _ui().data(data)
     else:
-        _ui().status_table(st)
+        _ui().status_table(data)
 
 
 @app.command()

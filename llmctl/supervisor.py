@@ -140,7 +140,8 @@ class Backend:
                  planned_bytes: int = 0, popen: Callable[..., Any] = subprocess.Popen,
                  clock: Callable[[], float] = time.monotonic,
                  start_timeout: float = 900.0, health_interval: float = 5.0,
-                 health_failures: int = 3, backoff_cap: float = 30.0, max_restarts: int = 5,
+                 health_failures: int = 3, backoff_base: float = 1.0, backoff_cap: float = 30.0,
+                 max_restarts: int = 5,
                  stable_after: float = 60.0, stop_grace: float = 10.0,
                  on_change: Callable[[], None] = lambda: None) -> None:
         self.model = model
@@ -152,6 +153,7 @@ class Backend:
         self.start_timeout = start_timeout
         self.health_interval = health_interval
         self.health_failures = health_failures
+        self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_restarts = max_restarts
         self.stable_after = stable_after
@@ -364,8 +366,8 @@ class Backend:
             if quick_failures > self.max_restarts:
                 self._set(FATAL, f"{quick_failures - 1} restarts in a row failed; last: {self.last_exit}")
                 return
-            delay = min(2.0 ** (quick_failures - 1), self.backoff_cap)
-            self._set(BACKOFF, f"{self.last_exit}; restarting in {delay:.0f} s")
+            delay = min(self.backoff_base * 2.0 ** (quick_failures - 1), self.backoff_cap)
+            self._set(BACKOFF, f"{self.last_exit}; restarting in {delay:.1f} s")
             await asyncio.sleep(delay)
             if self._stopping:
                 return

@@ -113,21 +113,24 @@ def test_up_status_chat_down(env):
 def test_sigkill_of_the_daemon_leaves_nothing_for_long_and_is_cleaned(env):
     assert env.run("up", "--timeout", "60").returncode == 0
     s = env.status()
-    pgids = [b["pgid"] for b in s["backends"].values()]
+    servers = [b["pid"] for b in s["backends"].values()]
+    members = {p for b in s["backends"].values() for p in st.group_pids(b["pgid"])}
+    assert len(members) == 3  # two servers and the coder's child
     os.kill(s["daemon"]["pid"], signal.SIGKILL)
-    time.sleep(0.5)
-    after = env.status()
-    assert after["daemon"]["running"] is False
-    # The servers got SIGTERM from the kernel (parent-death signal); a grandchild in the
-    # group may outlive them, and status says so until down/up cleans it.
+    # The servers get SIGTERM from the kernel (parent-death signal) and exit on their own.
     deadline = time.monotonic() + 10
-    while any(st.pid_alive(g) for g in pgids) and time.monotonic() < deadline:
+    while any(st.pid_alive(p) for p in servers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(st.pid_alive(g) for g in pgids), "servers outlived their daemon"
-    r = env.run("down")
+    assert not any(st.pid_alive(p) for p in servers), "servers outlived their daemon"
+    # The coder's child is an orphan now; the next status finds it, stops it, says so.
+    r = env.run("status", "--json")
     assert r.returncode == 0, r.stderr
-    assert all(st.group_pids(g) == [] for g in pgids)
-    assert env.status()["backends"] == {}
+    after = json.loads(r.stdout)
+    assert after["daemon"]["running"] is False
+    assert len(after["cleaned"]) == 1 and "left by a dead daemon" in after["cleaned"][0]
+    assert not any(st.pid_alive(p) for p in members)
+    assert after["backends"] == {} and after["leftovers"] == []
+    assert "nothing was running" in env.run("down").stderr
 
 
 def test_up_refuses_a_port_in_use_naming_the_holder(env):
@@ -295,3 +298,40 @@ url = "{up.url}"
     finally:
         e.run("down")
         up.stop()
+
+
+def test_foreground_daemon_stops_cleanly_on_sigterm(env):
+    fg = subprocess.Popen([sys.executable, "-m", "llmctl.cli", "up", "--foreground"],
+                          env=env.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        ready = False
+        while time.monotonic() < deadline and not ready:
+            try:
+                ready = httpx.get(env.url + "/ready", timeout=1).json()["models"] == {
+                    "fake-coder": "RUNNING", "fake-general": "RUNNING"}
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert ready
+        s = env.status()
+        assert s["daemon"]["pid"] == fg.pid  # the daemon is this very process
+        members = {p for b in s["backends"].values() for p in st.group_pids(b["pgid"])}
+        fg.send_signal(signal.SIGTERM)
+        _, err = fg.communicate(timeout=60)
+        assert fg.returncode == 0, err
+        assert "llmctl.daemon" in err  # logs go to the terminal in the foreground
+        assert not any(st.pid_alive(p) for p in members)
+        assert all(st.port_free(p) for p in env.ports)
+    finally:
+        if fg.poll() is None:
+            fg.kill()
+
+
+def test_logs_prints_a_backend_log_and_names_the_known_ones(env):
+    assert env.run("up", "--timeout", "60").returncode == 0
+    r = env.run("logs", "coder", "-n", "5")
+    assert r.returncode == 0 and "=== llmctl: starting" in (env.home / "logs" / "coder.log").read_text()
+    r = env.run("logs", "nope")
+    assert r.returncode == 2
+    assert "known: coder, daemon, general" in r.stderr

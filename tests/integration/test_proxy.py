@@ -309,3 +309,22 @@ def test_odd_paths_are_404_and_never_reach_a_backend(proxy, upstream, path):
     r = httpx.post(proxy.url + path, json=chat(), headers=AUTH)
     assert_openai_error(r, 404)
     assert upstream.stats()["requests"] == 0
+
+
+def test_cors_preflight_and_headers_for_configured_origins(upstream, make_proxy):
+    p = make_proxy([FakeBackend(model_for(upstream))], cors_origins=("http://ide.local",))
+    pre = httpx.options(p.url + "/v1/chat/completions", headers={
+        "Origin": "http://ide.local", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert pre.status_code == 200
+    assert pre.headers["access-control-allow-origin"] == "http://ide.local"
+    assert pre.headers.get("x-request-id")
+    r = httpx.post(p.url + "/v1/chat/completions", json=chat(),
+                   headers={**AUTH, "Origin": "http://ide.local", "X-Request-ID": "cors-1"})
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "http://ide.local"
+    assert r.headers["x-request-id"] == "cors-1"
+    assert r.headers.get_list("x-request-id") == ["cors-1"]  # stamped once
+    other = httpx.options(p.url + "/v1/chat/completions", headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in other.headers

@@ -143,3 +143,25 @@ def test_port_in_use_is_refused_before_starting(tmp_path):
             assert b.proc is None
 
     asyncio.run(go())
+
+
+def test_backoff_doubles_up_to_the_cap(tmp_path):
+    events: list[tuple[float, str]] = []
+
+    async def go():
+        b = backend(tmp_path, "--crash-after", "0.8", max_restarts=4, backoff_base=0.3,
+                    backoff_cap=0.9)
+        b.on_change = lambda: events.append((time.monotonic(), b.state))
+        assert await b.start()
+        await asyncio.wait_for(b.watch(), 60)
+        assert b.state == FATAL and b.restarts == 4
+
+    asyncio.run(go())
+    # Time from entering BACKOFF to the next STARTING is the delay: 0.3, 0.6, 0.9 (cap), 0.9.
+    gaps = []
+    for (t1, s1), (t2, s2) in zip(events, events[1:]):
+        if s1 == BACKOFF and s2 == "STARTING":
+            gaps.append(t2 - t1)
+    assert len(gaps) == 4, events
+    for got, want in zip(gaps, (0.3, 0.6, 0.9, 0.9)):
+        assert want <= got < want + 0.5, gaps
