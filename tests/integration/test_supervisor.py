@@ -159,9 +159,9 @@ def test_backoff_doubles_up_to_the_cap(tmp_path):
     asyncio.run(go())
     # Time from entering BACKOFF to the next STARTING is the delay: 0.3, 0.6, 0.9 (cap), 0.9.
     gaps = []
-    for (t1, s1), (t2, s2) in zip(events, events[1:]):
+    for (t1, s1), (t2, s2) in zip(events, events[1:], strict=False):
         if s1 == BACKOFF and s2 == "STARTING":
             gaps.append(t2 - t1)
     assert len(gaps) == 4, events
-    for got, want in zip(gaps, (0.3, 0.6, 0.9, 0.9)):
+    for got, want in zip(gaps, (0.3, 0.6, 0.9, 0.9), strict=True):
         assert want <= got < want + 0.5, gaps
