@@ -102,17 +102,22 @@ _PHASES = [
     ("Application startup complete", "warming up"),
     ("Starting vLLM API server", "warming up"),
     ("init engine", "warming up"),
+    ("Capturing CUDA graph", "capturing CUDA graphs"),
     ("KV cache size", "allocating KV cache"),
     ("Available KV cache memory", "allocating KV cache"),
     ("GPU KV cache", "allocating KV cache"),
-    ("Warming up model", "compiling"),
+    ("Warming up model for the compilation", "compiling"),
     ("torch.compile", "compiling"),
     ("Compiling", "compiling"),
-    ("Loading weights took", "compiling"),
+    ("Loading weights took", "profiling memory"),
     ("Loading safetensors", "loading weights"),
     ("Starting to load model", "loading weights"),
     ("Initializing a V1 LLM engine", "starting engine"),
 ]
+# The order phases come in: a phase never moves back (vLLM's route listing can push the
+# last marker out of the log tail that is read).
+PHASE_ORDER = ["starting", "starting engine", "loading weights", "profiling memory",
+               "compiling", "allocating KV cache", "capturing CUDA graphs", "warming up"]
 
 
 def phase_of(lines: list[str]) -> str:
@@ -310,8 +315,8 @@ class Backend:
                 st.record_start(self._start_key(), self.last_start_s)
                 self._set(RUNNING)
                 return True
-            phase = phase_of(log_tail(self.log_path, 40)) if self.log_path else "starting"
-            if phase != self.phase:
+            phase = phase_of(log_tail(self.log_path, 80)) if self.log_path else "starting"
+            if PHASE_ORDER.index(phase) > PHASE_ORDER.index(self.phase or "starting"):
                 self.phase = phase
                 self.on_change()
             if self._clock() > deadline:

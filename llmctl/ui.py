@@ -16,22 +16,24 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 
+# soft_wrap: long lines (URLs, curl commands) are left whole for the terminal to wrap,
+# so they can be copied; rich would break them at the console width.
 def say(message: str) -> None:
-    err.print(message, markup=False)
+    err.print(message, markup=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err.print(f"[dim]{_escape(message)}[/dim]")
+    err.print(f"[dim]{_escape(message)}[/dim]", soft_wrap=True)
 
 
 def ok(message: str) -> None:
-    err.print(f"[green]✓[/green] {_escape(message)}")
+    err.print(f"[green]✓[/green] {_escape(message)}", soft_wrap=True)
 
 
 def fail(message: str, hint: str | None = None) -> None:
-    err.print(f"[red]error:[/red] {_escape(message)}")
+    err.print(f"[red]error:[/red] {_escape(message)}", soft_wrap=True)
     if hint:
-        err.print(f"[yellow]hint:[/yellow] {_escape(hint)}")
+        err.print(f"[yellow]hint:[/yellow] {_escape(hint)}", soft_wrap=True)
 
 
 def data(obj: Any) -> None:
