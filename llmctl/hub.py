@@ -169,9 +169,12 @@ def prepare_demo(python: str, say: Say = lambda s: None) -> Path:
                            capture_output=True, text=True, env=env)
         if r.returncode != 0 or not (out / "config.json").is_file():
             last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ModelError(f"converting the demo model failed: {last}",
-                             "install the CPU extra (`pip install 'llmctl[cpu]'`), which brings "
-                             "transformers, gguf and accelerate")
+            hint = ("install the CPU extra (`pip install 'llmctl[cpu]'`), which brings "
+                    "transformers, gguf and accelerate")
+            if "torchvision::nms" in r.stderr:
+                hint = ("torchvision does not match torch: `pip uninstall -y torchvision "
+                        "torchaudio torchcodec` (scripts/setup.sh does it)")
+            raise ModelError(f"converting the demo model failed: {last}", hint)
         # Same filesystem: the folder appears whole or not at all.
         if target.exists():
             shutil.rmtree(target)

