@@ -1,6 +1,6 @@
 """The gateway: auth, route by `model`, pass bytes through, report health and metrics.
 
-May import: config (and fastapi, aiohttp, prometheus_client). Knows backends only
+May import: config, upstream (and fastapi, prometheus_client). Knows backends only
 through the small `Routable` shape (a model, a state, an in-flight counter), so
 tests drive it with plain objects and a local upstream.
 
@@ -49,7 +49,7 @@ log = logging.getLogger("llmctl.proxy")
 RUNNING = "RUNNING"
 _PATH = re.compile(r"^/v1(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-# Request headers not forwarded: hop-by-hop, the client's key, what aiohttp sets itself.
+# Request headers not forwarded: hop-by-hop, the client's key, what upstream.py sets itself.
 _DROP_UP = {b"host", b"content-length", b"connection", b"keep-alive", b"authorization",
             b"transfer-encoding", b"te", b"upgrade", b"proxy-authorization",
             b"proxy-connection", b"x-request-id", b"accept-encoding", b"expect"}

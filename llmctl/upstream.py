@@ -3,7 +3,7 @@
 May import: nothing of the package (and httptools). It does one thing — POST bytes to a
 backend on loopback or the LAN and hand back status, headers and body pieces as they
 arrive — with as little work per piece as possible, because every SSE chunk of every
-stream crosses it. Measured against aiohttp in tests/perf/bench_proxy.py.
+stream crosses it. Measured against httpx and aiohttp with tests/perf/bench_proxy.py.
 
 Not a general client: no TLS, no redirects, no proxies, no compression.
 """
