@@ -85,6 +85,15 @@ def fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
+def ipaddress_is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.removeprefix("::ffff:")).is_loopback
+    except ValueError:
+        return False
+
+
 def request_id(scope: Scope) -> str:
     for k, v in scope["headers"]:
         if k == b"x-request-id":
@@ -437,7 +446,14 @@ def create_app(backends: Iterable[Routable], cfg: ProxyConfig) -> Any:
         return JSONResponse({"ready": ok, "models": states}, status_code=200 if ok else 503)
 
     @api.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        # Open to scrapers on this machine; from elsewhere (host = "0.0.0.0") it takes a key.
+        client = request.client.host if request.client else ""
+        if not ipaddress_is_loopback(client):
+            try:
+                proxy.check_key(request.headers.get("authorization", "").encode("latin-1") or None)
+            except _Refused as r:
+                return error(r.status, r.message, code=r.code)
         return Response(generate_latest(proxy.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/v1/models")
