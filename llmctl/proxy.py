@@ -445,23 +445,25 @@ def create_app(backends: Iterable[Routable], cfg: ProxyConfig) -> Any:
         ok = any(s == RUNNING for s in states.values())
         return JSONResponse({"ready": ok, "models": states}, status_code=200 if ok else 503)
 
-    @api.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        # Open to scrapers on this machine; from elsewhere (host = "0.0.0.0") it takes a key.
-        client = request.client.host if request.client else ""
-        if not ipaddress_is_loopback(client):
-            try:
-                proxy.check_key(request.headers.get("authorization", "").encode("latin-1") or None)
-            except _Refused as r:
-                return error(r.status, r.message, code=r.code)
-        return Response(generate_latest(proxy.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @api.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
+    def denied(request: Request) -> JSONResponse | None:
         try:
             proxy.check_key(request.headers.get("authorization", "").encode("latin-1") or None)
         except _Refused as r:
             return error(r.status, r.message, code=r.code)
+        return None
+
+    @api.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        # Open to scrapers on this machine; from elsewhere (host = "0.0.0.0") it takes a key.
+        client = request.client.host if request.client else ""
+        if not ipaddress_is_loopback(client) and (refusal := denied(request)):
+            return refusal
+        return Response(generate_latest(proxy.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        if refusal := denied(request):
+            return refusal
         return JSONResponse({"object": "list", "data": [
             {"id": b.model.name, "object": "model", "created": 0, "owned_by": "llmctl",
              "aliases": list(b.model.names[1:]), "state": b.state}
