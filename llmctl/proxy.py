@@ -48,6 +48,8 @@ log = logging.getLogger("llmctl.proxy")
 
 RUNNING = "RUNNING"
 _PATH = re.compile(r"^/v1(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$")
+# vLLM's own model-addressed routes outside /v1, routed by `model` like the rest.
+_ROOT_ROUTES = ("/tokenize", "/detokenize")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # Request headers not forwarded: hop-by-hop, the client's key, what upstream.py sets itself.
 _DROP_UP = {b"host", b"content-length", b"connection", b"keep-alive", b"authorization",
@@ -238,7 +240,7 @@ class Proxy:
     # ── ASGI ──
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and \
-                scope["path"].startswith("/v1/"):
+                (scope["path"].startswith("/v1/") or scope["path"] in _ROOT_ROUTES):
             await self.forward(scope, receive, send)
         else:
             await self.slow(scope, receive, send)
@@ -314,7 +316,7 @@ class Proxy:
             up_headers.append((b"content-type", b"application/json"))
         try:
             key_fp = self.check_key(auth)
-            if not _PATH.match(path):  # decoded already: NUL, spaces, `..` never reach a backend
+            if not (_PATH.match(path) or path in _ROOT_ROUTES):  # NUL, `..` never reach a backend
                 raise _Refused(404, f"no route {path!r}", "not_found")
             body = await self._read_body(scope, receive)
             backend, body = self._route(body)

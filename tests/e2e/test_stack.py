@@ -68,6 +68,13 @@ def test_non_streaming_completion_by_alias(stack):
     assert data["usage"]["completion_tokens"] > 0
 
 
+def test_vllm_tokenize_is_routed_by_model(stack):
+    r = httpx.post(f"{stack.url}/tokenize", timeout=30, headers={"Authorization": f"Bearer {KEY}"},
+                   json={"model": "coder", "prompt": "def fib(n):"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["tokens"]) >= 3
+
+
 def test_wrong_or_missing_key_is_401_in_openai_shape(stack):
     body = {"model": "smollm2-coder", "messages": [{"role": "user", "content": "hi"}]}
     for headers in ({"Authorization": "Bearer sk-wrong"}, {}):

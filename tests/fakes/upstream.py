@@ -132,6 +132,12 @@ async def embeddings(request: Request) -> Response:
                          "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]})
 
 
+async def tokenize(request: Request) -> Response:
+    body = await request.json()
+    return JSONResponse({"tokens": [ord(c) for c in body.get("prompt", "")],
+                         "count": len(body.get("prompt", ""))})
+
+
 async def control(request: Request) -> Response:
     what = request.path_params["what"]
     if what == "crash":
@@ -172,6 +178,7 @@ def main() -> None:
         Route("/v1/completions", complete, methods=["POST"]),
         Route("/v1/chat/completions", complete, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
         Route("/control/{what}", control, methods=["GET", "POST"]),
     ])
     uvicorn.run(app, host="127.0.0.1", port=ARGS.port, log_level="warning", access_log=False)

@@ -192,6 +192,12 @@ def test_other_v1_routes_pass_through(proxy):
     assert r.status_code == 200 and r.json()["data"][0]["embedding"] == [0.1, 0.2]
 
 
+def test_vllm_tokenize_is_routed_by_model_and_needs_the_key(proxy):
+    r = httpx.post(proxy.url + "/tokenize", json={"model": "code", "prompt": "hi"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["tokens"] == [104, 105]
+    assert httpx.post(proxy.url + "/tokenize", json={"model": "code"}).status_code == 401
+
+
 def test_sse_chunks_arrive_as_they_are_made(proxy):
     times = []
     t0 = time.perf_counter()

