@@ -101,7 +101,19 @@ class Daemon:
         # action would kill the daemon before it stops the backends.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: None)
+        async def report_in_flight() -> None:
+            # States are reported as they change; requests in flight change per request,
+            # so they are written at most once a second, and only when they moved.
+            last = None
+            while True:
+                await asyncio.sleep(1.0)
+                now = [b.in_flight for b in self.backends]
+                if now != last:
+                    last = now
+                    self.report()
+
         starter = asyncio.create_task(start_backends())
+        reporter = asyncio.create_task(report_in_flight())
         log.info("proxy on %s; device %s", self.cfg.proxy_url, self.device)
         try:
             # uvicorn handles SIGINT/SIGTERM: stop accepting, drain, return.
@@ -111,7 +123,8 @@ class Daemon:
         finally:
             log.info("stopping backends")
             starter.cancel()
-            await asyncio.gather(starter, return_exceptions=True)
+            reporter.cancel()
+            await asyncio.gather(starter, reporter, return_exceptions=True)
             await supervisor.stop()
             await app.proxy.aclose()
         return 1 if self.error else 0

@@ -225,6 +225,8 @@ def test_down_lets_in_flight_requests_finish(env):
     t.start()
     while not got:
         time.sleep(0.05)
+    time.sleep(1.2)  # the daemon reports requests in flight once a second
+    assert env.status()["backends"]["coder"]["in_flight"] == 1
     t0 = time.monotonic()
     r = env.run("down")
     t.join(timeout=30)

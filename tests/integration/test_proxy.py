@@ -144,11 +144,12 @@ def test_backend_silent_past_the_timeout_is_504(upstream, make_proxy):
     assert_openai_error(r, 504, "upstream_timeout")
 
 
-def test_backend_errors_pass_through_unchanged(proxy, upstream):
-    r = httpx.post(proxy.url + "/v1/chat/completions", json=chat(fail_with=422), headers=AUTH)
-    assert r.status_code == 422
+@pytest.mark.parametrize("status", [400, 422, 500, 503])
+def test_backend_errors_pass_through_unchanged(proxy, upstream, status):
+    r = httpx.post(proxy.url + "/v1/chat/completions", json=chat(fail_with=status), headers=AUTH)
+    assert r.status_code == status
     assert r.json() == {"error": {"message": "asked to fail", "type": "BadRequestError",
-                                  "param": None, "code": 422}}
+                                  "param": None, "code": status}}
 
 
 def test_queue_over_the_limit_is_429(upstream, make_proxy):
