@@ -337,3 +337,18 @@ def test_logs_prints_a_backend_log_and_names_the_known_ones(env):
     r = env.run("logs", "nope")
     assert r.returncode == 2
     assert "known: coder, daemon, general" in r.stderr
+
+
+def test_up_timeout_bounds_the_wait_and_shows_the_slow_backend(tmp_path):
+    e = Env(tmp_path, coder_args='["--startup-delay", "60"]')
+    try:
+        t0 = time.monotonic()
+        r = e.run("up", "--timeout", "3")
+        assert time.monotonic() - t0 < 20
+        assert r.returncode == 1
+        assert "not ready after 3 s" in r.stderr
+        assert "coder: still STARTING" in r.stderr
+        assert "=== llmctl: starting" in r.stderr  # its log tail
+        assert "Traceback" not in r.stderr
+    finally:
+        e.run("down")
