@@ -153,7 +153,7 @@ def test_sigkill_of_one_backend_is_reaped_and_restarted_while_the_other_serves(s
     t0 = time.monotonic()
     os.kill(old_pid, signal.SIGKILL)
     new_pid = None
-    served = 0
+    served = refused = 0
     while time.monotonic() - t0 < 600:
         b = stack.status()["backends"]["coder"]
         if new_pid is None and b["pid"] not in (None, old_pid):
@@ -168,11 +168,22 @@ def test_sigkill_of_one_backend_is_reaped_and_restarted_while_the_other_serves(s
                              "messages": [{"role": "user", "content": "Hi"}]})
         assert r.status_code == 200, r.text
         served += 1
+        # Meanwhile the restarting model says so: 503 with Retry-After, never a hang.
+        r = httpx.post(f"{stack.url}/v1/chat/completions", timeout=60,
+                       headers={"Authorization": f"Bearer {KEY}"},
+                       json={"model": "smollm2-coder", "max_tokens": 1,
+                             "messages": [{"role": "user", "content": "Hi"}]})
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) > 0
+            refused += 1
+        else:
+            assert r.status_code == 200, r.text  # it came back between the two requests
         time.sleep(0.5)
     back = time.monotonic() - t0
     b = stack.status()["backends"]["coder"]
     print(f"\n[e2e] SIGKILL → RUNNING again in {back:.0f} s; general answered {served} requests "
-          "meanwhile")
+          f"meanwhile, coder refused {refused} with 503")
+    assert refused > 0
     assert b["state"] == "RUNNING" and b["restarts"] == 1
     assert b["last_exit"] == "killed by SIGKILL"
     assert not any(st.pid_alive(p) for p in old_group)
