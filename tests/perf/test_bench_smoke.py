@@ -1,0 +1,21 @@
+"""The benchmark must keep running: a tiny pass that checks its output, never its speed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent / "bench_proxy.py"
+
+
+def test_benchmark_runs_and_reports_every_figure():
+    r = subprocess.run([sys.executable, str(BENCH), "--requests", "50", "--pairs", "1",
+                        "--rounds", "1", "--chunks", "16", "--concurrency", "4", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    for name in ("non_streaming", "first_chunk"):
+        assert {"added_p50_ms", "added_p99_ms", "direct_p50_ms", "proxy_p50_ms"} <= set(res[name])
+        assert res[name]["proxy_p50_ms"] > 0
+    t = res["throughput"]
+    assert t["direct_chunks_per_s"] > 0 and t["proxy_chunks_per_s"] > 0
