@@ -246,7 +246,14 @@ def up(
 
 
 def _already_up(ui: Any, path: Path | None, running: dict[str, Any]) -> None:
-    ui.ok(f"already up: proxy at {running.get('proxy_url', '?')} (`llmctl status` for details)")
+    starting = [k for k, b in (running.get("backends") or {}).items()
+                if b.get("state") in ("STARTING", "BACKOFF", "STOPPED")]
+    if starting:
+        ui.ok(f"a stack is already starting ({', '.join(starting)} not ready yet): proxy at "
+              f"{running.get('proxy_url', '?')}; `llmctl status` shows progress")
+    else:
+        ui.ok(f"already up: proxy at {running.get('proxy_url', '?')} "
+              "(`llmctl status` for details)")
     try:
         cfg = _load(path)
     except LlmctlError:

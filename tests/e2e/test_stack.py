@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -29,10 +30,15 @@ def test_up_brings_both_backends_to_running(stack):
     status = stack.status()
     assert status["daemon"]["running"] is True
     assert status["proxy_url"] == stack.url
+    cores = {}
     for key in ("coder", "general"):
         b = status["backends"][key]
         assert b["state"] == "RUNNING", b
         assert b["alive"] and b["pid"] and b["rss_bytes"] > 100 * 1024**2
+        # Each server is bound to its own core(s), as vLLM itself reports them.
+        log = open(b["log"]).read()
+        cores[key] = re.findall(r"core ids=\[([0-9, ]+)\]", log)[-1]
+    assert cores["coder"] != cores["general"], cores
 
 
 def test_streamed_chat_through_the_proxy_with_the_key(stack):

@@ -350,5 +350,7 @@ def test_up_timeout_bounds_the_wait_and_shows_the_slow_backend(tmp_path):
         assert "coder: still STARTING" in r.stderr
         assert "=== llmctl: starting" in r.stderr  # its log tail
         assert "Traceback" not in r.stderr
+        again = e.run("up")  # the stack goes on starting; a second `up` says so
+        assert again.returncode == 0 and "already starting (coder, general not ready yet)" in again.stderr
     finally:
         e.run("down")
