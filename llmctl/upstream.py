@@ -64,8 +64,17 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if not self.done:
+        if not self.done and exc is None and self.head.done() and self._until_eof():
+            # An answer with neither Content-Length nor chunked encoding ends at EOF.
+            self.done = True
+            self.keep_alive = False
+            self._wake()
+        elif not self.done:
             self._fail(UpstreamError(f"upstream closed the connection ({exc or 'EOF'})"))
+
+    def _until_eof(self) -> bool:
+        names = {k.lower() for k, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
 
     # ── httptools callbacks ──
     def on_header(self, name: bytes, value: bytes) -> None:

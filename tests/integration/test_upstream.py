@@ -171,3 +171,23 @@ def test_silence_mid_answer_times_out():
         await pool.close()
 
     asyncio.run(go())
+
+
+def test_an_answer_delimited_by_eof_ends_normally():
+    async def old_style(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n")
+        writer.write(b"all of it")
+        await writer.drain()
+        writer.close()
+
+    async def go():
+        pool = Pool()
+        server, url = await serve(old_style)
+        r = await pool.post(url, b"/v1/x", [], b"{}")
+        assert r.status == 200 and await read_all(r) == b"all of it"
+        r.close()
+        server.close()
+        await pool.close()
+
+    asyncio.run(go())
