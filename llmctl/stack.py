@@ -51,15 +51,16 @@ def check_ports(cfg: cfgmod.Config) -> None:
                              "stop that process, or change the port in the config")
 
 
-def group_rss(pgid: int | None) -> int | None:
-    if not pgid:
+def group_rss(pids: list[int]) -> int | None:
+    """Resident memory of a group's processes (as read by `state.group_pids`)."""
+    if not pids:
         return None
     try:
         import psutil
     except ImportError:
         return None
     total = 0
-    for pid in state.group_pids(pgid):
+    for pid in pids:
         try:
             total += psutil.Process(pid).memory_info().rss
         except psutil.Error:
@@ -85,13 +86,12 @@ class Status:
 
             gpu_mem = process_memory([p for pids in groups.values() for p in pids])
         for key, b in (s.get("backends") or {}).items():
-            pgid = b.get("pgid")
             alive = bool(groups[key])
             backends[key] = {
                 **b,
                 "alive": alive,
                 "uptime_s": round(now - b["ready_at"], 1) if b.get("ready_at") and alive else None,
-                "rss_bytes": group_rss(pgid) if alive else None,
+                "rss_bytes": group_rss(groups[key]),
                 "gpu_bytes": sum(gpu_mem.get(p, 0) for p in groups[key]) if gpu_mem else None,
             }
             if b.get("state") == "FATAL" and b.get("log"):
