@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -127,11 +128,6 @@ def vllm_metric(port: int, name: str) -> float:
                if line.startswith((name + "{", name + " ")))
 
 
-def backend_log_tail(stack, key: str, n: int = 15) -> str:
-    log = stack.status()["backends"][key]["log"]
-    return "".join(open(log, errors="replace").readlines()[-n:])
-
-
 def test_client_hang_up_aborts_the_vllm_request(stack):
     """Issue 3: closing the stream at the proxy makes vLLM stop generating within 2 s."""
     port, max_tokens, held = stack.general_port, 1500, 16
@@ -150,7 +146,8 @@ def test_client_hang_up_aborts_the_vllm_request(stack):
                     break
         assert chunks >= held, (
             f"the stream ended after {chunks} chunks in {time.monotonic() - t_start:.1f} s, "
-            f"last {last[:300]!r}\n{backend_log_tail(stack, 'general')}")
+            f"last {last[:300]!r}\n"
+            + "\n".join(st.log_tail(Path(stack.status()["backends"]["general"]["log"]), 15)))
     # Hung up. vLLM has stopped when nothing runs and its token counter stands still
     # between two reads; `waited` is the time of that second read, an upper bound.
     t0 = time.monotonic()
