@@ -2,6 +2,10 @@
 
 May import: errors. Everything here is plain data and file reading; the
 device is passed in (a string or a callable), never probed here.
+
+The dataclass fields are the schema, and the only place it is written: each
+field's type, default and one-line meaning (`setting(...)`) drive the parser's
+checks, the starter file, `to_toml` and the generated docs/config.md.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 import re
 import secrets
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,21 @@ from .errors import ConfigError
 
 DEMO_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEVICES = ("auto", "cuda", "cpu")
+
+# Every environment variable llmctl reads, with its meaning (docs/config.md lists them;
+# a test fails when the code reads one that is not here).
+ENV_VARS = {
+    "LLMCTL_HOME": "one folder for config, state, logs and models (tests set it to a temp dir)",
+    "LLMCTL_CONFIG": "the config file's path",
+    "LLMCTL_API_KEY": "one more accepted key (added to `proxy.api_keys`); also `chat`'s key",
+    "LLMCTL_MODELS": "where llmctl keeps weights it prepares (and hub downloads under "
+                     "LLMCTL_HOME)",
+    "LLMCTL_DEBUG": "`1`: show tracebacks instead of one-line errors",
+    "LLMCTL_LOG_LEVEL": "the daemon's log level (default `INFO`)",
+    "HF_ENDPOINT": "the model hub's address (a mirror); huggingface_hub reads it too",
+    "HF_HUB_OFFLINE": "`1`: never contact the hub; backends always run with it set",
+    "NO_COLOR": "no colour in the terminal",
+}
 
 
 # ── paths ────────────────────────────────────────────────────────────────────
@@ -64,41 +83,79 @@ def models_dir() -> Path:
     return h / "models" if h else _xdg("XDG_DATA_HOME", ".local/share") / "llmctl" / "models"
 
 
-# ── the model ────────────────────────────────────────────────────────────────
+# ── the schema ───────────────────────────────────────────────────────────────
+
+# A field's annotation → the TOML types it accepts and how a message names them.
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "tuple[str, ...]": ((list,), "a list of strings"),
+    "str | float": ((str, int, float), "a string or a number"),
+}
+PORT = (1, 65535)
+
+
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, what: str | None = None,
+            choices: tuple[str, ...] = (), ge: float | None = None, gt: float | None = None,
+            span: tuple[int, int] | None = None, shown: str | None = None,
+            toml: bool = True) -> Any:
+    """A config field: its default, its one-line meaning and the checks on its value.
+
+    `what` names the accepted values in messages (default: from the type); `ge`/`gt`
+    bound numbers from below, `span` on both sides; `shown` is the default as the docs
+    print it (for required fields); `toml=False` for fields that are not keys in the file.
+    """
+    meta = {"doc": doc, "what": what, "choices": choices, "ge": ge, "gt": gt, "span": span,
+            "shown": shown, "toml": toml}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    api_keys: tuple[str, ...] = ()
-    cors_origins: tuple[str, ...] = ()
-    max_body_bytes: int = 10_000_000
-    max_queue_per_model: int = 100
-    # How long one upstream request may stay silent before the proxy answers 504.
-    request_timeout: float = 600.0
-    # On `down`: how long in-flight requests may finish before the backends are stopped.
-    drain_seconds: float = 10.0
+    host: str = setting("127.0.0.1", 'address the proxy listens on; "0.0.0.0" lets other '
+                        "machines in (keep the key secret)")
+    port: int = setting(8080, "the proxy's port", what="a port number 1-65535", span=PORT)
+    api_keys: tuple[str, ...] = setting((), "Bearer keys accepted, compared in constant time; "
+                                        "`LLMCTL_API_KEY` adds one; empty: no auth (a warning "
+                                        "is logged)")
+    cors_origins: tuple[str, ...] = setting((), "origins a browser page may call the API from")
+    max_body_bytes: int = setting(10_000_000, "larger request bodies get 413", ge=1)
+    max_queue_per_model: int = setting(100, "requests in flight per model before 429 + "
+                                       "Retry-After", ge=1)
+    request_timeout: float = setting(600.0, "seconds a backend may stay silent before 504",
+                                     what="a number of seconds", gt=0)
+    drain_seconds: float = setting(10.0, "on `down`: seconds in-flight requests may take to "
+                                   "finish before the backends stop", what="a number of seconds",
+                                   ge=0)
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    device: str = "auto"
-    python: str = ""
+    device: str = setting("auto", "`auto` (CUDA when NVML sees a GPU), `cuda` or `cpu`",
+                          choices=DEVICES)
+    python: str = setting("", "interpreter that has vLLM; empty: the one running llmctl",
+                          what="a path to a Python interpreter")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    key: str  # the [models.KEY] section name; also accepted as an alias
-    name: str
-    source: str = ""
-    url: str = ""
-    port: int = 0
-    max_model_len: int = 4096
-    max_num_seqs: int = 64
-    memory: str | float = "auto"
-    aliases: tuple[str, ...] = ()
-    args: tuple[str, ...] = ()
+    # The [models.KEY] section name; also accepted as an alias.
+    key: str = setting(doc="the section name", toml=False)
+    name: str = setting(doc='what clients send as "model"', shown="required")
+    source: str = setting("", "hub repo id or local folder: a model llmctl starts",
+                          what="a hub repo id or a local folder", shown="—")
+    url: str = setting("", "an OpenAI-compatible server llmctl routes to but does not start; "
+                       "exactly one of `source` and `url`", what="an http(s) URL", shown="—")
+    port: int = setting(0, "the vLLM server's port", what="a port number 1-65535", span=PORT,
+                        shown="required with `source`")
+    max_model_len: int = setting(4096, "`--max-model-len`: the longest prompt + answer", ge=1)
+    max_num_seqs: int = setting(64, "`--max-num-seqs`: sequences decoded at once", ge=1)
+    memory: str | float = setting("auto", '"auto", or a fraction: of GPU memory '
+                                  "(`--gpu-memory-utilization`), on CPU of total RAM for the "
+                                  "KV cache", what='"auto" or a fraction like 0.45')
+    aliases: tuple[str, ...] = setting((), "more names clients may send as \"model\"")
+    args: tuple[str, ...] = setting((), "extra vLLM arguments, appended as given")
 
     @property
     def managed(self) -> bool:
@@ -117,6 +174,30 @@ class ModelConfig:
     @property
     def upstream(self) -> str:
         return self.url.rstrip("/") if self.url else f"http://127.0.0.1:{self.port}"
+
+    def file_keys(self) -> Iterator[dataclasses.Field[Any]]:
+        """The file keys that apply to this model: `url` models have no source or port."""
+        skip = {"source", "port"} if self.url else {"url"}
+        return (f for f in keys_of(ModelConfig) if f.name not in skip)
+
+
+# Section title in the file → its dataclass (models are tables under [models.KEY]).
+SECTIONS: dict[str, type] = {"proxy": ProxyConfig, "engine": EngineConfig,
+                             "models.KEY": ModelConfig}
+
+
+def keys_of(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of a section that are keys in the file, in order."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("toml", True)]
+
+
+def describe(f: dataclasses.Field[Any]) -> str:
+    """How messages and the docs name a key's accepted values."""
+    if f.metadata.get("what"):
+        return f.metadata["what"]
+    if f.metadata.get("choices"):
+        return "one of " + ", ".join(f.metadata["choices"])
+    return _TYPES[str(f.type)][1]
 
 
 @dataclass(frozen=True)
@@ -170,32 +251,6 @@ def new_api_key() -> str:
 
 # ── loading ──────────────────────────────────────────────────────────────────
 
-# key → (accepted types, description for messages)
-_PROXY_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "host": ((str,), "a string"),
-    "port": ((int,), "an integer"),
-    "api_keys": ((list,), "a list of strings"),
-    "cors_origins": ((list,), "a list of strings"),
-    "max_body_bytes": ((int,), "an integer"),
-    "max_queue_per_model": ((int,), "an integer"),
-    "request_timeout": ((int, float), "a number of seconds"),
-    "drain_seconds": ((int, float), "a number of seconds"),
-}
-_ENGINE_FIELDS = {
-    "device": ((str,), "one of auto, cuda, cpu"),
-    "python": ((str,), "a path to a Python interpreter"),
-}
-_MODEL_FIELDS = {
-    "name": ((str,), "a string"),
-    "source": ((str,), "a hub repo id or a local folder"),
-    "url": ((str,), "an http(s) URL"),
-    "port": ((int,), "an integer"),
-    "max_model_len": ((int,), "an integer"),
-    "max_num_seqs": ((int,), "an integer"),
-    "memory": ((str, int, float), '"auto" or a fraction like 0.45'),
-    "aliases": ((list,), "a list of strings"),
-    "args": ((list,), "a list of strings"),
-}
 _TOP = {"proxy", "engine", "models"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -234,24 +289,45 @@ class _Reader:
     def fail(self, section: str, key: str | None, message: str, hint: str | None = None) -> None:
         raise ConfigError(f"{self.where(section, key)}: {message}", hint)
 
-    def check(self, section: str, data: Any, schema: Mapping[str, tuple[tuple[type, ...], str]]
-              ) -> dict[str, Any]:
+    def section(self, section: str, data: Any, cls: type) -> dict[str, Any]:
+        """The table's keys checked against `cls`'s fields: known, of the right type and range;
+        lists become tuples."""
         if not isinstance(data, dict):
             self.fail(section, None, f"[{section}] must be a table")
+        fields = {f.name: f for f in keys_of(cls)}
+        out = {}
         for key, value in data.items():
-            if key not in schema:
-                close = difflib.get_close_matches(key, list(schema), n=1)
+            f = fields.get(key)
+            if f is None:
+                close = difflib.get_close_matches(key, list(fields), n=1)
                 hint = f"did you mean '{close[0]}'?" if close else \
-                    "known keys: " + ", ".join(schema)
+                    "known keys: " + ", ".join(fields)
                 self.fail(section, key, f"unknown key '{key}' in [{section}]", hint)
-            types, what = schema[key]
-            # bool is an int in Python; a TOML `true` is never a valid number here.
-            if isinstance(value, bool) or not isinstance(value, types):
-                self.fail(section, key, f"'{section}.{key}' must be {what}, "
-                          f"not {type(value).__name__} {value!r}")
-            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-                self.fail(section, key, f"'{section}.{key}' must be {what}")
-        return dict(data)
+            out[key] = self.value(section, f, value)
+        return out
+
+    def value(self, section: str, f: dataclasses.Field[Any], value: Any) -> Any:
+        name, types, meta = f"{section}.{f.name}", _TYPES[str(f.type)][0], f.metadata
+        # bool is an int in Python; a TOML `true` is never a valid number here.
+        if isinstance(value, bool) or not isinstance(value, types) or (
+                isinstance(value, list) and not all(isinstance(v, str) for v in value)):
+            # A ranged key's `what` names the range ("a port number 1-65535"), not the type.
+            what = _TYPES[str(f.type)][1] if meta["span"] else describe(f)
+            self.fail(section, f.name, f"'{name}' must be {what}, "
+                      f"not {type(value).__name__} {value!r}")
+        if meta["choices"] and value not in meta["choices"]:
+            self.fail(section, f.name, f"'{name}' must be {describe(f)}, not {value!r}")
+        if isinstance(value, (int, float)):
+            lo_hi = meta["span"]
+            if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
+                self.fail(section, f.name, f"'{name}' must be {describe(f)}, not {value}")
+            if meta["ge"] is not None and value < meta["ge"]:
+                self.fail(section, f.name, f"'{name}' must "
+                          + ("not be negative" if meta["ge"] == 0 else f"be at least {meta['ge']}"))
+            if meta["gt"] is not None and value <= meta["gt"]:
+                self.fail(section, f.name, f"'{name}' must be "
+                          + ("positive" if meta["gt"] == 0 else f"more than {meta['gt']}"))
+        return tuple(value) if isinstance(value, list) else value
 
 
 def load(path: Path | None = None, *, device: str | Callable[[], str] = "cpu",
@@ -294,28 +370,12 @@ def parse(raw: Mapping[str, Any], path: Path | None = None, text: str = "", *,
             r.fail(key, None, f"unknown section [{key}]",
                    f"did you mean [{close[0]}]?" if close else "known sections: proxy, engine, models")
 
-    p = r.check("proxy", raw.get("proxy", {}), _PROXY_FIELDS)
-    keys = list(p.pop("api_keys", []))
+    p = r.section("proxy", raw.get("proxy", {}), ProxyConfig)
+    keys = list(p.pop("api_keys", ()))
     if env.get("LLMCTL_API_KEY"):
         keys.append(env["LLMCTL_API_KEY"])
-    for k in ("cors_origins",):
-        if k in p:
-            p[k] = tuple(p[k])
     proxy = ProxyConfig(api_keys=tuple(dict.fromkeys(keys)), **p)
-    _check_port(r, "proxy", "port", proxy.port)
-    for k in ("max_body_bytes", "max_queue_per_model"):
-        if getattr(proxy, k) < 1:
-            r.fail("proxy", k, f"'proxy.{k}' must be at least 1")
-    if proxy.request_timeout <= 0:
-        r.fail("proxy", "request_timeout", "'proxy.request_timeout' must be positive")
-    if proxy.drain_seconds < 0:
-        r.fail("proxy", "drain_seconds", "'proxy.drain_seconds' must not be negative")
-
-    e = r.check("engine", raw.get("engine", {}), _ENGINE_FIELDS)
-    engine = EngineConfig(**e)
-    if engine.device not in DEVICES:
-        r.fail("engine", "device", f"'engine.device' must be one of {', '.join(DEVICES)}, "
-               f"not {engine.device!r}")
+    engine = EngineConfig(**r.section("engine", raw.get("engine", {}), EngineConfig))
 
     models_raw = raw.get("models")
     if models_raw is None:
@@ -329,22 +389,14 @@ def parse(raw: Mapping[str, Any], path: Path | None = None, text: str = "", *,
     return Config(proxy=proxy, engine=engine, models=models, path=path)
 
 
-def _check_port(r: _Reader, section: str, key: str, port: int) -> None:
-    if not 1 <= port <= 65535:
-        r.fail(section, key, f"'{section}.{key}' must be a port number 1-65535, not {port}")
-
-
 def _model(r: _Reader, key: str, data: Any) -> ModelConfig:
     section = f"models.{key}"
-    m = r.check(section, data, _MODEL_FIELDS)
+    m = r.section(section, data, ModelConfig)
     if "name" not in m:
         r.fail(section, None, f"[{section}] needs a 'name' (what clients send as \"model\")")
     if bool(m.get("source")) == bool(m.get("url")):
         r.fail(section, None, f"[{section}] needs exactly one of 'source' (a model llmctl "
                "starts) or 'url' (a server that is already running)")
-    for k in ("aliases", "args"):
-        if k in m:
-            m[k] = tuple(m[k])
     model = ModelConfig(key=key, **m)
     for n in model.names:
         if not _NAME_RE.match(n):
@@ -353,13 +405,8 @@ def _model(r: _Reader, key: str, data: Any) -> ModelConfig:
     if model.url:
         if not re.match(r"^https?://[^\s/]+", model.url):
             r.fail(section, "url", f"'{section}.url' must be an http(s) URL, not {model.url!r}")
-    else:
-        if "port" not in m:
-            r.fail(section, None, f"[{section}] needs a 'port' for its vLLM server")
-        _check_port(r, section, "port", model.port)
-    for k in ("max_model_len", "max_num_seqs"):
-        if getattr(model, k) < 1:
-            r.fail(section, k, f"'{section}.{k}' must be at least 1")
+    elif "port" not in m:
+        r.fail(section, None, f"[{section}] needs a 'port' for its vLLM server")
     mem = model.memory
     if isinstance(mem, str) and mem != "auto":
         r.fail(section, "memory", f"'{section}.memory' must be \"auto\" or a fraction, not {mem!r}")
@@ -391,13 +438,15 @@ def _check_unique(r: _Reader, proxy: ProxyConfig, models: tuple[ModelConfig, ...
 # ── writing ──────────────────────────────────────────────────────────────────
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, (int, float)):
+    if isinstance(v, int):
+        return f"{v:_}" if v >= 100_000 else repr(v)
+    if isinstance(v, float):
         return repr(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     s = str(v).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{s}"'
 
@@ -406,62 +455,38 @@ def mask(key: str) -> str:
     return key[:9] + "…" + key[-4:] if len(key) > 16 else "…"
 
 
-def to_toml(cfg: Config, *, masked: bool = True) -> str:
-    """The effective config as TOML, keys masked unless asked."""
-    out = ["[proxy]"]
-    for f in dataclasses.fields(ProxyConfig):
-        v = getattr(cfg.proxy, f.name)
-        if f.name == "api_keys" and masked:
-            v = [mask(k) for k in v]
-        out.append(f"{f.name} = {_toml_value(v)}")
-    out += ["", "[engine]"]
-    out += [f"{f.name} = {_toml_value(getattr(cfg.engine, f.name))}"
-            for f in dataclasses.fields(EngineConfig)]
+def _sections(cfg: Config) -> Iterator[tuple[str, Any, list[dataclasses.Field[Any]]]]:
+    """(title, values, keys) of each table in the file, in order."""
+    yield "proxy", cfg.proxy, keys_of(ProxyConfig)
+    yield "engine", cfg.engine, keys_of(EngineConfig)
     for m in cfg.models:
-        out += ["", f"[models.{m.key}]"]
-        for f in dataclasses.fields(ModelConfig):
-            if f.name == "key":
-                continue
-            v = getattr(m, f.name)
-            if f.name in ("source", "port") and not m.managed:
-                continue
-            if f.name == "url" and m.managed:
-                continue
-            out.append(f"{f.name} = {_toml_value(v)}")
+        yield f"models.{m.key}", m, list(m.file_keys())
+
+
+def _render(cfg: Config, *, masked: bool, comments: bool) -> str:
+    out: list[str] = []
+    for title, values, keys in _sections(cfg):
+        out += ["", f"[{title}]"] if out else [f"[{title}]"]
+        for f in keys:
+            v = getattr(values, f.name)
+            if f.name == "api_keys" and masked:
+                v = [mask(k) for k in v]
+            line = f"{f.name} = {toml_value(v)}"
+            out.append(f"{line:<34} # {f.metadata['doc']}" if comments else line)
     return "\n".join(out) + "\n"
 
 
+def to_toml(cfg: Config, *, masked: bool = True) -> str:
+    """The effective config as TOML, keys masked unless asked."""
+    return _render(cfg, masked=masked, comments=False)
+
+
 def starter_text(device: str, key: str) -> str:
-    """The file `llmctl config init` writes: the defaults for this device, with comments."""
-    lines = [
-        "# llmctl config. Reference: docs/config.md. Apply changes with `llmctl up --restart`.",
-        "",
-        "[proxy]",
-        'host = "127.0.0.1"',
-        "port = 8080",
-        f"api_keys = [{_toml_value(key)}]   # one or more; clients send `Authorization: Bearer KEY`",
-        "cors_origins = []",
-        "max_body_bytes = 10_000_000",
-        "max_queue_per_model = 100        # beyond it: 429 + Retry-After",
-        "",
-        "[engine]",
-        'device = "auto"                  # auto | cuda | cpu',
-        'python = ""                      # interpreter with vllm; "" = the one running llmctl',
-    ]
-    for m in default_models(device):
-        lines += [
-            "",
-            f"[models.{m.key}]",
-            f"name = {_toml_value(m.name)}           # what clients send as \"model\"",
-            f"source = {_toml_value(m.source)}",
-            f"port = {m.port}",
-            f"max_model_len = {m.max_model_len}",
-            f"max_num_seqs = {m.max_num_seqs}",
-            'memory = "auto"                  # or a fraction of the device, like 0.45',
-            "aliases = []",
-            "args = []                        # extra vLLM arguments, passed as given",
-        ]
-    return "\n".join(lines) + "\n"
+    """The file `llmctl config init` writes: the defaults for this device, every key with
+    its meaning."""
+    cfg = Config(proxy=ProxyConfig(api_keys=(key,)), models=default_models(device))
+    return ("# llmctl config. Reference: docs/config.md. Apply changes with "
+            "`llmctl up --restart`.\n\n" + _render(cfg, masked=False, comments=True))
 
 
 def write_private(path: Path, text: str) -> None:

@@ -138,3 +138,33 @@ def test_paths_follow_llmctl_home(tmp_path, monkeypatch):
     assert config.logs_dir() == tmp_path / "logs"
     monkeypatch.setenv("LLMCTL_CONFIG", str(tmp_path / "other.toml"))
     assert config.config_path() == tmp_path / "other.toml"
+
+
+def test_the_starter_file_is_the_schema_read_back():
+    """Every key of every section is in the starter file, with its meaning as a comment,
+    and it reads back as the defaults for the device."""
+    text = config.starter_text("cpu", "sk-local-abc")
+    cfg = config.parse(__import__("tomllib").loads(text))
+    assert cfg.proxy == config.ProxyConfig(api_keys=("sk-local-abc",))
+    assert cfg.models == config.default_models("cpu")
+    for title, cls in config.SECTIONS.items():
+        for f in config.keys_of(cls):
+            if title == "models.KEY" and f.name == "url":
+                continue  # a starter model is started by llmctl: it has a source, not a url
+            assert any(line.startswith(f"{f.name} = ") and f.metadata["doc"] in line
+                       for line in text.splitlines()), f.name
+
+
+@pytest.mark.parametrize("section, key, value, needle", [
+    ("proxy", "max_body_bytes", 0, "must be at least 1"),
+    ("proxy", "request_timeout", 0, "must be positive"),
+    ("proxy", "drain_seconds", -1, "must not be negative"),
+    ("models.a", "max_num_seqs", 0, "must be at least 1"),
+    ("models.a", "port", 0, "must be a port number 1-65535, not 0"),
+])
+def test_bounds_come_from_the_schema(section, key, value, needle):
+    raw = {"proxy": {}, "models": {"a": {"name": "a", "source": "x/y", "port": 9000}}}
+    target = raw["models"]["a"] if section == "models.a" else raw[section]
+    target[key] = value
+    with pytest.raises(ConfigError, match=needle):
+        config.parse(raw)
