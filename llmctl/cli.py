@@ -17,7 +17,7 @@ import typer
 
 from . import __version__
 from . import config as cfgmod
-from .errors import ConfigError, LlmctlError, UsageError
+from .errors import ConfigError, LlmctlError, StackError, UsageError
 
 app = typer.Typer(help="A private, OpenAI-compatible model server on one workstation.",
                   no_args_is_help=True, pretty_exceptions_enable=False,
@@ -132,17 +132,9 @@ def _sources(cfg: cfgmod.Config, wanted: list[str] | None) -> list[str]:
 @app.command()
 def plan(path: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show the memory split `up` would use, with the arithmetic."""
-    from . import gpu, hub
-    from . import plan as planmod
+    from .survey import survey
 
-    cfg = _load(path)
-    readings = gpu.read()
-    facts = {}
-    for m in cfg.models:
-        if m.managed:
-            folder = hub.resolve(m.source)
-            facts[m.key] = hub.facts(folder) if folder else None
-    plans = planmod.plan(cfg, readings, facts)
+    plans = survey(_load(path)).plans
     if as_json:
         import dataclasses
 
@@ -216,14 +208,16 @@ def up(
     elapsed = time.monotonic() - t0
     if result.message and not result.stack.get("backends"):
         tail = _tail(cfgmod.logs_dir() / "daemon.log", 8) + _tail(cfgmod.logs_dir() / "daemon.out", 8)
-        raise LlmctlError(f"the daemon failed: {result.message}",
+        raise StackError(f"the daemon failed: {result.message}",
                           "daemon log:\n  " + "\n  ".join(tail) if tail else None)
+    from .lifecycle import State
+
     backends = result.stack.get("backends") or {}
     # Failed backends, and on a timeout the ones still starting: their last log lines.
     for key, b in backends.items():
-        if key not in result.failed and (result.ok or b.get("state") == "RUNNING"):
+        if key not in result.failed and (result.ok or b.get("state") == State.RUNNING):
             continue
-        from .supervisor import likely_cause
+        from .logs import likely_cause
 
         tail = _tail(Path(b["log"])) if b.get("log") else []
         why = b.get("reason") or b.get("last_exit") or f"still {b.get('state')}"
@@ -235,7 +229,7 @@ def up(
             ui.note("  " + line)
     if not result.ok:
         msg = result.message or f"{len(result.failed)} backend(s) failed"
-        raise LlmctlError(msg, "the proxy keeps serving the ready models; `llmctl logs NAME` "
+        raise StackError(msg, "the proxy keeps serving the ready models; `llmctl logs NAME` "
                           "shows a backend's log, `llmctl down` stops everything")
     names = ", ".join(b["name"] for b in result.stack["backends"].values())
     ui.ok(f"ready in {elapsed:.0f} s: {cfg.proxy_url}/v1  (models: {names})")
@@ -246,8 +240,10 @@ def up(
 
 
 def _already_up(ui: Any, path: Path | None, running: dict[str, Any]) -> None:
+    from .lifecycle import ON_THE_WAY
+
     starting = [k for k, b in (running.get("backends") or {}).items()
-                if b.get("state") in ("STARTING", "BACKOFF", "STOPPED")]
+                if b.get("state") in ON_THE_WAY]
     if starting:
         ui.ok(f"a stack is already starting ({', '.join(starting)} not ready yet): proxy at "
               f"{running.get('proxy_url', '?')}; `llmctl status` shows progress")
@@ -273,7 +269,7 @@ def _already_up(ui: Any, path: Path | None, running: dict[str, Any]) -> None:
 
 
 def _tail(p: Path, n: int = 15) -> list[str]:
-    from .state import log_tail
+    from .logs import log_tail
 
     return log_tail(p, n)
 

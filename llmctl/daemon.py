@@ -1,6 +1,6 @@
 """The daemon: one event loop running the supervisor and the proxy; signals; drain.
 
-May import: config, engine, gpu, hub, plan, proxy, state, supervisor.
+May import: config, engine, gpu, procs, proxy, state, supervisor, survey.
 Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached;
 it logs to logs/daemon.log, rotated, and anything printed lands in logs/daemon.out)
 or in the foreground by `llmctl up --foreground` (logs on stderr).
@@ -20,37 +20,46 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import config as cfgmod
-from . import engine, gpu, hub, plan, state
+from . import engine, gpu, procs, state
 from .errors import LlmctlError
-from .supervisor import Backend, Supervisor
+from .supervisor import Backend, ManagedBackend, RemoteBackend, Supervisor
+from .survey import survey
 
 log = logging.getLogger("llmctl.daemon")
 
+# Exit codes, as `llmctl up` and systemd see them.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the config, the proxy's port or the plan stopped the daemon
+EXIT_LOCKED = 3  # another daemon holds the lock
 
-def build_backends(cfg: cfgmod.Config, on_change) -> tuple[list[Backend], str]:
-    readings = gpu.read()
-    device = cfg.engine.device if cfg.engine.device != "auto" else readings.device
-    folders = {m.key: hub.resolve(m.source) for m in cfg.models if m.managed}
-    facts = {k: hub.facts(p) if p else None for k, p in folders.items()}
-    plans = plan.plan(cfg, readings, facts, device=device)
-    backends = []
+
+def start_key(m: cfgmod.ModelConfig) -> str:
+    """What `starts.json` remembers a start time under: the same model at the same place."""
+    return f"{m.key}:{m.source}"
+
+
+def build_backends(cfg: cfgmod.Config, on_change: Callable[[], None]
+                   ) -> tuple[list[Backend], str]:
+    """The config, read straight down: survey (readings, folders, plans) → argv → backend."""
+    s = survey(cfg)
+    backends: list[Backend] = []
     for m in cfg.models:
         if not m.managed:
-            backends.append(Backend(m, None, None, on_change=on_change))
+            backends.append(RemoteBackend(m, on_change=on_change))
             continue
-        p = plans[m.key]
-        folder = folders[m.key]
-        cmd = engine.command(cfg, m, p, str(folder or m.source))
-        b = Backend(m, cmd, cfgmod.logs_dir() / f"{m.key}.log", planned_bytes=p.planned_bytes,
-                    on_change=on_change)
+        p, folder = s.plans[m.key], s.folders[m.key]
+        b = ManagedBackend(m, engine.command(cfg, m, p, str(folder or m.source)),
+                           cfgmod.logs_dir() / f"{m.key}.log", planned_bytes=p.planned_bytes,
+                           expected_start_s=state.previous_start(start_key(m)),
+                           on_change=on_change)
         if folder is None:
-            b.state = "FATAL"
-            b.reason = f"{m.source} is not pulled; run `llmctl pull`"
+            b.fail(f"{m.source} is not pulled; run `llmctl pull`")
         backends.append(b)
-    return backends, device
+    return backends, s.device
 
 
 class Daemon:
@@ -62,6 +71,16 @@ class Daemon:
         self.error: str | None = None
         self.digest = cfgmod.digest(cfg)
         self.toml = cfgmod.to_toml(cfg)  # masked: what `up` shows when the config changed
+        self._recorded: dict[str, float] = {}
+
+    def changed(self) -> None:
+        """A backend changed state: remember new start times, then report."""
+        for b in self.backends:
+            if isinstance(b, ManagedBackend) and b.last_start_s and \
+                    self._recorded.get(b.key) != b.last_start_s:
+                self._recorded[b.key] = b.last_start_s
+                state.record_start(start_key(b.model), b.last_start_s)
+        self.report()
 
     def report(self) -> None:
         state.write_stack({
@@ -76,18 +95,18 @@ class Daemon:
     async def serve(self) -> int:
         import uvicorn
 
-        from .proxy import create_app
+        from .proxy import Proxy
 
-        self.backends, self.device = build_backends(self.cfg, self.report)
+        self.backends, self.device = build_backends(self.cfg, self.changed)
         host, port = self.cfg.proxy.host, self.cfg.proxy.port
-        if not state.port_free(port, host if host not in ("", "::") else "0.0.0.0"):
+        if not procs.port_free(port, host if host not in ("", "::") else "0.0.0.0"):
             self.error = f"proxy port {port} is in use by another process"
             self.report()
             log.error(self.error)
-            return 1
+            return EXIT_FAILED
         self.report()
-        app = create_app(self.backends, self.cfg.proxy)
-        server = uvicorn.Server(uvicorn_config(app, host, port, self.cfg.proxy.drain_seconds))
+        proxy = Proxy(self.backends, self.cfg.proxy)
+        server = uvicorn.Server(uvicorn_config(proxy, host, port, self.cfg.proxy.drain_seconds))
         supervisor = Supervisor(self.backends)
 
         async def start_backends() -> None:
@@ -96,11 +115,6 @@ class Daemon:
                 await asyncio.sleep(0.05)
             await supervisor.run()
 
-        # uvicorn turns SIGINT/SIGTERM into "stop accepting, drain, return", then raises the
-        # signal again with the handler it found: make that one harmless, or the default
-        # action would kill the daemon before it stops the backends.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, frame: None)
         async def report_in_flight() -> None:
             # States are reported as they change; requests in flight change per request,
             # so they are written at most once a second, and only when they moved.
@@ -112,11 +126,15 @@ class Daemon:
                     last = now
                     self.report()
 
+        # uvicorn turns SIGINT/SIGTERM into "stop accepting, drain, return", then raises the
+        # signal again with the handler it found: make that one harmless, or the default
+        # action would kill the daemon before it stops the backends.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: None)
         starter = asyncio.create_task(start_backends())
         reporter = asyncio.create_task(report_in_flight())
         log.info("proxy on %s; device %s", self.cfg.proxy_url, self.device)
         try:
-            # uvicorn handles SIGINT/SIGTERM: stop accepting, drain, return.
             await server.serve()
         except SystemExit:  # uvicorn exits this way when it cannot bind
             self.error = f"the proxy could not listen on {host}:{port}"
@@ -126,8 +144,8 @@ class Daemon:
             reporter.cancel()
             await asyncio.gather(starter, reporter, return_exceptions=True)
             await supervisor.stop()
-            await app.proxy.aclose()
-        return 1 if self.error else 0
+            await proxy.aclose()
+        return EXIT_FAILED if self.error else EXIT_OK
 
 
 def uvicorn_config(app, host: str, port: int, drain_seconds: float = 10.0):
@@ -147,10 +165,9 @@ def serve_proxy_forever(backends, proxy_cfg: cfgmod.ProxyConfig) -> None:
     """The proxy alone, with the daemon's settings and loop (for benchmarks)."""
     import uvicorn
 
-    from .proxy import create_app
+    from .proxy import Proxy
 
-    app = create_app(backends, proxy_cfg)
-    server = uvicorn.Server(uvicorn_config(app, proxy_cfg.host, proxy_cfg.port,
+    server = uvicorn.Server(uvicorn_config(Proxy(backends, proxy_cfg), proxy_cfg.host, proxy_cfg.port,
                                            proxy_cfg.drain_seconds))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(server.serve())
@@ -189,19 +206,19 @@ def run(config_path: Path | None, *, foreground: bool = False) -> int:
     lock = state.DaemonLock()
     if not lock.acquire():
         log.error("another llmctl daemon holds %s", state.path(state.LOCK))
-        return 3
+        return EXIT_LOCKED
     clean = False
     try:
         cfg = cfgmod.load(config_path, device=gpu.detect_device)
         d = Daemon(cfg)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             rc = runner.run(d.serve())
-        clean = rc == 0
+        clean = rc == EXIT_OK
         return rc
     except LlmctlError as e:
         log.error("%s", e.message)
         state.write_stack({"pid": os.getpid(), "error": e.message, "backends": {}})
-        return 1
+        return EXIT_FAILED
     finally:
         if clean:
             state.clear_stack()

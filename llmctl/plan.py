@@ -1,7 +1,8 @@
 """The memory split, as a pure function: (models, their facts, readings) → one plan per backend.
 
-May import: config, gpu (for the dataclasses only). No I/O: the caller reads the
-machine and the model folders, so every case is a table row in the unit tests.
+May import: config, gpu and hub (for their dataclasses only). No I/O: survey.py reads
+the machine (gpu.Readings) and the model folders (hub.ModelFacts) and calls `plan`, so
+every case is a table row in the unit tests.
 
 On CUDA the plan is a `--gpu-memory-utilization` per backend; on CPU it is a KV
 cache size (`VLLM_CPU_KVCACHE_SPACE`, whole GiB) and a set of cores
@@ -15,20 +16,13 @@ from dataclasses import dataclass, field
 
 from .config import Config, ModelConfig
 from .gpu import GIB, Readings
+from .hub import ModelFacts
 
 # Measured on the CPU build (VLLM-CPU-NOTES.md): API server + EngineCore + Worker
 # without the KV cache take about 2 GiB for a 135M model; weights come on top.
 CPU_SERVER_OVERHEAD = 2 * GIB
 CPU_RESERVE = 2 * GIB  # left to the OS, the daemon and the user's other programs
 GPU_HEADROOM = 0.08  # fraction of a card vLLM's own profiling and CUDA graphs need beyond the split
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the planner needs to know of one model's weights (read from its folder)."""
-
-    weight_bytes: int
-    kv_bytes_per_token: int  # 2 (K and V) × layers × kv heads × head dim × dtype bytes
 
 
 @dataclass(frozen=True)
@@ -57,10 +51,15 @@ def kv_need(model: ModelConfig, facts: ModelFacts | None) -> int | None:
     return facts.kv_bytes_per_token * model.max_model_len * model.max_num_seqs
 
 
+def device_for(cfg: Config, readings: Readings) -> str:
+    """The configured device, or what the readings show when it is `auto`."""
+    return cfg.engine.device if cfg.engine.device != "auto" else readings.device
+
+
 def plan(cfg: Config, readings: Readings, facts: dict[str, ModelFacts | None] | None = None,
          device: str | None = None) -> dict[str, BackendPlan]:
     facts = facts or {}
-    device = device or (cfg.engine.device if cfg.engine.device != "auto" else readings.device)
+    device = device or device_for(cfg, readings)
     models = [m for m in cfg.models if m.managed]
     if not models:
         return {}

@@ -1,7 +1,7 @@
 """The stack as the CLI sees it: start the daemon and wait, read its state, stop it, clean up.
 
-May import: config, errors, gpu (inside functions), state. Never imports the
-daemon, the proxy or vLLM: `status` and `down` must stay fast.
+May import: config, errors, gpu (inside functions), lifecycle, logs, procs, state.
+Never imports the daemon, the proxy or vLLM: `status` and `down` must stay fast.
 """
 
 from __future__ import annotations
@@ -17,55 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfgmod
-from . import state
+from . import procs, state
 from .errors import StackError
-
-FINAL = {"RUNNING", "FATAL"}
-
-
-def port_holder(port: int) -> str | None:
-    """'pid 123 (python)' for the process listening on `port`, when it can be found."""
-    try:
-        import psutil
-
-        for c in psutil.net_connections(kind="inet"):
-            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
-                try:
-                    name = psutil.Process(c.pid).name()
-                except psutil.Error:
-                    name = "?"
-                return f"pid {c.pid} ({name})"
-    except Exception:
-        return None
-    return None
+from .lifecycle import SETTLED, State
+from .logs import log_tail
 
 
 def check_ports(cfg: cfgmod.Config) -> None:
     wanted = [("proxy", cfg.proxy.port)] + [(f"model {m.key}", m.port) for m in cfg.models
                                              if m.managed]
     for what, port in wanted:
-        if not state.port_free(port):
-            holder = port_holder(port)
+        if not procs.port_free(port):
+            holder = procs.port_holder(port)
             raise StackError(f"port {port} ({what}) is in use"
                              + (f" by {holder}" if holder else ""),
                              "stop that process, or change the port in the config")
-
-
-def group_rss(pids: list[int]) -> int | None:
-    """Resident memory of a group's processes (as read by `state.group_pids`)."""
-    if not pids:
-        return None
-    try:
-        import psutil
-    except ImportError:
-        return None
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 @dataclass
@@ -78,7 +44,7 @@ class Status:
         s = self.stack or {}
         backends = {}
         now = time.time()
-        groups = {key: state.group_pids(b["pgid"]) if b.get("pgid") else []
+        groups = {key: procs.group_pids(b["pgid"]) if b.get("pgid") else []
                   for key, b in (s.get("backends") or {}).items()}
         gpu_mem: dict[int, int] = {}
         if s.get("device") == "cuda":  # NVML only where there is a GPU: status stays fast
@@ -91,13 +57,13 @@ class Status:
                 **b,
                 "alive": alive,
                 "uptime_s": round(now - b["ready_at"], 1) if b.get("ready_at") and alive else None,
-                "rss_bytes": group_rss(groups[key]),
+                "rss_bytes": procs.group_rss(groups[key]),
                 "gpu_bytes": sum(gpu_mem.get(p, 0) for p in groups[key]) if gpu_mem else None,
             }
-            if b.get("state") == "FATAL" and b.get("log"):
-                backends[key]["log_tail"] = state.log_tail(Path(b["log"]), 10)
+            if b.get("state") == State.FATAL and b.get("log"):
+                backends[key]["log_tail"] = log_tail(Path(b["log"]), 10)
             if not self.running:
-                backends[key]["state"] = "STOPPED" if not alive else "ORPHANED"
+                backends[key]["state"] = State.ORPHANED if alive else State.STOPPED
         return {
             "daemon": {"running": self.running, "pid": s.get("pid") if self.running else None,
                        "uptime_s": round(now - s["started_at"], 1)
@@ -117,7 +83,7 @@ def read_status() -> Status:
     if not running and stack:
         for b in (stack.get("backends") or {}).values():
             pgid = b.get("pgid")
-            if pgid and state.group_pids(pgid):
+            if pgid and procs.group_pids(pgid):
                 leftovers.append(pgid)
     return Status(running, stack, leftovers)
 
@@ -129,8 +95,8 @@ def clean_leftovers() -> list[str]:
         return []
     done = []
     for pgid in st.leftovers:
-        n = len(state.group_pids(pgid))
-        state.stop_group(pgid, grace=5.0)
+        n = len(procs.group_pids(pgid))
+        procs.stop_group(pgid, grace=5.0)
         done.append(f"stopped process group {pgid} ({n} processes) left by a dead daemon")
     if st.stack is not None:
         state.clear_stack()
@@ -173,8 +139,8 @@ def wait_ready(proc: subprocess.Popen[bytes], timeout: float,
             if stack.get("error"):
                 return UpResult(False, stack, [], stack["error"])
             states = [b.get("state") for b in stack["backends"].values()]
-            if states and all(s in FINAL for s in states):
-                failed = [k for k, b in stack["backends"].items() if b.get("state") == "FATAL"]
+            if states and all(s in SETTLED for s in states):
+                failed = [k for k, b in stack["backends"].items() if b.get("state") == State.FATAL]
                 return UpResult(not failed, stack, failed)
         rc = proc.poll()
         if rc is not None:
@@ -194,7 +160,7 @@ def stop_daemon(pid: int, timeout: float) -> bool:
         return True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not state.daemon_alive() and not state.pid_alive(pid):
+        if not state.daemon_alive() and not procs.pid_alive(pid):
             return True
         time.sleep(0.1)
     try:
@@ -212,26 +178,23 @@ def down(timeout: float = 60.0) -> list[str]:
     # Every process of every group, taken now: on a GPU the EngineCore/Worker children
     # hold the memory, and they are gone from their groups once stopped.
     members = {p for b in (stack.get("backends") or {}).values() if b.get("pgid")
-               for p in state.group_pids(b["pgid"])}
+               for p in procs.group_pids(b["pgid"])}
     if st.running:
-        pid = stack.get("pid") or _lock_pid()
+        pid = stack.get("pid") or state.lock_pid()
         if pid:
             clean = stop_daemon(pid, timeout)
             done.append(f"stopped the daemon (pid {pid})" + ("" if clean else ", forcibly"))
     # Whatever the daemon did or did not do, no group of ours outlives `down`.
     for key, b in (stack.get("backends") or {}).items():
         pgid = b.get("pgid")
-        if pgid and state.group_pids(pgid):
-            state.stop_group(pgid, grace=5.0)
+        if pgid and procs.group_pids(pgid):
+            procs.stop_group(pgid, grace=5.0)
             done.append(f"stopped leftover processes of {key} (group {pgid})")
     ports = [b.get("port") for b in (stack.get("backends") or {}).values() if b.get("port")]
     for port in ports:
-        deadline = time.monotonic() + 5
-        while not state.port_free(port) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not state.port_free(port):
+        if not procs.wait_port_free(port, 5):
             raise StackError(f"port {port} is still in use after down"
-                             + (f" by {h}" if (h := port_holder(port)) else ""))
+                             + (f" by {h}" if (h := procs.port_holder(port)) else ""))
     if stack.get("device") == "cuda":
         done.append(_confirm_gpu_released(members))
     state.clear_stack()
@@ -251,10 +214,3 @@ def _confirm_gpu_released(pids: set[int]) -> str:
         raise StackError(f"GPU memory is still held by pids {sorted(held)} after down",
                          "`nvidia-smi` shows them; kill them by pid")
     return "GPU memory released (NVML lists no process of this stack)"
-
-
-def _lock_pid() -> int | None:
-    try:
-        return int(Path(state.path(state.LOCK)).read_text().strip() or 0) or None
-    except (OSError, ValueError):
-        return None

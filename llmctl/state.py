@@ -2,17 +2,16 @@
 
 May import: config. `stack.json` is the daemon's report (pids, process groups,
 ports, states); `daemon.lock` is held by a live daemon for its whole life, so
-`status` can tell a live daemon from a stale file without trusting pids alone.
+`status` can tell a live daemon from a stale file without trusting pids alone;
+`starts.json` remembers how long each model's last start took. Processes and ports
+are procs.py's business.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +79,14 @@ class DaemonLock:
             self.fd = None
 
 
+def lock_pid() -> int | None:
+    """The pid the daemon wrote into its lock file (valid while `daemon_alive()`)."""
+    try:
+        return int(path(LOCK).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
 def daemon_alive() -> bool:
     """True while some process holds the daemon lock."""
     p = path(LOCK)
@@ -97,85 +104,6 @@ def daemon_alive() -> bool:
         os.close(fd)
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); it holds nothing, so count it as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Live (non-zombie) members of a process group, read from /proc."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields after the command: state ppid pgrp …
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(entry))
-    return out
-
-
-def signal_group(pgid: int, sig: int) -> bool:
-    """Signal a whole group; False when it is already gone (ESRCH)."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    except OSError as e:
-        if e.errno == errno.ESRCH:
-            return False
-        raise
-
-
-def stop_group(pgid: int, grace: float = 10.0, poll: float = 0.1) -> bool:
-    """TERM the group, wait up to `grace`, KILL what is left, wait until none is left.
-
-    Returns True when something had to be killed.
-    """
-    if not group_pids(pgid):
-        return False
-    signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not group_pids(pgid):
-            return False
-        time.sleep(poll)
-    signal_group(pgid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while group_pids(pgid) and time.monotonic() < deadline:
-        time.sleep(poll)
-    return True
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def previous_start(key: str) -> float | None:
     """Seconds the last successful start of this model took (for progress estimates)."""
     data = read_json(path(STARTS))
@@ -191,14 +119,3 @@ def record_start(key: str, seconds: float) -> None:
         write_json(path(STARTS), data)
     except OSError:
         pass  # an estimate is not worth failing a start for
-
-
-def log_tail(path: Path, lines: int = 20) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - 64 * 1024, 0))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    return [ln for ln in text.splitlines() if ln.strip()][-lines:]

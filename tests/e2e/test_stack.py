@@ -1,6 +1,7 @@
 """The walking skeleton, used the way a user uses it: up, chat, curl-like requests, down.
 
-Tests run in file order against one shared stack; the last one stops it.
+Tests share one stack and may run in any order (conftest.py's `stack` waits until both
+models are RUNNING); the one that stops it is marked and always runs last.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmctl import state as st
+from llmctl import procs as st
+from llmctl.logs import log_tail
 
 from .conftest import KEY
 
@@ -25,9 +27,7 @@ QUESTION = "Write a Python function that returns the nth Fibonacci number."
 
 
 def test_up_brings_both_backends_to_running(stack):
-    r = stack.up_result
-    assert r.returncode == 0, f"llmctl up failed:\n{r.stderr[-3000:]}"
-    assert f"{stack.url}/v1" in r.stderr  # tells the user where the proxy is
+    assert f"{stack.url}/v1" in stack.up_result.stderr  # tells the user where the proxy is
     status = stack.status()
     assert status["daemon"]["running"] is True
     assert status["proxy_url"] == stack.url
@@ -147,7 +147,7 @@ def test_client_hang_up_aborts_the_vllm_request(stack):
         assert chunks >= held, (
             f"the stream ended after {chunks} chunks in {time.monotonic() - t_start:.1f} s, "
             f"last {last[:300]!r}\n"
-            + "\n".join(st.log_tail(Path(stack.status()["backends"]["general"]["log"]), 15)))
+            + "\n".join(log_tail(Path(stack.status()["backends"]["general"]["log"]), 15)))
     # Hung up. vLLM has stopped when nothing runs and its token counter stands still
     # between two reads; `waited` is the time of that second read, an upper bound.
     t0 = time.monotonic()
@@ -219,6 +219,7 @@ def test_sigkill_of_one_backend_is_reaped_and_restarted_while_the_other_serves(s
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
 
 
+@pytest.mark.stops_the_stack
 def test_down_leaves_no_process_and_frees_the_ports(stack):
     before = stack.status()
     pgids = [b["pgid"] for b in before["backends"].values()]

@@ -8,7 +8,8 @@ It answers /health, /metrics (vllm:num_requests_running), /v1/models,
 /v1/embeddings; and it can be told to misbehave:
   POST /control/crash      exit at once with code 3
   POST /control/hang       stop answering /health (and everything else)
-  GET  /control/stats      what it saw: requests, aborted requests, last headers/body
+  GET  /control/stats      what it saw: requests, aborted requests, last headers/body,
+                           and every request that reached it at all ("seen")
 --child starts a grandchild in the same process group (as vLLM's EngineCore is),
 which outlives a SIGKILL of this process unless the whole group is killed.
 """
@@ -29,8 +30,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-STATS = {"requests": 0, "aborted": 0, "running": 0, "completed": 0, "last_headers": {},
-         "last_body": None}
+# "seen" counts every request but /control ones, whatever its route (a 404 too).
+STATS = {"requests": 0, "aborted": 0, "running": 0, "completed": 0, "seen": 0,
+         "last_headers": {}, "last_body": None}
 HANG = asyncio.Event()
 ARGS: argparse.Namespace
 
@@ -181,7 +183,13 @@ def main() -> None:
         Route("/tokenize", tokenize, methods=["POST"]),
         Route("/control/{what}", control, methods=["GET", "POST"]),
     ])
-    uvicorn.run(app, host="127.0.0.1", port=ARGS.port, log_level="warning", access_log=False)
+
+    async def counted(scope, receive, send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/control/"):
+            STATS["seen"] += 1
+        await app(scope, receive, send)
+
+    uvicorn.run(counted, host="127.0.0.1", port=ARGS.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

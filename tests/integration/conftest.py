@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 
 from llmctl import config
-from llmctl.proxy import create_app
+from llmctl.proxy import Proxy
 
 FAKE = Path(__file__).resolve().parents[1] / "fakes" / "upstream.py"
 KEY = "sk-test-key"
@@ -92,7 +92,7 @@ class FakeBackend:
 class ProxyServer:
     def __init__(self, backends, proxy_cfg: config.ProxyConfig) -> None:
         self.backends = backends
-        self.app = create_app(backends, proxy_cfg)
+        self.app = Proxy(backends, proxy_cfg)
         self.port = proxy_cfg.port
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", lifespan="off"))
@@ -102,7 +102,7 @@ class ProxyServer:
         try:
             await self.server.serve()
         finally:
-            await self.app.proxy.aclose()
+            await self.app.aclose()
 
     @property
     def url(self) -> str:

@@ -2,7 +2,8 @@ import pytest
 
 from llmctl import config
 from llmctl.gpu import GIB, Gpu, Readings
-from llmctl.plan import ModelFacts, plan
+from llmctl.hub import ModelFacts
+from llmctl.plan import plan
 
 SMOL = ModelFacts(weight_bytes=270_000_000, kv_bytes_per_token=2 * 30 * 3 * 64 * 2)
 

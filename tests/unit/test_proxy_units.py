@@ -25,9 +25,9 @@ def test_metrics_from_another_machine_need_the_key():
     import httpx
 
     from llmctl import config
-    from llmctl.proxy import create_app
+    from llmctl.proxy import Proxy
 
-    app = create_app([], config.ProxyConfig(api_keys=("sk-k",)))
+    app = Proxy([], config.ProxyConfig(api_keys=("sk-k",)))
 
     async def get(client_host, headers=None):
         t = httpx.ASGITransport(app=app, client=(client_host, 5000))

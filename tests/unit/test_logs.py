@@ -1,6 +1,6 @@
 import os
 
-from llmctl.supervisor import LogPump, likely_cause, phase_of
+from llmctl.logs import LogPump, likely_cause, phase_of
 
 
 def test_rotation_keeps_a_bounded_number_of_files(tmp_path):

