@@ -1,8 +1,9 @@
 """The command line: each command parses, calls one core function, renders the result.
 
-The only typer importer. Heavy modules (the daemon, the proxy, vLLM, torch,
-huggingface_hub) are imported inside the commands that need them, so
-`llmctl --help` and `llmctl status` start fast.
+The only typer importer; `llmctl` enters through __main__.py, which answers `status`
+without importing this module (typer and the pydantic it brings cost ~90 ms). Heavy
+modules (the daemon, the proxy, vLLM, torch, huggingface_hub) are imported inside the
+commands that need them, so `llmctl --help` starts fast.
 """
 
 from __future__ import annotations
@@ -291,22 +292,11 @@ def down(timeout: Annotated[float, typer.Option(
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
     """Daemon, proxy and each backend: state, pid, port, uptime, restarts, memory."""
+    # `llmctl status [--json]` as typed is answered by __main__.py without typer; this is
+    # the same call, for `llmctl status` reached any other way (`--json` first, say).
     from . import stack
 
-    st = stack.read_status()
-    cleaned: list[str] = []
-    if not st.running and st.leftovers:
-        # A dead daemon's groups hold memory and ports: clean them, and say so.
-        cleaned = stack.clean_leftovers()
-        for line in cleaned:
-            _ui().note(line)
-        st = stack.read_status()
-    data = st.as_dict()
-    data["cleaned"] = cleaned
-    if as_json:
-        _ui().data(data)
-    else:
-        _ui().status_table(data)
+    _ui().show_status(stack.status_report(), as_json=as_json)
 
 
 @app.command()
@@ -383,19 +373,3 @@ def chat(
             chatmod.repl(client, model, input, sys.stdout, system, **params)
     finally:
         client.close()
-
-
-def main() -> None:
-    try:
-        app()
-    except LlmctlError as e:
-        _ui().fail(e.message, e.hint)
-        if os.environ.get("LLMCTL_DEBUG") == "1":
-            raise
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

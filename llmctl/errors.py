@@ -1,4 +1,4 @@
-"""The one error hierarchy of llmctl. Imports nothing of the package.
+"""The one error hierarchy of llmctl. May import: nothing of the package.
 
     LlmctlError(message, hint)        exit 1; the CLI prints the message and a `hint:` line
      ├── UsageError                   exit 2; bad flags or arguments

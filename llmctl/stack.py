@@ -88,6 +88,17 @@ def read_status() -> Status:
     return Status(running, stack, leftovers)
 
 
+def status_report() -> dict[str, Any]:
+    """What `status` shows. A dead daemon's groups hold memory and ports: they are
+    stopped first, and listed under "cleaned"."""
+    st = read_status()
+    cleaned: list[str] = []
+    if not st.running and st.leftovers:
+        cleaned = clean_leftovers()
+        st = read_status()
+    return {**st.as_dict(), "cleaned": cleaned}
+
+
 def clean_leftovers() -> list[str]:
     """Stop groups a dead daemon left behind; returns what was cleaned, for the user."""
     st = read_status()

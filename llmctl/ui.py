@@ -69,6 +69,16 @@ def _age(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def show_status(st: dict[str, Any], *, as_json: bool) -> None:
+    """`status`: what was cleaned on stderr, then the data as JSON or a table."""
+    for line in st.get("cleaned") or []:
+        note(line)
+    if as_json:
+        data(st)
+    else:
+        status_table(st)
+
+
 def status_table(st: dict[str, Any]) -> None:
     d = st["daemon"]
     if d["running"]:

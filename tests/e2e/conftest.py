@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LLMCTL = [sys.executable, "-m", "llmctl.cli"]
+LLMCTL = [sys.executable, "-m", "llmctl"]
 KEY = "sk-e2e-test-key-0123456789"
 UP_TIMEOUT = 1500  # a cold torch.compile of two servers on one core each takes minutes
 

@@ -63,7 +63,7 @@ args = {general_args}
         self.env.pop("LLMCTL_API_KEY", None)
 
     def run(self, *args: str, input: str | None = None, timeout: float = 60):
-        return subprocess.run([sys.executable, "-m", "llmctl.cli", *args], env=self.env,
+        return subprocess.run([sys.executable, "-m", "llmctl", *args], env=self.env,
                               input=input, text=True, capture_output=True, timeout=timeout)
 
     def status(self) -> dict:
@@ -241,7 +241,7 @@ def test_down_lets_in_flight_requests_finish(env):
 
 def test_ctrl_c_during_up_stops_the_start_cleanly(tmp_path):
     e = Env(tmp_path, coder_args='["--startup-delay", "60", "--child"]')
-    up = subprocess.Popen([sys.executable, "-m", "llmctl.cli", "up"], env=e.env, text=True,
+    up = subprocess.Popen([sys.executable, "-m", "llmctl", "up"], env=e.env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         pgid = None
@@ -306,7 +306,7 @@ url = "{up.url}"
 
 
 def test_foreground_daemon_stops_cleanly_on_sigterm(env):
-    fg = subprocess.Popen([sys.executable, "-m", "llmctl.cli", "up", "--foreground"],
+    fg = subprocess.Popen([sys.executable, "-m", "llmctl", "up", "--foreground"],
                           env=env.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30

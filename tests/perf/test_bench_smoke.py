@@ -19,3 +19,13 @@ def test_benchmark_runs_and_reports_every_figure():
         assert res[name]["proxy_p50_ms"] > 0
     t = res["throughput"]
     assert t["direct_chunks_per_s"] > 0 and t["proxy_chunks_per_s"] > 0
+
+
+def test_cli_benchmark_runs_and_reports_every_figure():
+    bench = Path(__file__).resolve().parent / "bench_cli.py"
+    r = subprocess.run([sys.executable, str(bench), "--runs", "1", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert set(res) == {"python_pass_s", "help_s", "status_s", "status_json_s"}
+    assert all(v > 0 for v in res.values())
