@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from .errors import LlmctlError
+from .errors import ApiError
 
 
 class Client:
@@ -25,7 +25,7 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def _fail(self, r: httpx.Response) -> LlmctlError:
+    def _fail(self, r: httpx.Response) -> ApiError:
         try:
             msg = r.json()["error"]["message"]
         except Exception:
@@ -37,7 +37,7 @@ class Client:
             hint = "`llmctl status` lists the models this stack serves"
         elif r.status_code == 503:
             hint = "the model is still starting or has failed: see `llmctl status`"
-        return LlmctlError(f"{self.base_url} answered {r.status_code}: {msg}", hint)
+        return ApiError(f"{self.base_url} answered {r.status_code}: {msg}", hint)
 
     def models(self) -> list[dict[str, Any]]:
         try:
@@ -48,8 +48,8 @@ class Client:
             raise self._fail(r)
         return list(r.json().get("data", []))
 
-    def _unreachable(self, e: Exception) -> LlmctlError:
-        return LlmctlError(f"cannot reach {self.base_url}: {type(e).__name__}",
+    def _unreachable(self, e: Exception) -> ApiError:
+        return ApiError(f"cannot reach {self.base_url}: {type(e).__name__}",
                            "is the stack up? `llmctl up` starts it, `llmctl status` tells")
 
     def chat_stream(self, model: str, messages: list[dict[str, str]],
@@ -69,7 +69,7 @@ class Client:
                     except ValueError:
                         continue
                     if "error" in event:
-                        raise LlmctlError(f"the model failed mid-answer: "
+                        raise ApiError(f"the model failed mid-answer: "
                                           f"{event['error'].get('message', event['error'])}")
                     for choice in event.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content")

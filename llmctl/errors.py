@@ -4,7 +4,8 @@
      ├── UsageError                   exit 2; bad flags or arguments
      ├── ConfigError                  the config file or environment is wrong
      ├── ModelError                   a model is unknown, not pulled, or cannot be prepared
-     └── StackError                   the daemon or a backend failed, or the stack is in the way
+     ├── StackError                   the daemon or a backend failed, or the stack is in the way
+     └── ApiError                     an OpenAI-compatible server refused, failed or is unreachable
 
 The core raises these; only the CLI turns them into output and exit codes.
 """
@@ -37,4 +38,8 @@ class ModelError(LlmctlError):
 
 
 class StackError(LlmctlError):
+    pass
+
+
+class ApiError(LlmctlError):
     pass
