@@ -101,11 +101,17 @@ max_num_seqs = 16
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Whatever the file order, the test that stops the shared stack runs last."""
-    items.sort(key=lambda item: item.get_closest_marker("stops_the_stack") is not None)
+    """Whatever the file order, the test that stops the shared stack runs last among the
+    e2e tests (and not after the rest of the suite: the stack would stay up meanwhile)."""
+    e2e = [i for i, item in enumerate(items) if item.get_closest_marker("e2e")]
+    if not e2e:
+        return
+    block = items[e2e[0]:e2e[-1] + 1]
+    block.sort(key=lambda item: item.get_closest_marker("stops_the_stack") is not None)
+    items[e2e[0]:e2e[-1] + 1] = block
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down once the e2e tests are done, not at session end
 def shared_stack(tmp_path_factory: pytest.TempPathFactory):
     s = Stack(tmp_path_factory.mktemp("llmctl-home"))
     s.write_config()

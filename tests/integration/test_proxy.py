@@ -209,7 +209,9 @@ def test_sse_chunks_arrive_as_they_are_made(proxy):
             if line.startswith("data: "):
                 times.append(time.perf_counter() - t0)
     assert len(times) == 6  # 5 tokens and [DONE]
-    assert times[0] < 0.6 and times[-1] > 1.1  # the first left long before the last
+    # Four 0.25 s gaps between the first token and the last cannot take less than 0.9 s:
+    # a spread that large proves the chunks were not held back and sent together.
+    assert times[-1] - times[0] > 0.9
 
 
 def test_request_id_is_kept_when_sane_and_replaced_when_not(proxy, upstream):
@@ -232,7 +234,7 @@ def test_unknown_routes_answer_in_openai_shape(proxy):
 
 # ── disconnects ──
 
-def wait_for(pred, timeout=2.0):
+def wait_for(pred, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
@@ -270,11 +272,13 @@ def test_client_hanging_up_on_a_non_streaming_request_aborts_upstream(proxy, ups
 def test_metrics_count_requests_by_model_and_status(proxy):
     httpx.post(proxy.url + "/v1/chat/completions", json=chat(), headers=AUTH)
     httpx.post(proxy.url + "/v1/chat/completions", json=chat(fail_with=400), headers=AUTH)
-    text = httpx.get(proxy.url + "/metrics").text
-    assert 'llmctl_requests_total{model="fake-coder",status="200"} 1.0' in text
-    assert 'llmctl_requests_total{model="fake-coder",status="400"} 1.0' in text
-    assert "llmctl_time_to_first_byte_seconds_bucket" in text
-    assert 'llmctl_requests_in_flight{model="fake-coder"} 0.0' in text
+    needles = ('llmctl_requests_total{model="fake-coder",status="200"} 1.0',
+               'llmctl_requests_total{model="fake-coder",status="400"} 1.0',
+               "llmctl_time_to_first_byte_seconds_bucket",
+               'llmctl_requests_in_flight{model="fake-coder"} 0.0')
+    # Counted just after the last byte is sent: the client may ask a moment before that.
+    assert wait_for(lambda: all(n in httpx.get(proxy.url + "/metrics").text for n in needles)), \
+        httpx.get(proxy.url + "/metrics").text
 
 
 def test_raw_garbage_on_the_socket_does_not_break_the_proxy(proxy):
@@ -313,9 +317,13 @@ def test_one_log_line_per_request_with_tokens_and_never_the_key(proxy, caplog):
 @pytest.mark.parametrize("path", ["/v1/%00", "/v1/a%20b", "/v1/..", "/v1/x/%2e%2e/models",
                                   "/v1//chat"])
 def test_odd_paths_are_404_and_never_reach_a_backend(proxy, upstream, path):
-    r = httpx.post(proxy.url + path, json=chat(), headers=AUTH)
+    seen = upstream.stats()["seen"]
+    # The raw target, as sent: httpx would normalise "/v1/.." to "/" otherwise.
+    with httpx.Client() as c:
+        r = c.post(proxy.url + "/v1/x", json=chat(), headers=AUTH,
+                   extensions={"target": path.encode()})
     assert_openai_error(r, 404)
-    assert upstream.stats()["requests"] == 0
+    assert upstream.stats()["seen"] == seen
 
 
 def test_cors_preflight_and_headers_for_configured_origins(upstream, make_proxy):

@@ -42,9 +42,22 @@ async def until(pred, timeout: float) -> bool:
     return pred()
 
 
-def test_start_runs_and_stop_leaves_no_process(tmp_path):
+def run(b: ManagedBackend, body) -> None:
+    """Run `body()` and stop the backend whatever happened: a failed assertion must not
+    leave the stand-in server's group (and its hour-long grandchild) running."""
     async def go():
-        b = backend(tmp_path, "--child")
+        try:
+            await body()
+        finally:
+            await b.stop()
+
+    asyncio.run(go())
+
+
+def test_start_runs_and_stop_leaves_no_process(tmp_path):
+    b = backend(tmp_path, "--child")
+
+    async def body():
         assert await b.start()
         assert b.state == RUNNING and b.ready_at
         pgid = b.pid
@@ -54,12 +67,13 @@ def test_start_runs_and_stop_leaves_no_process(tmp_path):
         assert st.group_pids(pgid) == []
         assert st.port_free(b.model.port)
 
-    asyncio.run(go())
+    run(b, body)
 
 
 def test_sigkill_of_the_server_reaps_its_group_and_restarts(tmp_path):
-    async def go():
-        b = backend(tmp_path, "--child")
+    b = backend(tmp_path, "--child")
+
+    async def body():
         assert await b.start()
         old = b.pid
         watch = asyncio.create_task(b.watch())
@@ -70,37 +84,40 @@ def test_sigkill_of_the_server_reaps_its_group_and_restarts(tmp_path):
         assert await until(lambda: b.state == RUNNING, 20)
         assert b.restarts == 1 and b.last_exit == "killed by SIGKILL"
         await b.stop()
-        watch.cancel()
+        await asyncio.wait_for(watch, 10)
 
-    asyncio.run(go())
+    run(b, body)
 
 
 def test_exit_during_the_first_start_is_fatal_with_the_log_tail_reason(tmp_path):
-    async def go():
-        b = backend(tmp_path, "--child", "--startup-delay", "0.2", "--exit-at-start", "4")
+    b = backend(tmp_path, "--child", "--startup-delay", "0.2", "--exit-at-start", "4")
+
+    async def body():
         assert not await b.start()
         assert b.state == FATAL
         assert "exited while starting (exit code 4): port in use" in b.reason
         assert st.group_pids(b.pid) == []
 
-    asyncio.run(go())
+    run(b, body)
 
 
 def test_never_healthy_is_fatal_after_the_start_timeout(tmp_path):
-    async def go():
-        b = backend(tmp_path, "--never-healthy", "--child", start_timeout=2.0)
+    b = backend(tmp_path, "--never-healthy", "--child", start_timeout=2.0)
+
+    async def body():
         t0 = time.monotonic()
         assert not await b.start()
         assert 2.0 <= time.monotonic() - t0 < 10
         assert b.state == FATAL and "not healthy after 2 s" in b.reason
         assert st.group_pids(b.pid) == []
 
-    asyncio.run(go())
+    run(b, body)
 
 
 def test_a_hung_server_is_detected_by_health_checks_and_restarted(tmp_path):
-    async def go():
-        b = backend(tmp_path, health_failures=2, health_timeout=0.5)
+    b = backend(tmp_path, health_failures=2, health_timeout=0.5)
+
+    async def body():
         assert await b.start()
         old = b.pid
         watch = asyncio.create_task(b.watch())
@@ -111,29 +128,25 @@ def test_a_hung_server_is_detected_by_health_checks_and_restarted(tmp_path):
         assert await until(lambda: b.pid != old and b.state == RUNNING, 20)
         assert "stopped answering /health" in b.last_exit
         await b.stop()
-        watch.cancel()
+        await asyncio.wait_for(watch, 10)
 
-    asyncio.run(go())
+    run(b, body)
 
 
 def test_crash_loop_ends_fatal_with_a_reason(tmp_path):
-    async def go():
-        b = backend(tmp_path, "--crash-after", "1.5", max_restarts=2, backoff_cap=0.2)
+    b = backend(tmp_path, "--crash-after", "1.5", max_restarts=2, backoff_cap=0.2)
+    seen: list[State] = []
+    b.on_change = lambda: seen.append(b.state)  # every change, not a sample of them
+
+    async def body():
         assert await b.start()
-        watch = asyncio.create_task(b.watch())
-        seen = set()
-
-        def fatal():
-            seen.add(b.state)
-            return b.state == FATAL
-
-        assert await until(fatal, 30)
-        assert BACKOFF in seen
+        await asyncio.wait_for(b.watch(), 30)
+        assert b.state == FATAL
+        assert seen.count(BACKOFF) == 2 and seen.count(RUNNING) == 3
         assert "restarts in a row failed" in b.reason
         assert st.group_pids(b.pid) == []
-        await watch
 
-    asyncio.run(go())
+    run(b, body)
 
 
 def test_port_in_use_is_refused_before_starting(tmp_path):

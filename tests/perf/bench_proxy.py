@@ -73,6 +73,7 @@ async def one(session, url, stream: bool) -> float:
     body = dict(BODY, stream=stream)
     t0 = time.perf_counter()
     async with session.post(url + "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()  # a 401 or 503 is fast, and would look like a fast proxy
         if stream:
             await r.content.readany()
             t = time.perf_counter() - t0
@@ -98,8 +99,11 @@ async def throughput(session, url: str, conc: int, chunks: int, rounds: int) -> 
     async def stream() -> int:
         n = 0
         async with session.post(url + "/v1/chat/completions", json=body) as r:
+            r.raise_for_status()
             async for data in r.content.iter_any():
                 n += data.count(b"data: ")
+        if n != chunks + 1:  # every token, then [DONE]
+            raise RuntimeError(f"{url}: a stream carried {n} events, not {chunks + 1}")
         return n
 
     total = 0

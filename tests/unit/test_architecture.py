@@ -23,6 +23,15 @@ def imported(module: str) -> set[str]:
                 out.add(node.module.split(".")[0])
             else:
                 out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llmctl"):
+            parts = (node.module or "").split(".")
+            if len(parts) > 1:
+                out.add(parts[1])  # from llmctl.x import y
+            else:
+                out.update(a.name for a in node.names)  # from llmctl import x
+        elif isinstance(node, ast.Import):
+            out.update(a.name.split(".")[1] for a in node.names
+                       if a.name.startswith("llmctl."))  # import llmctl.x
     return out & set(MODULES)
 
 

@@ -13,42 +13,59 @@ def test_cli_reference_and_completions_are_current():
     assert r.returncode == 0, r.stderr
 
 
-def test_help_and_status_do_not_import_heavy_modules():
-    code = ("import sys; import llmctl.cli; "
-            "print(' '.join(m for m in ('vllm', 'torch', 'transformers', 'fastapi', 'uvicorn', "
-            "'huggingface_hub', 'pynvml', 'aiohttp', 'httpx') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout
+HEAVY = ("vllm", "torch", "transformers", "fastapi", "uvicorn", "huggingface_hub", "pynvml",
+         "aiohttp", "httpx")
+
+
+def modules_after(argv: list[str], tmp_path, *, typer_app: bool = False
+                  ) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run the `llmctl` entry point (or, with `typer_app`, the typer app itself) with
+    `argv` in a fresh interpreter; which top-level modules it imported."""
+    import os
+
+    call = "from llmctl.cli import app as main" if typer_app else "from llmctl.__main__ import main"
+    code = (f"import sys\n{call}\n"
+            f"sys.argv = ['llmctl', *{argv!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('MODULES', sorted(m for m in sys.modules if '.' not in m), file=sys.stderr)\n")
+    env = {**os.environ, "LLMCTL_HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    line = [ln for ln in r.stderr.splitlines() if ln.startswith("MODULES ")]
+    assert line, r.stderr
+    return r, eval(line[0][8:])  # a list literal printed by the child
+
+
+def test_help_does_not_import_heavy_modules(tmp_path):
+    r, mods = modules_after(["--help"], tmp_path)
+    assert "status" in r.stdout and "typer" in mods  # it ran, through the typer app
+    assert not set(HEAVY) & set(mods), set(HEAVY) & set(mods)
 
 
 @pytest.mark.parametrize("argv", [["status"], ["status", "--json"]])
 def test_status_runs_without_heavy_modules_or_typer(tmp_path, argv):
     """The `llmctl` entry point answers status without the typer app (and its pydantic)."""
-    import os
-
-    code = ("import sys\nfrom llmctl.__main__ import main\n"
-            f"sys.argv = ['llmctl', *{argv!r}]\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('vllm', 'torch', 'transformers', 'fastapi', 'uvicorn', "
-            "'huggingface_hub', 'aiohttp', 'httpx', 'typer', 'pydantic') if m in sys.modules]\n"
-            "print('HEAVY', heavy, file=sys.stderr)\n")
-    env = {**os.environ, "LLMCTL_HOME": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert "HEAVY []" in r.stderr, r.stderr
+    r, mods = modules_after(argv, tmp_path)
+    assert not (set(HEAVY) | {"typer", "pydantic"}) & set(mods)
     assert ('"running": false' if "--json" in argv else "daemon  not running") in r.stdout
 
 
-def test_the_fast_status_and_the_typer_command_print_the_same(tmp_path):
-    import os
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_the_fast_status_and_the_typer_command_print_the_same(tmp_path, json_flag, monkeypatch):
+    """Both paths over a stack report that names a (dead) daemon and a backend."""
+    import json as jsonlib
 
-    env = {**os.environ, "LLMCTL_HOME": str(tmp_path), "NO_COLOR": "1", "COLUMNS": "120"}
-    fast = subprocess.run([sys.executable, "-m", "llmctl", "status", "--json"], env=env,
-                          capture_output=True, text=True)
-    # A repeated flag is not a fast-path command line: typer parses this one.
-    typed = subprocess.run([sys.executable, "-m", "llmctl", "status", "--json", "--json"],
-                           env=env, capture_output=True, text=True)
-    assert fast.returncode == typed.returncode == 0, (fast.stderr, typed.stderr)
-    assert fast.stdout == typed.stdout and '"daemon"' in fast.stdout
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "stack.json").write_text(jsonlib.dumps({
+        "pid": 999999, "started_at": 1.0, "device": "cpu", "proxy_url": "http://x:1",
+        "error": "it broke", "backends": {"coder": {
+            "name": "c", "state": "FATAL", "pid": None, "pgid": None, "port": 9, "restarts": 2,
+            "reason": "exited while starting", "planned_bytes": 2 ** 30}}}))
+    monkeypatch.setenv("COLUMNS", "150")
+    fast, fast_mods = modules_after(["status", *json_flag], tmp_path)
+    typed, typed_mods = modules_after(["status", *json_flag], tmp_path, typer_app=True)
+    assert "typer" not in fast_mods and "typer" in typed_mods
+    assert fast.stdout == typed.stdout
+    assert "STOPPED" in fast.stdout and "it broke" in fast.stdout
 
 
 def test_config_reference_documents_every_key_and_environment_variable():

@@ -60,6 +60,7 @@ class World:
     script: list[tuple[float | None, int, bool]]
     procs: list[FakeProc] = field(default_factory=list)
     reaped: list[int] = field(default_factory=list)
+    events: list[tuple[str, int]] = field(default_factory=list)  # ("spawn" | "reap", pid)
 
     def popen(self, argv, **kw) -> FakeProc:
         if not self.script:
@@ -67,6 +68,7 @@ class World:
         life, code, hung = self.script.pop(0)
         p = FakeProc(100 + len(self.procs), self.clock.now, life, code, self.clock, hung)
         self.procs.append(p)
+        self.events.append(("spawn", p.pid))
         return p
 
     def port_free(self, port: int) -> bool:
@@ -74,6 +76,7 @@ class World:
 
     def stop_group(self, pgid: int, grace: float) -> bool:
         self.reaped.append(pgid)
+        self.events.append(("reap", pgid))
         for p in self.procs:
             if p.pid == pgid and p.returncode is None:
                 p.returncode = -15
@@ -138,7 +141,7 @@ def test_quick_failures_back_off_doubling_to_the_cap_then_fatal(tmp_path):
     assert b.restarts == 5 and len(world.procs) == 6
     assert b.reason == "5 restarts in a row failed; last: exit code 1"
     # Every dead group was reaped before the next one was spawned.
-    assert world.reaped == [p.pid for p in world.procs]
+    assert world.events == [(e, p.pid) for p in world.procs for e in ("spawn", "reap")]
 
 
 def test_a_backend_that_ran_long_enough_starts_a_new_count(tmp_path):
@@ -166,7 +169,7 @@ def test_missed_health_checks_count_as_dead(tmp_path):
         assert 16.0 <= b.clock.now - t0 < 17.0
         assert world.reaped == [world.procs[0].pid]
         await b.stop()
-        await watch
+        await asyncio.wait_for(watch, 10)
 
     asyncio.run(go())
     assert b.state == State.STOPPED
@@ -199,7 +202,7 @@ def test_a_restart_that_dies_while_starting_backs_off_instead(tmp_path):
         watch = asyncio.create_task(b.watch())
         await until(lambda: b.restarts == 2 and b.state == State.RUNNING)
         await b.stop()
-        await watch
+        await asyncio.wait_for(watch, 10)
 
     asyncio.run(go())
     reasons = [r for _, s, r in events if s == State.BACKOFF]
