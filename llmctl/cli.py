@@ -131,22 +131,28 @@ def _sources(cfg: cfgmod.Config, wanted: list[str] | None) -> list[str]:
 
 
 @app.command()
-def plan(path: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Show the memory split `up` would use, with the arithmetic."""
+def plan(
+    path: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    assume: Annotated[str | None, typer.Option(
+        "--assume", metavar="SPEC", show_default=False,
+        help="Plan for hardware that is not here: 1x96GiB, 2x24GiB, 80GiB:used=10GiB, "
+             "80GiB,24GiB, cpu:32GiB:16.")] = None,
+) -> None:
+    """Show the memory split `up` would use, with the arithmetic (and, while the stack
+    runs, the KV cache vLLM reported beside the planned one)."""
+    from . import gpu, state
     from .survey import survey
 
-    plans = survey(_load(path)).plans
+    # Without models in the file, the defaults follow the (assumed) device.
+    cfg = cfgmod.load(path, device=gpu.assumed(assume).device if assume else gpu.detect_device)
+    s = survey(cfg, assume=assume, ask_hub=True)
+    running = state.read_stack() if state.daemon_alive() and not assume else None
+    data = s.as_dict(running)
     if as_json:
-        import dataclasses
-
-        _ui().data({k: dataclasses.asdict(p) for k, p in plans.items()})
-        return
-    for k, p in plans.items():
-        knob = (f"--gpu-memory-utilization {p.gpu_memory_utilization:.2f}" if p.device == "cuda"
-                else f"VLLM_CPU_KVCACHE_SPACE={p.kv_cache_gib} VLLM_CPU_OMP_THREADS_BIND={p.cores_spec}")
-        _ui().text(f"{k}: {knob}")
-        for line in p.why:
-            _ui().text(f"    {line}")
+        _ui().data(data)
+    else:
+        _ui().plan_view(data)
 
 
 # ── the stack ────────────────────────────────────────────────────────────────

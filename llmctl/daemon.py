@@ -54,6 +54,7 @@ def build_backends(cfg: cfgmod.Config, on_change: Callable[[], None]
         p, folder = s.plans[m.key], s.folders[m.key]
         b = ManagedBackend(m, engine.command(cfg, m, p, str(folder or m.source)),
                            cfgmod.logs_dir() / f"{m.key}.log", planned_bytes=p.planned_bytes,
+                           planned_kv_tokens=p.kv_tokens,
                            expected_start_s=state.previous_start(start_key(m)),
                            on_change=on_change)
         if folder is None:

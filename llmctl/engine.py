@@ -44,7 +44,17 @@ def command(cfg: Config, model: ModelConfig, plan: BackendPlan, model_path: str,
         "PYTHONUNBUFFERED": "1",
     }
     if plan.device == "cuda":
-        argv += ["--gpu-memory-utilization", f"{plan.gpu_memory_utilization:.2f}"]
+        argv += ["--gpu-memory-utilization", f"{plan.gpu_memory_utilization:.3f}"]
+        if plan.max_num_batched_tokens:
+            # vLLM's own default for the card, stated so its profiling pass and the plan
+            # assume the same activation peak.
+            argv += ["--max-num-batched-tokens", str(plan.max_num_batched_tokens)]
+        if plan.tensor_parallel > 1:
+            argv += ["--tensor-parallel-size", str(plan.tensor_parallel)]
+        if plan.devices:
+            # NVML numbers cards by PCI bus; CUDA, unless told, fastest first.
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, plan.devices))
     else:
         if not any(a.startswith(("-O", "--compilation-config", "--enforce-eager"))
                    for a in model.args):

@@ -4,6 +4,7 @@
      ├── UsageError                   exit 2; bad flags or arguments
      ├── ConfigError                  the config file or environment is wrong
      ├── ModelError                   a model is unknown, not pulled, or cannot be prepared
+     ├── PlanError                    the models do not fit the machine (says by how much, and what would)
      ├── StackError                   the daemon or a backend failed, or the stack is in the way
      └── ApiError                     an OpenAI-compatible server refused, failed or is unreachable
 
@@ -42,4 +43,8 @@ class StackError(LlmctlError):
 
 
 class ApiError(LlmctlError):
+    pass
+
+
+class PlanError(LlmctlError):
     pass

@@ -1,17 +1,30 @@
-"""Readings of the machine: NVML for GPUs (the only pynvml importer), psutil for RAM and cores.
+"""Readings of the machine: NVML for GPUs (the only pynvml importer), psutil for RAM and
+cores, and the same readings made up from a `plan --assume` spec.
 
-May import: nothing of the package. Returns frozen dataclasses; never prints.
+May import: errors. Returns frozen dataclasses; never prints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UsageError
+
 GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process holding memory on a GPU (another user's vLLM, a notebook, a game…)."""
+
+    pid: int
+    name: str
+    used_bytes: int
 
 
 @dataclass(frozen=True)
@@ -20,6 +33,10 @@ class Gpu:
     name: str
     total_bytes: int
     free_bytes: int
+    uuid: str = ""
+    used_bytes: int = 0
+    compute_capability: str = ""  # "9.0"
+    processes: tuple[GpuProcess, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -28,6 +45,9 @@ class Readings:
     ram_total_bytes: int
     ram_available_bytes: int
     cores: tuple[int, ...]  # the CPU ids this process may run on
+    driver_version: str = ""
+    cuda_version: str = ""  # the highest CUDA the driver supports, "12.4"
+    assumed: str = ""  # the `--assume` spec these readings were made from; "" when real
 
     @property
     def device(self) -> str:
@@ -56,23 +76,61 @@ def _nvml(nvml: Any = None) -> Iterator[Any]:
             nvml.nvmlShutdown()
 
 
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _optional(nvml: Any, query: str, *args: Any, default: Any = "") -> Any:
+    """One NVML query that older drivers, MIG slices or a fake may not answer."""
+    try:
+        return getattr(nvml, query)(*args)
+    except Exception:
+        return default
+
+
+def _process_name(nvml: Any, pid: int) -> str:
+    name = _optional(nvml, "nvmlSystemGetProcessName", pid)
+    if not name:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            name = "?"
+    return os.path.basename(_text(name))
+
+
+def _gpu(nvml: Any, i: int) -> Gpu:
+    h = nvml.nvmlDeviceGetHandleByIndex(i)
+    mem = nvml.nvmlDeviceGetMemoryInfo(h)
+    cc = _optional(nvml, "nvmlDeviceGetCudaComputeCapability", h, default=None)
+    procs = []
+    for p in _optional(nvml, "nvmlDeviceGetComputeRunningProcesses", h, default=[]) or []:
+        procs.append(GpuProcess(int(p.pid), _process_name(nvml, int(p.pid)),
+                                int(getattr(p, "usedGpuMemory", None) or 0)))
+    return Gpu(i, _text(nvml.nvmlDeviceGetName(h)), int(mem.total), int(mem.free),
+               uuid=_text(_optional(nvml, "nvmlDeviceGetUUID", h)),
+               used_bytes=int(getattr(mem, "used", int(mem.total) - int(mem.free))),
+               compute_capability=f"{cc[0]}.{cc[1]}" if cc else "",
+               processes=tuple(procs))
+
+
 def read_gpus(nvml: Any = None) -> tuple[Gpu, ...]:
     """Every GPU NVML sees; () when there is no driver, no library or no GPU."""
+    return read_nvml(nvml)[0]
+
+
+def read_nvml(nvml: Any = None) -> tuple[tuple[Gpu, ...], str, str]:
+    """(GPUs, driver version, CUDA version); ((), "", "") without NVML."""
     with _nvml(nvml) as n:
         if n is None:
-            return ()
+            return (), "", ""
         try:
-            out = []
-            for i in range(n.nvmlDeviceGetCount()):
-                h = n.nvmlDeviceGetHandleByIndex(i)
-                mem = n.nvmlDeviceGetMemoryInfo(h)
-                name = n.nvmlDeviceGetName(h)
-                if isinstance(name, bytes):
-                    name = name.decode()
-                out.append(Gpu(i, name, int(mem.total), int(mem.free)))
-            return tuple(out)
+            gpus = tuple(_gpu(n, i) for i in range(n.nvmlDeviceGetCount()))
         except Exception:
-            return ()
+            return (), "", ""
+        driver = _text(_optional(n, "nvmlSystemGetDriverVersion"))
+        cuda = _optional(n, "nvmlSystemGetCudaDriverVersion", default=0)
+        return gpus, driver, f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else ""
 
 
 def read(nvml: Any = None) -> Readings:
@@ -83,7 +141,8 @@ def read(nvml: Any = None) -> Readings:
         cores = tuple(sorted(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         cores = tuple(range(os.cpu_count() or 1))
-    return Readings(read_gpus(nvml), int(vm.total), int(vm.available), cores)
+    gpus, driver, cuda = read_nvml(nvml)
+    return Readings(gpus, int(vm.total), int(vm.available), cores, driver, cuda)
 
 
 def detect_device() -> str:
@@ -112,3 +171,55 @@ def process_memory(pids: set[int] | list[int], nvml: Any = None) -> dict[int, in
         except Exception:
             pass  # what was read so far
     return out
+
+
+# ── readings for hardware that is not here ───────────────────────────────────
+
+_UNITS = {"": GIB, "gib": GIB, "gb": 10**9, "mib": 1024**2, "mb": 10**6, "tib": 1024**4,
+          "tb": 10**12, "g": GIB, "m": 1024**2, "t": 1024**4}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+ASSUME_HELP = ("`1x96GiB`, `2x24GiB`, `80GiB:used=10GiB`, `80GiB,24GiB` (cards of two "
+               "sizes) or `cpu:32GiB:16` (RAM and cores)")
+
+
+def parse_size(text: str) -> int:
+    """'96GiB' → bytes; GB and MB are decimal, GiB, MiB, TiB (and a bare number) binary."""
+    m = _SIZE.match(text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise UsageError(f"not a size: {text!r}", "write it like 24GiB, 80GB or 512MiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def assumed(spec: str, cores: int = 16) -> Readings:
+    """Readings for hardware that is not present, from `plan --assume SPEC`."""
+    spec = spec.strip()
+    bad = UsageError(f"cannot read --assume {spec!r}", f"write it like {ASSUME_HELP}")
+    if spec.lower().startswith("cpu:"):
+        parts = spec.split(":")[1:]
+        if not 1 <= len(parts) <= 2:
+            raise bad
+        ram = parse_size(parts[0])
+        n = int(parts[1]) if len(parts) == 2 and parts[1].isdigit() else None
+        if len(parts) == 2 and n is None:
+            raise bad
+        return Readings((), ram, ram, tuple(range(n or cores)), assumed=spec)
+    gpus: list[Gpu] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        count, _, card = part.rpartition("x") if re.match(r"^\d+x", part) else ("1", "", part)
+        size, *opts = card.split(":")
+        total = parse_size(size)
+        used = 0
+        for o in opts:
+            key, _, value = o.partition("=")
+            if key.strip() != "used":
+                raise bad
+            used = parse_size(value)
+        if used >= total or not count.isdigit() or int(count) < 1:
+            raise bad
+        for _ in range(int(count)):
+            others = (GpuProcess(0, "other processes", used),) if used else ()
+            gpus.append(Gpu(len(gpus), f"assumed {size.strip()}", total, total - used,
+                            used_bytes=used, processes=others))
+    if not gpus:
+        raise bad
+    return Readings(tuple(gpus), 0, 0, tuple(range(cores)), assumed=spec)

@@ -40,10 +40,39 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What the planner needs to know of one model's weights (read from its folder)."""
+    """What the planner needs to know of one model: its shape from config.json and its
+    exact weight bytes from the safetensors headers (no tensor is loaded)."""
 
     weight_bytes: int
-    kv_bytes_per_token: int  # 2 (K and V) × layers × kv heads × head dim × dtype bytes
+    layers: int
+    kv_heads: int
+    head_dim: int
+    hidden_size: int = 0
+    heads: int = 0
+    intermediate_size: int = 0
+    vocab_size: int = 0
+    max_positions: int = 0
+    architecture: str = ""
+    dtype: str = ""  # torch_dtype: bfloat16, float16, float32
+    quantization: str = ""  # quant_method: awq, gptq, fp8 …; "" when not quantized
+    bits: int = 0
+    group_size: int = 0
+    where: str = "local"  # "local": read from the folder; "hub": from hub metadata
+
+    def kv_bytes_per_token(self, tp: int = 1, cache_dtype_bytes: int = 2) -> int:
+        """2 (K and V) × layers × KV heads on one GPU × head dim × bytes per value.
+
+        vLLM keeps the KV cache in the model's 16-bit dtype unless told otherwise; with
+        tensor parallelism each GPU holds kv_heads / tp heads, and every GPU at least one
+        (vLLM replicates KV heads when tp exceeds them)."""
+        return 2 * self.layers * max(1, self.kv_heads // tp) * self.head_dim * cache_dtype_bytes
+
+    @property
+    def quant_text(self) -> str:
+        if not self.quantization:
+            return self.dtype or "?"
+        return self.quantization + (f" {self.bits}-bit" if self.bits else "") + (
+            f" g{self.group_size}" if self.group_size else "")
 
 
 def _hub_cache() -> Path | None:
@@ -192,20 +221,72 @@ def prepare_demo(python: str, say: Say = lambda s: None) -> Path:
     return target
 
 
-def facts(folder: Path) -> ModelFacts | None:
-    """Weight size and KV bytes per token from config.json; None when unreadable."""
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    cfg = cfg.get("text_config", cfg)
-    weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+def safetensors_bytes(path: Path) -> int:
+    """The bytes of every tensor in a safetensors file, from its header alone: 8 bytes of
+    little-endian header length, then a JSON map of name → dtype, shape, data_offsets."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= 100 * 1024 * 1024:
+            raise ValueError(f"{path.name}: not a safetensors file (header length {n})")
+        header = json.loads(f.read(n))
+    return sum(int(t["data_offsets"][1]) - int(t["data_offsets"][0])
+               for name, t in header.items() if name != "__metadata__")
+
+
+def facts_from_config(cfg: dict, weight_bytes: int, where: str = "local") -> ModelFacts | None:
+    """ModelFacts from a parsed config.json; None when the shape cannot be read."""
+    arch = (cfg.get("architectures") or [""])[0]
+    cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model
+    q = cfg.get("quantization_config") or {}
     try:
         layers = int(cfg["num_hidden_layers"])
         heads = int(cfg["num_attention_heads"])
         kv_heads = int(cfg.get("num_key_value_heads") or heads)
-        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+        hidden = int(cfg["hidden_size"])
+        head_dim = int(cfg.get("head_dim") or hidden // heads)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
-    # vLLM keeps the KV cache in the model's 16-bit dtype (bf16/fp16) unless told otherwise.
-    return ModelFacts(weights, 2 * layers * kv_heads * head_dim * 2)
+    return ModelFacts(
+        weight_bytes=weight_bytes, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
+        hidden_size=hidden, heads=heads, intermediate_size=int(cfg.get("intermediate_size") or 0),
+        vocab_size=int(cfg.get("vocab_size") or 0),
+        max_positions=int(cfg.get("max_position_embeddings") or 0), architecture=arch,
+        dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or ""),
+        quantization=str(q.get("quant_method") or ""),
+        bits=int(q.get("bits") or q.get("w_bit") or 0),
+        group_size=int(q.get("group_size") or q.get("q_group_size") or 0), where=where)
+
+
+def facts(folder: Path) -> ModelFacts | None:
+    """The model's facts from its folder; None when config.json is unreadable."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    weights = 0
+    for p in sorted(folder.glob("*.safetensors")):
+        try:
+            weights += safetensors_bytes(p)
+        except (OSError, ValueError, KeyError, TypeError):
+            weights += p.stat().st_size  # a header we cannot read: the file's size is close
+    return facts_from_config(cfg, weights)
+
+
+def remote_facts(source: str) -> tuple[ModelFacts | None, str]:
+    """Facts of a hub repo before it is downloaded: config.json and the safetensors
+    headers (read with HTTP range requests by huggingface_hub, no weights fetched).
+    (None, why) when the hub is unreachable or the repo cannot be read."""
+    if not hub_reachable():
+        return None, "the model hub is not reachable, so its size and shape are unknown"
+    try:
+        from huggingface_hub import get_safetensors_metadata, hf_hub_download
+
+        cfg = json.loads(Path(hf_hub_download(source, "config.json",
+                                              cache_dir=_hub_cache())).read_text())
+        meta = get_safetensors_metadata(source)
+        weights = sum(int(t.data_offsets[1]) - int(t.data_offsets[0])
+                      for f in meta.files_metadata.values() for t in f.tensors.values())
+    except Exception as e:  # RepositoryNotFoundError, GatedRepoError, HTTP errors …
+        return None, f"hub metadata unreadable: {type(e).__name__}"
+    found = facts_from_config(cfg, weights, where="hub")
+    return found, "" if found else "config.json has no transformer shape"

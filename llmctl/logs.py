@@ -7,18 +7,36 @@ May import: nothing of the package.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 
 START_MARK = "=== llmctl: starting"
 
 
-def log_tail(path: Path, lines: int = 20) -> list[str]:
-    """The last non-blank lines of a log (read from its last 64 KiB)."""
+# vLLM (v1/core/kv_cache_utils.py): "GPU KV cache size: 141,088 tokens, Maximum
+# concurrency for 4,096 tokens per request: 34.45x" (CPU on the CPU build).
+_KV_REPORT = re.compile(r"KV cache size: ([\d,]+) tokens, Maximum concurrency for [\d,]+ tokens "
+                        r"per request: ([\d.]+)x")
+
+
+def kv_report(path: Path) -> tuple[int, float] | None:
+    """(KV cache tokens, maximum concurrency) as vLLM logged them in its latest start."""
+    found = None
+    for line in log_tail(path, 2000, window=1024 * 1024):
+        if line.startswith(START_MARK):
+            found = None  # an earlier start's figures
+        elif m := _KV_REPORT.search(line):
+            found = (int(m.group(1).replace(",", "")), float(m.group(2)))
+    return found
+
+
+def log_tail(path: Path, lines: int = 20, window: int = 64 * 1024) -> list[str]:
+    """The last non-blank lines of a log (read from its last `window` bytes)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - 64 * 1024, 0))
+            f.seek(max(f.tell() - window, 0))
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return []

@@ -32,7 +32,7 @@ from . import procs as procs_module
 from .config import ModelConfig
 from .engine import Command
 from .lifecycle import State
-from .logs import PHASE_ORDER, START_MARK, LogPump, likely_cause, log_tail, phase_of
+from .logs import PHASE_ORDER, START_MARK, LogPump, kv_report, likely_cause, log_tail, phase_of
 
 
 @dataclass(frozen=True)
@@ -180,12 +180,15 @@ class ManagedBackend(Backend):
     STOPPING and STOPPED end the watch."""
 
     def __init__(self, model: ModelConfig, cmd: Command, log_path: Path, *,
-                 planned_bytes: int = 0, expected_start_s: float | None = None,
+                 planned_bytes: int = 0, planned_kv_tokens: int | None = None,
+                 expected_start_s: float | None = None,
                  popen: Callable[..., Any] = subprocess.Popen, procs: Any = procs_module,
                  **kw: Any) -> None:
         super().__init__(model, **kw)
         self.cmd, self.log_path = cmd, log_path
         self.planned_bytes = planned_bytes
+        self.planned_kv_tokens = planned_kv_tokens
+        self.reported_kv: tuple[int, float] | None = None  # (tokens, concurrency) vLLM logged
         self.expected_start_s = expected_start_s  # how long the previous start took
         self._popen, self._procs = popen, procs
         self.proc: Any = None
@@ -207,6 +210,9 @@ class ManagedBackend(Backend):
                 "started_at": self.started_at, "restarts": self.restarts,
                 "last_exit": self.last_exit, "log": str(self.log_path),
                 "planned_bytes": self.planned_bytes,
+                "kv_tokens_planned": self.planned_kv_tokens,
+                "kv_tokens_reported": self.reported_kv[0] if self.reported_kv else None,
+                "concurrency_reported": self.reported_kv[1] if self.reported_kv else None,
                 "phase": self.phase if self.state == State.STARTING else None,
                 "last_start_s": self.last_start_s, "expected_start_s": self.expected_start_s}
 
@@ -254,6 +260,7 @@ class ManagedBackend(Backend):
                 return
             if await self.healthy() and await self._warm_up():
                 self.last_start_s = round(self.clock.time() - (self.started_at or 0.0), 1)
+                self.reported_kv = kv_report(self.log_path)  # read back beside the plan
                 self._to(State.RUNNING)
                 return
             phase = phase_of(log_tail(self.log_path, 80))

@@ -6,8 +6,10 @@ May import: config, gpu, hub, plan. The daemon starts backends from a survey, an
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import gpu, hub, plan
 from .config import Config
@@ -18,12 +20,72 @@ class Survey:
     device: str
     readings: gpu.Readings
     folders: dict[str, Path | None]  # per managed model: its weights, None when not pulled
-    plans: dict[str, plan.BackendPlan]
+    facts: dict[str, hub.ModelFacts | None]
+    plan: plan.Plan
+    notes: tuple[str, ...] = ()  # where facts came from, or why they are missing
+
+    @property
+    def plans(self) -> dict[str, plan.BackendPlan]:
+        return self.plan.backends
+
+    def as_dict(self, running: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`llmctl plan --json` (docs/planner.md documents every field). `running` is a
+        live stack's report: what vLLM said of its KV cache goes beside the plan."""
+        r, p = self.readings, self.plan
+        cards = {c.gpu.index: c for c in p.cards}
+        live = (running or {}).get("backends") or {}
+        models = {}
+        for key, b in p.backends.items():
+            d = dataclasses.asdict(b)
+            d["cores"] = list(b.cores)
+            d["devices"] = list(b.devices)
+            d["why"] = list(b.why)
+            d["concurrency"] = b.concurrency
+            f = self.facts.get(key)
+            d["facts"] = {**dataclasses.asdict(f), "quant_text": f.quant_text} if f else None
+            reported = live.get(key, {}).get("kv_tokens_reported")
+            d["kv_tokens_reported"] = reported
+            diff = plan.kv_difference(b.kv_tokens, reported)
+            d["kv_difference"] = round(diff, 4) if diff is not None else None
+            models[key] = d
+        return {
+            "device": self.device, "assumed": r.assumed or None,
+            "driver_version": r.driver_version or None, "cuda_version": r.cuda_version or None,
+            "ram_total_bytes": r.ram_total_bytes, "ram_available_bytes": r.ram_available_bytes,
+            "cores": len(r.cores),
+            "gpus": [{
+                "index": g.index, "name": g.name, "uuid": g.uuid,
+                "compute_capability": g.compute_capability, "total_bytes": g.total_bytes,
+                "free_bytes": g.free_bytes, "used_bytes": g.used_bytes,
+                "processes": [dataclasses.asdict(x) for x in g.processes],
+                "headroom_bytes": cards[g.index].headroom if g.index in cards else None,
+                "planned_bytes": cards[g.index].planned if g.index in cards else 0,
+                "models": list(cards[g.index].models) if g.index in cards else [],
+            } for g in r.gpus],
+            "models": models,
+            "notes": list(p.notes) + list(self.notes),
+        }
 
 
-def survey(cfg: Config) -> Survey:
-    readings = gpu.read()
-    device = plan.device_for(cfg, readings)
+def survey(cfg: Config, *, assume: str | None = None, ask_hub: bool = False) -> Survey:
+    """Read (or, with `assume`, make up) the machine, read each model's facts from its
+    folder (or, with `ask_hub`, from hub metadata when it is not downloaded), and plan."""
+    readings = gpu.assumed(assume) if assume else gpu.read()
+    device = readings.device if assume else plan.device_for(cfg, readings)
     folders = {m.key: hub.resolve(m.source) for m in cfg.models if m.managed}
-    facts = {k: hub.facts(p) if p else None for k, p in folders.items()}
-    return Survey(device, readings, folders, plan.plan(cfg, readings, facts, device=device))
+    facts: dict[str, hub.ModelFacts | None] = {}
+    notes = []
+    for m in cfg.models:
+        if not m.managed:
+            continue
+        folder = folders[m.key]
+        if folder is not None:
+            facts[m.key] = hub.facts(folder)
+        elif ask_hub and not hub.is_local(m.source):
+            facts[m.key], why = hub.remote_facts(m.source)
+            notes.append(f"{m.key}: {m.source} is not downloaded; "
+                         + ("facts from the hub's metadata" if facts[m.key] else why))
+        else:
+            facts[m.key] = None
+    return Survey(device, readings, folders, facts,
+                  plan.plan(cfg, readings, facts, device=device), tuple(notes))

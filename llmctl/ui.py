@@ -1,6 +1,6 @@
 """The only rich importer: consoles, tables, errors. stdout is data, stderr is talk.
 
-May import: errors, lifecycle. Respects NO_COLOR (rich does).
+May import: errors, lifecycle, plan. Respects NO_COLOR (rich does).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .lifecycle import State
+from .plan import KV_TOLERANCE, kv_difference
 
 # One colour per state, for every view that shows one.
 STATE_COLORS = {State.RUNNING: "green", State.FATAL: "red", State.BACKOFF: "yellow",
@@ -89,7 +90,7 @@ def status_table(st: dict[str, Any]) -> None:
     if st["backends"]:
         t = Table(box=None, pad_edge=False)
         for col in ("MODEL", "NAME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "MEMORY",
-                    "PLANNED", "IN FLIGHT"):
+                    "PLANNED", "KV TOKENS", "VLLM KV", "IN FLIGHT"):
             t.add_column(col)
         for key, b in st["backends"].items():
             color = STATE_COLORS.get(b["state"], "")
@@ -99,9 +100,19 @@ def status_table(st: dict[str, Any]) -> None:
                       str(b.get("restarts", 0)),
                       _bytes(b.get("gpu_bytes") if b.get("gpu_bytes") is not None
                              else b.get("rss_bytes")),
-                      _bytes(b.get("planned_bytes")), str(b.get("in_flight", 0)))
+                      _bytes(b.get("planned_bytes")),
+                      f"{b['kv_tokens_planned']:,}" if b.get("kv_tokens_planned") else "-",
+                      _kv_cell(b.get("kv_tokens_planned"), b.get("kv_tokens_reported"),
+                               kv_difference(b.get("kv_tokens_planned"),
+                                             b.get("kv_tokens_reported"))),
+                      str(b.get("in_flight", 0)))
         out.print(t)
         for key, b in st["backends"].items():
+            diff = kv_difference(b.get("kv_tokens_planned"), b.get("kv_tokens_reported"))
+            if diff is not None and abs(diff) > KV_TOLERANCE:
+                out.print(f"  {key}: vLLM reports {b['kv_tokens_reported']:,} KV tokens, "
+                          f"{abs(diff):.0%} {'below' if diff < 0 else 'above'} the planned "
+                          f"{b['kv_tokens_planned']:,}", soft_wrap=True)
             if b.get("reason") and b["state"] != State.RUNNING:
                 out.print(f"  {key}: {_escape(b['reason'])}")
             for line in b.get("log_tail") or []:
@@ -109,6 +120,66 @@ def status_table(st: dict[str, Any]) -> None:
     if st["leftovers"]:
         out.print(f"[red]left over from a dead daemon:[/red] process groups "
                   f"{', '.join(map(str, st['leftovers']))} — `llmctl down` cleans them")
+
+
+def _kv_cell(planned: int | None, reported: int | None, diff: float | None) -> str:
+    if reported is None:
+        return "-"
+    if diff is not None and abs(diff) > KV_TOLERANCE:
+        return f"[red]{reported:,} ({diff:+.0%})[/red]"
+    return f"{reported:,}"
+
+
+def plan_view(p: dict[str, Any]) -> None:
+    """`llmctl plan`: the machine, one row per model, then each model's arithmetic."""
+    head = f"device {p['device']}"
+    if p.get("assumed"):
+        head += f" (assumed: {p['assumed']})"
+    if p.get("driver_version"):
+        head += f" · driver {p['driver_version']} · CUDA {p.get('cuda_version') or '?'}"
+    if p["device"] == "cpu":
+        head += f" · {_bytes(p['ram_available_bytes'])} of {_bytes(p['ram_total_bytes'])} RAM " \
+                f"free · {p['cores']} cores"
+    out.print(_escape(head))
+    for g in p["gpus"]:
+        out.print(f"GPU {g['index']}  {_escape(g['name'])}  {_bytes(g['total_bytes'])} total, "
+                  f"{_bytes(g['free_bytes'])} free; planned {_bytes(g['planned_bytes'])} + "
+                  f"headroom {_bytes(g['headroom_bytes'])}"
+                  + (f" → {', '.join(g['models'])}" if g["models"] else ""))
+        for proc in g["processes"]:
+            who = f"{proc['name']} (pid {proc['pid']})" if proc["pid"] else proc["name"]
+            out.print(f"  held by {_escape(who)}: {_bytes(proc['used_bytes'])}")
+    t = Table(box=None, pad_edge=False)
+    for col in ("MODEL", "WHERE", "MEMORY", "MAX LEN", "SEQS", "KV TOKENS", "FULL-LENGTH SEQS",
+                "VLLM REPORTED"):
+        t.add_column(col)
+    for key, m in p["models"].items():
+        if m["device"] == "cuda":
+            where = "GPU " + ",".join(map(str, m["devices"])) + (
+                f" (TP {m['tensor_parallel']})" if m["tensor_parallel"] > 1 else "")
+            memory = f"{m['gpu_memory_utilization']:.3f} of the card"
+        else:
+            where = f"cores {_cores(m['cores'])}"
+            memory = f"KV {m['kv_cache_gib']} GiB"
+        t.add_row(key, where, memory, str(m["max_model_len"]), str(m["max_num_seqs"]),
+                  f"{m['kv_tokens']:,}" if m["kv_tokens"] is not None else "?",
+                  f"{m['concurrency']:.2f}" if m["concurrency"] is not None else "?",
+                  _kv_cell(m["kv_tokens"], m.get("kv_tokens_reported"), m.get("kv_difference")))
+    out.print(t)
+    for key, m in p["models"].items():
+        out.print(f"[bold]{key}[/bold]" + (f"  ({_escape(m['facts']['quant_text'])}, "
+                                           f"{_bytes(m['facts']['weight_bytes'])} of weights)"
+                                           if m.get("facts") else ""))
+        for line in m["why"]:
+            out.print(f"    {_escape(line)}", soft_wrap=True)
+    for note in p["notes"]:
+        out.print(f"[yellow]note:[/yellow] {_escape(note)}", soft_wrap=True)
+
+
+def _cores(cores: list[int]) -> str:
+    if cores and cores == list(range(cores[0], cores[-1] + 1)):
+        return str(cores[0]) if len(cores) == 1 else f"{cores[0]}-{cores[-1]}"
+    return ",".join(map(str, cores))
 
 
 class StartProgress:

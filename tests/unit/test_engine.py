@@ -25,12 +25,25 @@ def test_cpu_backend_argv_and_env():
 
 
 def test_gpu_backend_gets_its_share_and_extra_args_last():
-    p = BackendPlan("coder", "cuda", gpu_memory_utilization=0.453)
+    p = BackendPlan("coder", "cuda", gpu_memory_utilization=0.453, devices=(1,),
+                    max_num_batched_tokens=8192)
     cmd = engine.command(CFG, model(args=("--enforce-eager", "--dtype", "half")), p, "/m")
     i = cmd.argv.index("--gpu-memory-utilization")
-    assert cmd.argv[i + 1] == "0.45"
+    assert cmd.argv[i + 1] == "0.453"
+    assert cmd.argv[cmd.argv.index("--max-num-batched-tokens") + 1] == "8192"
+    assert "--tensor-parallel-size" not in cmd.argv
     assert cmd.argv[-3:] == ("--enforce-eager", "--dtype", "half")
     assert "VLLM_CPU_KVCACHE_SPACE" not in cmd.env
+    # NVML's card numbers, in NVML's (PCI bus) order.
+    assert cmd.env["CUDA_VISIBLE_DEVICES"] == "1" and cmd.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+def test_tensor_parallel_backend_sees_its_cards():
+    p = BackendPlan("coder", "cuda", gpu_memory_utilization=0.9, devices=(2, 3),
+                    tensor_parallel=2)
+    cmd = engine.command(CFG, model(), p, "/m")
+    assert cmd.argv[cmd.argv.index("--tensor-parallel-size") + 1] == "2"
+    assert cmd.env["CUDA_VISIBLE_DEVICES"] == "2,3"
 
 
 def test_default_python_is_this_interpreter():

