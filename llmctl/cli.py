@@ -194,6 +194,9 @@ def up(
     for m in cfg.models:
         if m.managed and hub.resolve(m.source) is None:
             hub.pull(m.source, python=python_for(cfg), say=ui.say)
+    from .survey import survey
+
+    survey(cfg)  # a plan that cannot fit fails here, as one line, before anything starts
     stack.check_ports(cfg)
     if foreground:
         from .daemon import run

@@ -192,7 +192,16 @@ def parse_size(text: str) -> int:
 
 def assumed(spec: str, cores: int = 16) -> Readings:
     """Readings for hardware that is not present, from `plan --assume SPEC`."""
-    spec = spec.strip()
+    try:
+        return _assumed(spec.strip(), cores)
+    except UsageError as e:
+        if e.message.startswith("cannot read"):
+            raise
+        raise UsageError(f"cannot read --assume {spec.strip()!r}: {e.message}",
+                         f"write it like {ASSUME_HELP}") from None
+
+
+def _assumed(spec: str, cores: int) -> Readings:
     bad = UsageError(f"cannot read --assume {spec!r}", f"write it like {ASSUME_HELP}")
     if spec.lower().startswith("cpu:"):
         parts = spec.split(":")[1:]

@@ -287,6 +287,11 @@ def remote_facts(source: str) -> tuple[ModelFacts | None, str]:
         weights = sum(int(t.data_offsets[1]) - int(t.data_offsets[0])
                       for f in meta.files_metadata.values() for t in f.tensors.values())
     except Exception as e:  # RepositoryNotFoundError, GatedRepoError, HTTP errors …
-        return None, f"hub metadata unreadable: {type(e).__name__}"
+        why = {"RepositoryNotFoundError": "the hub has no such repo (or it is private: set "
+                                          "HF_TOKEN)",
+               "GatedRepoError": "the repo is gated: accept its terms on the hub and set HF_TOKEN",
+               "RevisionNotFoundError": "the hub has no such revision",
+               "NotASafetensorsRepoError": "the repo has no safetensors weights"}
+        return None, why.get(type(e).__name__, f"hub metadata unreadable ({type(e).__name__})")
     found = facts_from_config(cfg, weights, where="hub")
     return found, "" if found else "config.json has no transformer shape"
