@@ -104,20 +104,123 @@ def config_key(path: ConfigOpt = None) -> None:
 @app.command()
 def pull(
     models: Annotated[list[str] | None, typer.Argument(
-        help="Hub repo ids or configured model names; default: every configured model.",
-        show_default=False)] = None,
+        help="Hub repos (org/name or org/name@revision) or configured model names; "
+             "default: every configured model.", show_default=False)] = None,
     path: ConfigOpt = None,
+    include: Annotated[list[str] | None, typer.Option(
+        "--include", metavar="PATTERN", show_default=False,
+        help="Also fetch files matching this glob (e.g. 'original/*', '*.gguf').")] = None,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Check every file's sha256 against the hub; fetch mismatches again.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; errors only.")
+                     ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Download (or prepare) model weights into the store."""
+    """Download model weights into the store (resuming what an interrupted pull left)."""
+    import dataclasses
+
     from . import hub
     from .engine import python_for
 
     cfg = _load(path)
     ui = _ui()
-    sources = _sources(cfg, models)
-    for source in sources:
-        folder = hub.pull(source, python=python_for(cfg), say=ui.say)
-        ui.ok(f"{source} → {folder}")
+    talk = not (quiet or as_json)
+    done = []
+    try:
+        for source in _sources(cfg, models):
+            with ui.PullProgress(enabled=talk) as progress:
+                r = hub.pull(source, python=python_for(cfg), say=ui.say if talk else _silent,
+                             progress=progress, include=tuple(include or ()), verify=verify)
+            done.append(r)
+            if talk:
+                ui.ok(f"{source} → {r.path}" + (f"  (commit {r.commit[:12]}, "
+                                                 f"{ui.size(r.bytes)}, fetched {ui.size(r.fetched)}"
+                                                 f" in {r.seconds:.0f} s"
+                                                 + (", verified" if r.verified else "") + ")"
+                                                 if r.commit else ""))
+    except KeyboardInterrupt:
+        ui.say("interrupted: `llmctl pull` again resumes where this one stopped")
+        raise typer.Exit(130) from None
+    if as_json:
+        ui.data([{**dataclasses.asdict(r), "path": str(r.path)} for r in done])
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _store_key(source: str) -> str:
+    """How the store names a source: hub repos without their @revision."""
+    from .hub import is_local, split_ref
+
+    return source if is_local(source) else split_ref(source)[0]
+
+
+@app.command("models")
+def models_cmd(
+    path: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Check every pulled file's sha256 against the hub's record.")] = False,
+) -> None:
+    """List the local models: source, revision, size on disk, quantization, and which
+    configured models use and which running backends serve each."""
+    from . import hub, state
+    from .errors import ModelError
+
+    cfg = _load(path)
+    configured: dict[str, list[str]] = {}
+    for m in cfg.models:
+        if m.managed:
+            configured.setdefault(_store_key(m.source), []).append(m.key)
+    served: dict[str, list[str]] = {}
+    running = state.read_stack() if state.daemon_alive() else None
+    for key, b in ((running or {}).get("backends") or {}).items():
+        if b.get("source") and b.get("state") == "RUNNING":
+            served.setdefault(_store_key(b["source"]), []).append(key)
+    rows = hub.inventory(configured, served, verify=verify)
+    if as_json:
+        _ui().data({"models": rows, "total_bytes": sum(int(r["bytes"]) for r in rows)})
+    else:
+        _ui().models_table(rows)
+    bad = [f"{r['source']}: {', '.join(r['mismatched'])}" for r in rows if r.get("mismatched")]
+    if bad:
+        raise ModelError("files that do not match the hub's hashes: " + "; ".join(bad),
+                         "`llmctl pull --verify SOURCE` fetches them again")
+
+
+@app.command()
+def rm(
+    model: Annotated[str, typer.Argument(help="A hub repo (org/name) or a configured model "
+                                              "name.", show_default=False)],
+    force: Annotated[bool, typer.Option(
+        "--force", help="Remove it even though the config uses it (the next `up` pulls it "
+                        "again).")] = False,
+    path: ConfigOpt = None,
+) -> None:
+    """Remove a model from the store (refused while a running backend serves it)."""
+    from . import state, store
+    from .errors import ModelError
+
+    cfg = _load(path)
+    match = [m for m in cfg.models if model in m.names and m.managed]
+    source = _store_key(match[0].source if match else model)
+    users = [m.key for m in cfg.models if m.managed and _store_key(m.source) == source]
+    running = state.read_stack() if state.daemon_alive() else None
+    serving = [k for k, b in ((running or {}).get("backends") or {}).items()
+               if b.get("source") and _store_key(b["source"]) == source
+               and b.get("state") not in ("STOPPED", "FATAL")]
+    if serving:
+        raise StackError(f"{source} is in use by the running stack ({', '.join(serving)})",
+                         "stop the stack first (`llmctl down`)")
+    if users and not force:
+        raise ModelError(f"{source} is configured for {', '.join(users)}",
+                         "pass --force to remove it anyway (the next `llmctl up` pulls it again)")
+    removed = store.remove(source)
+    if removed is None:
+        raise ModelError(f"{source} is not in the store", "`llmctl models` lists what is")
+    _ui().ok(f"removed {source} ({_ui().size(removed[1])}) from {removed[0]}")
 
 
 def _sources(cfg: cfgmod.Config, wanted: list[str] | None) -> list[str]:
@@ -167,6 +270,8 @@ def up(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every backend.")] = 900.0,
     restart: Annotated[bool, typer.Option(
         "--restart", help="Stop a running stack first (to apply a changed config).")] = False,
+    no_pull: Annotated[bool, typer.Option(
+        "--no-pull", help="Fail instead of downloading a model that is not pulled.")] = False,
 ) -> None:
     """Start the stack: pull what is missing, start the daemon, wait until the models are ready."""
     from . import hub, stack, state
@@ -193,7 +298,13 @@ def up(
         cfg = _load(target)
     for m in cfg.models:
         if m.managed and hub.resolve(m.source) is None:
-            hub.pull(m.source, python=python_for(cfg), say=ui.say)
+            if no_pull:
+                from .errors import ModelError
+
+                raise ModelError(f"{m.source} ({m.key}) is not pulled, or its pull was "
+                                 "interrupted", f"run `llmctl pull {m.key}`, or drop --no-pull")
+            with ui.PullProgress() as progress:
+                hub.pull(m.source, python=python_for(cfg), say=ui.say, progress=progress)
     from .survey import survey
 
     survey(cfg)  # a plan that cannot fit fails here, as one line, before anything starts

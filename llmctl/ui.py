@@ -182,6 +182,99 @@ def _cores(cores: list[int]) -> str:
     return ",".join(map(str, cores))
 
 
+def size(n: int | None) -> str:
+    return _bytes(n) if n else "0 MiB"
+
+
+def models_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        out.print("no local models (`llmctl pull` downloads the configured ones)")
+        return
+    t = Table(box=None, pad_edge=False)
+    for col in ("MODEL", "REVISION", "SIZE", "QUANTIZATION", "CONFIGURED", "SERVED", "PATH"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        rev = (r["commit"] or "")[:12] or "-"
+        if r["revision"] and r["revision"] not in ("main", r["commit"]):
+            rev = f"{r['revision']} ({rev})"
+        if not r["complete"]:
+            rev += " [yellow](incomplete)[/yellow]"
+        t.add_row(_escape(str(r["source"])), rev, _bytes(int(r["bytes"])),
+                  _escape(str(r["quantization"] or "-")), ", ".join(r["configured"]) or "-",
+                  ", ".join(r["served"]) or "-", _escape(str(r["path"])))
+    out.print(t)
+    out.print(f"total {_bytes(sum(int(r['bytes']) for r in rows))} on disk")
+    for r in rows:
+        for name in r.get("mismatched") or []:
+            out.print(f"[red]mismatch:[/red] {_escape(str(r['source']))}: {_escape(name)}")
+
+
+class PullProgress:
+    """`pull`'s display on stderr: the whole model (bytes, speed, time left) and the file
+    being fetched. Without a terminal it prints a line per file instead."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.progress: Any = None
+        self.total: Any = None
+        self.current: Any = None
+
+    def __enter__(self) -> PullProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.end()
+
+    def begin(self, repo: str, files: list[tuple[str, int]], present: int) -> None:
+        if not self.enabled:
+            return
+        size = sum(n for _, n in files)
+        if not err.is_terminal:
+            say(f"{repo}: {len(files)} files, {_bytes(size)}"
+                + (f" ({_bytes(present)} already here)" if present else ""))
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                                 console=err, transient=False)
+        self.progress.start()
+        self.total = self.progress.add_task(_escape(repo), total=size, completed=present)
+
+    def file(self, name: str, size: int, already: int) -> None:
+        if not self.enabled:
+            return
+        if self.progress is None:
+            say(f"  {name} ({_bytes(size)}" + (f", resuming at {_bytes(already)})" if already
+                                                 else ")"))
+            return
+        if self.current is not None:
+            self.progress.remove_task(self.current)
+        self.progress.advance(self.total, already)
+        self.current = self.progress.add_task(f"  {_escape(name)}", total=size, completed=already)
+
+    def advance(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.total, n)
+            if self.current is not None:
+                self.progress.advance(self.current, n)
+
+    def end(self) -> None:
+        if self.progress is not None:
+            if self.current is not None:
+                self.progress.remove_task(self.current)
+                self.current = None
+            self.progress.stop()
+            self.progress = None
+
+
 class StartProgress:
     """`up`'s live view: per backend, state, phase from its log, elapsed, estimate.
 

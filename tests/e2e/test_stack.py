@@ -63,6 +63,18 @@ def test_planned_kv_cache_agrees_with_what_vllm_reports(stack):
         assert plan["models"][key]["kv_tokens_reported"] == reported
 
 
+def test_models_shows_the_demo_served_and_rm_refuses_to_remove_it(stack):
+    """Issue 9: the store as the user sees it while the stack runs."""
+    data = json.loads(stack.llmctl("models", "--json").stdout)
+    [demo] = [m for m in data["models"] if m["source"] == "HuggingFaceTB/SmolLM2-135M-Instruct"]
+    assert demo["complete"] and demo["bytes"] > 200 * 1024**2
+    assert demo["configured"] == ["coder", "general"] and demo["served"] == ["coder", "general"]
+    assert demo["quantization"] == "bfloat16"
+    r = stack.llmctl("rm", "HuggingFaceTB/SmolLM2-135M-Instruct", "--force")
+    assert r.returncode == 1 and "in use by the running stack" in r.stderr
+    assert Path(demo["path"], "config.json").is_file()  # nothing was removed
+
+
 def test_streamed_chat_through_the_proxy_with_the_key(stack):
     body = {"model": "smollm2-coder", "stream": True, "max_tokens": 48,
             "messages": [{"role": "user", "content": QUESTION}]}

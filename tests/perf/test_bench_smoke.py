@@ -29,3 +29,12 @@ def test_cli_benchmark_runs_and_reports_every_figure():
     res = json.loads(r.stdout)
     assert set(res) == {"python_pass_s", "help_s", "status_s", "status_json_s"}
     assert all(v > 0 for v in res.values())
+
+
+def test_pull_benchmark_runs_and_reports_every_figure():
+    bench = Path(__file__).resolve().parent / "bench_pull.py"
+    r = subprocess.run([sys.executable, str(bench), "--mib", "8", "--rounds", "1", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["curl_mib_per_s"] > 0 and res["pull_mib_per_s"] > 0 and res["pull_vs_curl"] > 0
