@@ -8,6 +8,7 @@ commands that need them, so `llmctl --help` starts fast.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -447,6 +448,169 @@ def logs(
                         time.sleep(0.25)
             except KeyboardInterrupt:
                 return
+
+
+@app.command()
+def bench(
+    url: Annotated[str | None, typer.Option(
+        help="Base URL of any OpenAI-compatible server (default: the local stack's proxy).",
+        show_default=False)] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="LLMCTL_API_KEY", help="Bearer key (default: the configured one).",
+        show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Model name (default: the general model).", show_default=False)
+    ] = None,
+    endpoint: Annotated[str, typer.Option(help="completions or chat.")] = "completions",
+    num_prompts: Annotated[int, typer.Option("--num-prompts", "-n", min=1)] = 100,
+    max_concurrency: Annotated[int | None, typer.Option(
+        "--max-concurrency", min=1, help="Requests in flight at most (default: no limit).",
+        show_default=False)] = None,
+    request_rate: Annotated[float, typer.Option(
+        "--request-rate", help="Requests per second (inf: all at once; else Poisson, or "
+                               "gamma with --burstiness).")] = math.inf,
+    burstiness: Annotated[float, typer.Option(help="Gamma shape of the arrivals; 1 is "
+                                                   "Poisson, lower is burstier.")] = 1.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    duration: Annotated[float | None, typer.Option(
+        help="Run for this many seconds (cycling the prompts) instead of a count.",
+        show_default=False)] = None,
+    dataset: Annotated[str, typer.Option(help="random, or sharegpt (with --dataset-path).")
+                       ] = "random",
+    dataset_path: Annotated[Path | None, typer.Option(
+        "--dataset-path", help="A ShareGPT-format JSON file.", show_default=False)] = None,
+    input_len: Annotated[int, typer.Option("--input-len", min=1)] = 256,
+    output_len: Annotated[int, typer.Option("--output-len", min=1)] = 128,
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="A folder with the model's tokenizer (default: the local model's own).",
+        show_default=False)] = None,
+    ignore_eos: Annotated[bool, typer.Option(
+        "--ignore-eos/--no-ignore-eos", help="Generate exactly --output-len tokens (vLLM's "
+                                             "ignore_eos).")] = True,
+    percentiles: Annotated[str, typer.Option(help="Comma-separated, e.g. 50,90,99.")] = "99",
+    goodput: Annotated[list[str] | None, typer.Option(
+        help="SLOs in ms, e.g. 'ttft:500 tpot:50'; requests meeting all count as good.",
+        show_default=False)] = None,
+    sweep: Annotated[str | None, typer.Option(
+        help="Concurrencies (1,4,16,64) or rates (rate=1,2,4): one summary row each.",
+        show_default=False)] = None,
+    compare_direct: Annotated[bool, typer.Option(
+        "--compare-direct", help="The same load straight to the backend and through the "
+                                 "proxy: the proxy's cost on your stack.")] = False,
+    save_json: Annotated[Path | None, typer.Option(
+        "--save-json", help="Write the result with `vllm bench serve --save-result`'s field "
+                            "names.", show_default=False)] = None,
+    path: ConfigOpt = None,
+) -> None:
+    """Load-test an OpenAI-compatible endpoint with `vllm bench serve`'s metrics."""
+    import asyncio
+    import json as jsonlib
+    import signal
+
+    from . import bench as b
+
+    ui = _ui()
+    if endpoint not in ("completions", "chat"):
+        raise UsageError(f"--endpoint {endpoint!r}: completions or chat")
+    try:
+        pcts = tuple(float(x) for x in percentiles.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--percentiles {percentiles!r}: numbers, like 50,90,99") from None
+    sweep_values: tuple[float, ...] = ()
+    sweep_rates = bool(sweep and sweep.startswith("rate="))
+    if sweep:
+        try:
+            sweep_values = tuple(float(x) for x in sweep.removeprefix("rate=").split(","))
+        except ValueError:
+            raise UsageError(f"--sweep {sweep!r}: 1,4,16,64 or rate=1,2,4") from None
+    target, direct, tok_folder = _bench_targets(url, api_key, model, endpoint, ignore_eos,
+                                                tokenizer, compare_direct, path)
+    b.check(target)
+    tok = _load_tokenizer(tok_folder)
+    if dataset == "sharegpt":
+        if dataset_path is None:
+            raise UsageError("--dataset sharegpt needs --dataset-path FILE")
+        requests = b.sharegpt_requests(dataset_path, num_prompts, seed, tok)
+    elif dataset == "random":
+        requests = b.random_requests(num_prompts, input_len, output_len, seed, tok)
+    else:
+        raise UsageError(f"--dataset {dataset!r}: random or sharegpt")
+    spec = b.Spec(target, requests, max_concurrency, request_rate, burstiness, seed, duration,
+                  pcts, b.parse_goodput(goodput or []), sweep_values, sweep_rates, direct)
+
+    async def go() -> list[b.Run]:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+        with ui.BenchProgress(num_prompts if duration is None else None) as progress:
+            return await b.execute(spec, stop, progress.update)
+
+    runs = asyncio.run(go())
+    ui.bench_report(runs, pcts, spec)
+    if save_json:
+        data = runs[0].result if len(runs) == 1 else {"runs": [r.result for r in runs]}
+        save_json.write_text(jsonlib.dumps(data, indent=2))
+        ui.note(f"wrote {save_json}")
+    if any(r.interrupted for r in runs):
+        raise typer.Exit(130)
+
+
+def _bench_targets(url: str | None, api_key: str | None, model: str | None, endpoint: str,
+                   ignore_eos: bool, tokenizer: Path | None, compare_direct: bool,
+                   path: Path | None) -> tuple[Any, Any, Path | None]:
+    """The endpoint to load, the backend behind it for --compare-direct, and where the
+    model's tokenizer is (the local model's folder unless --tokenizer says)."""
+    from . import bench as b
+    from . import state
+
+    if url is not None:
+        if compare_direct:
+            raise UsageError("--compare-direct needs the local stack (it knows the backend "
+                             "behind the proxy)", "drop --url")
+        if not model:
+            raise UsageError("--url needs --model NAME")
+        base = url.rstrip("/")
+        base = base if base.endswith("/v1") else base + "/v1"
+        return b.Target(base, model, api_key, endpoint, ignore_eos), None, tokenizer
+    cfg = _load(path)
+    running = state.read_stack() if state.daemon_alive() else None
+    if running is None:
+        raise StackError("the stack is not running", "start it with `llmctl up`, or pass --url")
+    pick = ([m for m in cfg.models if model in m.names] if model else
+            [m for m in cfg.models if m.key == "general"] or list(cfg.models))
+    if not pick:
+        known = ", ".join(m.name for m in cfg.models)
+        raise UsageError(f"no configured model is named {model!r}", f"known: {known}")
+    m = pick[0]
+    key = api_key or (cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None)
+    target = b.Target(running.get("proxy_url", cfg.proxy_url) + "/v1", m.name, key, endpoint,
+                      ignore_eos)
+    direct = None
+    if compare_direct:
+        backend = (running.get("backends") or {}).get(m.key) or {}
+        if not backend.get("url"):
+            raise StackError(f"{m.key} has no backend URL in the running stack")
+        # The backend itself: no key (vLLM's own port is loopback-only, unauthenticated).
+        direct = b.Target(backend["url"].rstrip("/") + "/v1", m.name, None, endpoint,
+                          ignore_eos)
+    if tokenizer is None and m.managed:
+        from .hub import resolve
+
+        tokenizer = resolve(m.source)
+    return target, direct, tokenizer
+
+
+def _load_tokenizer(folder: Path | None) -> Any:
+    """The model's tokenizer for exact prompt lengths, when transformers is here."""
+    if folder is None:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:  # no transformers (a client-only install), or not a tokenizer
+        _ui().note(f"no tokenizer from {folder} ({type(e).__name__}): prompt lengths are "
+                   "counted in words; the server's usage gives the real counts")
+        return None
 
 
 @app.command()

@@ -275,6 +275,104 @@ class PullProgress:
             self.progress = None
 
 
+class BenchProgress:
+    """`bench`'s live line on stderr: sent, done, failed, in flight, tokens, elapsed."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.live: Any = None
+        self.t0 = 0.0
+        self.last = 0.0
+
+    def __enter__(self) -> BenchProgress:
+        import time
+
+        self.t0 = time.monotonic()
+        if err.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(console=err, refresh_per_second=4, transient=True)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def update(self, label: str, live: Any) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - self.last < 0.25 and live.active:
+            return
+        self.last = now
+        text = (f"{label + '  ' if label else ''}sent {live.sent}"
+                + (f"/{self.total}" if self.total else "")
+                + f" · done {live.done} · failed {live.failed} · in flight {live.active}"
+                  f" · {live.tokens} tokens · {now - self.t0:.0f} s")
+        if self.live is not None:
+            self.live.update(text)
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def bench_report(runs: list[Any], pcts: tuple[float, ...], spec: Any) -> None:
+    """vLLM's result layout for one run; a row per run for a sweep or a comparison."""
+    words = [str(int(p)) if int(p) == p else str(p) for p in pcts]
+    if len(runs) == 1 and not runs[0].label:
+        r = runs[0].result
+        rows = [("Successful requests", str(r["completed"])),
+                ("Failed requests", str(r["failed"])),
+                ("Peak concurrent requests", str(r["max_concurrent_requests"])),
+                ("Benchmark duration (s)", f"{r['duration']:.2f}"),
+                ("Total input tokens", str(r["total_input_tokens"])),
+                ("Total generated tokens", str(r["total_output_tokens"])),
+                ("Request throughput (req/s)", f"{r['request_throughput']:.2f}")]
+        if r.get("request_goodput") is not None:
+            rows.append(("Request goodput (req/s)", f"{r['request_goodput']:.2f}"))
+        rows += [("Output token throughput (tok/s)", f"{r['output_throughput']:.2f}"),
+                 ("Peak output token throughput (tok/s)", f"{r['max_output_tokens_per_s']:.2f}"),
+                 ("Total token throughput (tok/s)", f"{r['total_token_throughput']:.2f}")]
+        for key, name in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2EL")):
+            rows += [(f"Mean {name} (ms)", _ms(r[f"mean_{key}_ms"])),
+                     (f"Median {name} (ms)", _ms(r[f"median_{key}_ms"]))]
+            rows += [(f"P{w} {name} (ms)", _ms(r[f"p{w}_{key}_ms"])) for w in words]
+        t = Table(box=None, show_header=False, pad_edge=False)
+        t.add_column(justify="left")
+        t.add_column(justify="right")
+        for k, v in rows:
+            t.add_row(k, v)
+        out.print(t)
+    else:
+        w = words[-1]
+        t = Table(box=None, pad_edge=False)
+        for col in ("RUN", "DONE", "FAILED", "REQ/S", "OUT TOK/S", "TTFT P50", f"TTFT P{w}",
+                    "TPOT P50", "ITL P50", "E2EL P50", ""):
+            t.add_column(col, justify="left" if col in ("RUN", "") else "right")
+        peak = max((r.result["output_throughput"] for r in runs), default=0) or 1
+        for run in runs:
+            r = run.result
+            bar = "█" * max(1, round(20 * r["output_throughput"] / peak))
+            t.add_row(run.label, str(r["completed"]), str(r["failed"]),
+                      f"{r['request_throughput']:.2f}", f"{r['output_throughput']:.1f}",
+                      _ms(r["median_ttft_ms"]), _ms(r[f"p{w}_ttft_ms"]),
+                      _ms(r["median_tpot_ms"]), _ms(r["median_itl_ms"]),
+                      _ms(r["median_e2el_ms"]), f"[cyan]{bar}[/cyan]")
+        out.print(t)
+        labels = [run.label for run in runs]
+        if labels[:2] == ["direct", "proxy"] and len(runs) == 2:
+            d, p = runs[0].result, runs[1].result
+            out.print(f"proxy − direct: TTFT p50 {p['median_ttft_ms'] - d['median_ttft_ms']:+.2f}"
+                      f" ms, TTFT p{w} {p[f'p{w}_ttft_ms'] - d[f'p{w}_ttft_ms']:+.2f} ms, TPOT "
+                      f"p50 {p['median_tpot_ms'] - d['median_tpot_ms']:+.2f} ms, output "
+                      f"throughput {p['output_throughput'] / (d['output_throughput'] or 1):.1%}"
+                      " of direct", soft_wrap=True)
+    if any(run.interrupted for run in runs):
+        out.print("[yellow]interrupted: the figures cover the requests that finished[/yellow]")
+
+
 class StartProgress:
     """`up`'s live view: per backend, state, phase from its log, elapsed, estimate.
 

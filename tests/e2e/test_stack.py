@@ -75,6 +75,27 @@ def test_models_shows_the_demo_served_and_rm_refuses_to_remove_it(stack):
     assert Path(demo["path"], "config.json").is_file()  # nothing was removed
 
 
+def test_bench_against_the_stack_writes_a_result_vllms_reader_reads(stack, tmp_path):
+    """Issue 10: a short `llmctl bench` through the proxy, its file read back."""
+    from llmctl.bench import load_result
+
+    out = tmp_path / "bench.json"
+    r = stack.llmctl("bench", "--num-prompts", "6", "--max-concurrency", "2", "--input-len",
+                     "32", "--output-len", "16", "--save-json", str(out), timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = load_result(out)
+    assert (res["completed"], res["failed"]) == (6, 0)
+    assert res["total_output_tokens"] == 6 * 16  # ignore_eos: exactly --output-len each
+    assert res["total_input_tokens"] >= 6 * 32  # counted by vLLM (chat template not used)
+    assert res["mean_ttft_ms"] > 0 and res["mean_tpot_ms"] > 0 and res["model_id"]
+    print(f"\n[e2e] bench c=2: TTFT p50 {res['median_ttft_ms']:.0f} ms, TPOT p50 "
+          f"{res['median_tpot_ms']:.1f} ms, {res['output_throughput']:.1f} tok/s")
+    cmp = stack.llmctl("bench", "--compare-direct", "--num-prompts", "4", "--output-len", "8",
+                       "--input-len", "16", timeout=300)
+    assert cmp.returncode == 0, cmp.stderr
+    assert "direct" in cmp.stdout and "proxy − direct: TTFT p50" in cmp.stdout
+
+
 def test_streamed_chat_through_the_proxy_with_the_key(stack):
     body = {"model": "smollm2-coder", "stream": True, "max_tokens": 48,
             "messages": [{"role": "user", "content": QUESTION}]}

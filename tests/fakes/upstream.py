@@ -84,7 +84,7 @@ async def complete(request: Request) -> Response:
     n = int(body.get("max_tokens") or 16)
     chat = request.url.path.endswith("chat/completions")
     delay = float(body.get("token_delay", ARGS.token_delay))
-    first_delay = float(body.get("first_delay", 0))
+    first_delay = float(body.get("first_delay", ARGS.first_delay))
     STATS["running"] += 1
     if body.get("stream"):
         async def gen():
@@ -96,6 +96,13 @@ async def complete(request: Request) -> Response:
                     if delay:
                         await asyncio.sleep(delay)
                     yield _chunk(i, chat, ARGS.name)
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    # Like vLLM: a last chunk with no choices and the usage.
+                    yield b"data: " + json.dumps({
+                        "id": "x", "object": "chat.completion.chunk" if chat else
+                        "text_completion", "model": ARGS.name, "choices": [],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": n,
+                                  "total_tokens": n + 3}}).encode() + b"\n\n"
                 yield b"data: [DONE]\n\n"
                 done = True
             finally:
@@ -162,6 +169,8 @@ def main() -> None:
                     help="exit with this code after the startup delay, never listening")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--token-delay", type=float, default=0.0)
+    ap.add_argument("--first-delay", type=float, default=0.0,
+                    help="seconds before the first token (a prefill), unless the body says")
     # Accept (and ignore) the vLLM flags llmctl passes, so engine argv can be reused.
     ARGS, _ = ap.parse_known_args()
     if ARGS.child:

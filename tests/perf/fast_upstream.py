@@ -4,7 +4,8 @@ uvicorn + httptools + uvloop, answering at once, so the numbers measure the prox
     python tests/perf/fast_upstream.py PORT
 
 Non-streaming: a small chat.completion JSON. Streaming: `max_tokens` SSE chunks
-(default 256) sent back to back, then `data: [DONE]`.
+(default 256) sent back to back, the usage when stream_options.include_usage asks,
+then `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         for _ in range(n):
             await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
+        if (req.get("stream_options") or {}).get("include_usage"):
+            usage = json.dumps({"id": "cmpl-bench", "object": "chat.completion.chunk",
+                                "model": "bench", "choices": [],
+                                "usage": {"prompt_tokens": 5, "completion_tokens": n,
+                                          "total_tokens": n + 5}}).encode()
+            await send({"type": "http.response.body", "body": b"data: " + usage + b"\n\n",
+                        "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         return
     await send({"type": "http.response.start", "status": 200,
