@@ -19,7 +19,7 @@ import typer
 
 from . import __version__
 from . import config as cfgmod
-from .errors import ConfigError, LlmctlError, StackError, UsageError
+from .errors import ApiError, ConfigError, LlmctlError, StackError, UsageError
 
 app = typer.Typer(help="A private, OpenAI-compatible model server on one workstation.",
                   no_args_is_help=True, pretty_exceptions_enable=False,
@@ -615,19 +615,28 @@ def _load_tokenizer(folder: Path | None) -> Any:
 
 @app.command()
 def chat(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or alias.",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or alias "
+                                              "(default: the general model).",
                                               show_default=False)] = None,
     url: Annotated[str | None, typer.Option(help="Base URL of an OpenAI-compatible server.",
                                             show_default=False)] = None,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar="LLMCTL_API_KEY", help="Bearer key (default: the configured one).",
         show_default=False)] = None,
-    system: Annotated[str | None, typer.Option(help="A system prompt.", show_default=False)] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Limit each answer.",
-                                                   show_default=False)] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt.",
+                                               show_default=False)] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.",
+                                                      show_default=False)] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.", min=1)] = 1024,
+    plain: Annotated[bool, typer.Option("--plain", help="Text as it comes, no Markdown.")
+                     ] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="From a pipe too: time to first "
+                                                        "token, tokens, tokens/s on stderr.")
+                     ] = False,
     path: ConfigOpt = None,
 ) -> None:
-    """Chat in the terminal, streaming. From a pipe: one question in, one answer out."""
+    """Chat in the terminal, streaming. From a pipe: the input is one message, the answer
+    is all that goes to stdout (`cat f.py | llmctl chat -s "review this"`)."""
     from . import chat as chatmod
     from . import state
     from .client import Client
@@ -641,19 +650,27 @@ def chat(
         model = pick[0].name if pick else None
     if not model:
         raise UsageError("no model to chat with", "pass --model NAME")
-    params: dict[str, Any] = {}
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
+    params: dict[str, Any] = {"max_tokens": max_tokens}
+    if temperature is not None:
+        params["temperature"] = temperature
     client = Client(base, key)
+    ui = _ui()
+    session = chatmod.Session(client, model, system, params)
     try:
         if not sys.stdin.isatty():
             question = sys.stdin.read().strip()
             if not question:
                 raise UsageError("nothing to ask: stdin was empty",
                                  "echo 'your question' | llmctl chat")
-            chatmod.one_shot(client, model, question, sys.stdout, system, **params)
-        else:
-            _ui().note(f"chatting with {model} at {base} — /reset forgets, /exit or Ctrl-D leaves")
-            chatmod.repl(client, model, input, sys.stdout, system, **params)
+            session.model = session.check_model(model)
+            chatmod.one_shot(session, question, ui.ChatView(plain=True), show_stats=stats)
+            return
+        view = ui.ChatView(plain=plain)
+        try:
+            session.model = session.check_model(model)  # before the first prompt, not after
+        except ApiError as e:  # not up yet: say so, and stay open for when it is
+            view.error(e.message, e.hint)
+        ui.note(f"chatting with {session.model} at {base} — /help for commands, Ctrl-D leaves")
+        chatmod.repl(session, chatmod.prompt_reader(cfgmod.state_dir() / "chat_history"), view)
     finally:
         client.close()

@@ -26,8 +26,10 @@ class Client:
         self.http.close()
 
     def _fail(self, r: httpx.Response) -> ApiError:
+        code = None
         try:
-            msg = r.json()["error"]["message"]
+            err = r.json()["error"]
+            msg, code = err["message"], err.get("code")
         except Exception:
             msg = r.text[:200] or r.reason_phrase
         hint = None
@@ -37,7 +39,8 @@ class Client:
             hint = "`llmctl status` lists the models this stack serves"
         elif r.status_code == 503:
             hint = "the model is still starting or has failed: see `llmctl status`"
-        return ApiError(f"{self.base_url} answered {r.status_code}: {msg}", hint)
+        return ApiError(f"{self.base_url} answered {r.status_code}: {msg}", hint,
+                        status=r.status_code, code=code if isinstance(code, str) else None)
 
     def models(self) -> list[dict[str, Any]]:
         try:
@@ -55,7 +58,18 @@ class Client:
     def chat_stream(self, model: str, messages: list[dict[str, str]],
                     **params: Any) -> Iterator[str]:
         """Yield the text of each streamed delta."""
-        body = {"model": model, "messages": messages, "stream": True, **params}
+        for kind, value in self.chat_events(model, messages, **params):
+            if kind == "text":
+                yield value
+
+    def chat_events(self, model: str, messages: list[dict[str, str]],
+                    **params: Any) -> Iterator[tuple[str, Any]]:
+        """Stream a chat answer as ("text", delta) and, when the server reports it,
+        ("usage", {...}) events. Leaving the iteration early closes the request (vLLM
+        aborts the generation)."""
+        body = {"model": model, "messages": messages, "stream": True,
+                "stream_options": {"include_usage": True}, **params}
+        started = False
         try:
             with self.http.stream("POST", "/v1/chat/completions", json=body) as r:
                 if r.status_code != 200:
@@ -70,12 +84,19 @@ class Client:
                         continue
                     if "error" in event:
                         raise ApiError(f"the model failed mid-answer: "
-                                          f"{event['error'].get('message', event['error'])}")
+                                       f"{event['error'].get('message', event['error'])}")
                     for choice in event.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content")
                         if text:
-                            yield text
+                            started = True
+                            yield "text", text
+                    if event.get("usage"):
+                        yield "usage", event["usage"]
         except httpx.HTTPError as e:
+            if started:
+                raise ApiError(f"the connection to {self.base_url} was lost mid-answer "
+                               f"({type(e).__name__})", "the partial answer is kept; /retry "
+                               "asks again") from None
             raise self._unreachable(e) from None
 
 

@@ -43,7 +43,11 @@ class StackError(LlmctlError):
 
 
 class ApiError(LlmctlError):
-    pass
+    def __init__(self, message: str, hint: str | None = None, *, status: int | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.status = status  # the HTTP status, when the server answered
+        self.code = code  # OpenAI's error code, when it sent one ("model_not_ready")
 
 
 class PlanError(LlmctlError):

@@ -275,29 +275,157 @@ class PullProgress:
             self.progress = None
 
 
-class BenchProgress:
-    """`bench`'s live line on stderr: sent, done, failed, in flight, tokens, elapsed."""
+def split_blocks(text: str) -> tuple[list[str], str]:
+    """Markdown blocks that are complete (ended by a blank line outside a code fence, or
+    by the fence's closing line) and the rest, still being written."""
+    blocks, start, fence, pos = [], 0, False, 0
+    lines = text.split("\n")
+    for line in lines[:-1]:  # the last piece has no newline yet
+        end = pos + len(line) + 1
+        if line.lstrip().startswith("```"):
+            fence = not fence
+            if not fence:  # the closing fence ends its block
+                blocks.append(text[start:end])
+                start = end
+        elif not fence and not line.strip():
+            if text[start:pos].strip():
+                blocks.append(text[start:end])
+            start = end  # blank lines between blocks belong to neither
+        pos = end
+    return [b for b in blocks if b.strip()], text[start:]
 
-    def __init__(self, total: int | None) -> None:
-        self.total = total
+
+class ChatView:
+    """How the chat shows an answer: on a terminal, each finished Markdown block is
+    rendered once (code highlighted) while the block being written streams as text
+    below it, so nothing long is drawn twice; `plain` (and any stdout that is not a
+    terminal) writes the text as it comes. Talk — stats, notes, errors — goes to stderr."""
+
+    def __init__(self, plain: bool = False) -> None:
+        self.plain = plain or not out.is_terminal
+        self.buf = ""
         self.live: Any = None
-        self.t0 = 0.0
-        self.last = 0.0
+        self.wait_shown = False
+        self.saved_tty: Any = None
+        self.wrote = False
 
-    def __enter__(self) -> BenchProgress:
-        import time
+    def begin(self) -> None:
+        self.buf = ""
+        self.wrote = False
+        self._quiet_keyboard()
 
-        self.t0 = time.monotonic()
+    def _quiet_keyboard(self) -> None:
+        """While an answer streams, keys typed are not echoed into it (they would break
+        the display and read as part of the answer); Ctrl-C still stops the answer."""
+        if not sys.stdin.isatty() or self.saved_tty is not None:
+            return
+        import termios
+
+        fd = sys.stdin.fileno()
+        self.saved_tty = termios.tcgetattr(fd)
+        quiet = termios.tcgetattr(fd)
+        quiet[3] &= ~(termios.ECHO | termios.ICANON)
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+
+    def _restore_keyboard(self) -> None:
+        if self.saved_tty is None:
+            return
+        import termios
+
+        fd = sys.stdin.fileno()
+        termios.tcsetattr(fd, termios.TCSANOW, self.saved_tty)
+        termios.tcflush(fd, termios.TCIFLUSH)  # what was typed meanwhile is dropped
+        self.saved_tty = None
+
+    def write(self, text: str) -> None:
+        self.wrote = True
+        if self.plain:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        from rich.text import Text
+
+        self.buf += text
+        done, self.buf = split_blocks(self.buf)
+        if self.live is None:
+            from rich.live import Live
+
+            self.live = Live(console=out, refresh_per_second=12, transient=True,
+                             vertical_overflow="visible")
+            self.live.start()
+        for block in done:
+            self.live.console.print(self._markdown(block))
+        self.live.update(Text(self.buf))
+
+    @staticmethod
+    def _markdown(block: str) -> Any:
+        from rich.markdown import Markdown
+
+        return Markdown(block, code_theme="monokai")
+
+    def end(self, interrupted: bool) -> None:
+        self._restore_keyboard()
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+        if self.plain and self.wrote:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        elif self.buf.strip():
+            out.print(self._markdown(self.buf))
+        self.buf = ""
+        if interrupted:
+            err.print("[dim]stopped[/dim]")
+
+    def stats(self, text: str) -> None:
+        err.print(f"[dim]{_escape(text)}[/dim]")
+
+    def info(self, text: str) -> None:
+        err.print(_escape(text), soft_wrap=True)
+
+    def error(self, message: str, hint: str | None) -> None:
+        fail(message, hint)
+
+    def waiting(self, text: str | None) -> None:
+        if text and not self.wait_shown:
+            err.print(f"[dim]{_escape(text)}[/dim]")
+        self.wait_shown = bool(text)
+
+
+class _LiveView:
+    """A view redrawn in place on stderr when it is a terminal (rich's Live); the
+    subclass prints lines itself otherwise. `transient` views vanish when done."""
+
+    transient = False
+
+    def __init__(self) -> None:
+        self.live: Any = None
+
+    def __enter__(self) -> Any:
         if err.is_terminal:
             from rich.live import Live
 
-            self.live = Live(console=err, refresh_per_second=4, transient=True)
+            self.live = Live(console=err, refresh_per_second=4, transient=self.transient)
             self.live.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.live is not None:
             self.live.stop()
+
+
+class BenchProgress(_LiveView):
+    """`bench`'s live line on stderr: sent, done, failed, in flight, tokens, elapsed."""
+
+    transient = True
+
+    def __init__(self, total: int | None) -> None:
+        import time
+
+        super().__init__()
+        self.total = total
+        self.t0 = time.monotonic()
+        self.last = 0.0
 
     def update(self, label: str, live: Any) -> None:
         import time
@@ -373,26 +501,14 @@ def bench_report(runs: list[Any], pcts: tuple[float, ...], spec: Any) -> None:
         out.print("[yellow]interrupted: the figures cover the requests that finished[/yellow]")
 
 
-class StartProgress:
+class StartProgress(_LiveView):
     """`up`'s live view: per backend, state, phase from its log, elapsed, estimate.
 
     On a terminal it redraws in place; otherwise it prints a line per change."""
 
     def __init__(self) -> None:
-        self.live: Any = None
+        super().__init__()
         self.seen: dict[str, tuple[Any, ...]] = {}
-
-    def __enter__(self) -> StartProgress:
-        if err.is_terminal:
-            from rich.live import Live
-
-            self.live = Live(console=err, refresh_per_second=4, transient=False)
-            self.live.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.live is not None:
-            self.live.stop()
 
     @staticmethod
     def _line(key: str, b: dict[str, Any]) -> tuple[str, str]:
