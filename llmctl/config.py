@@ -1,6 +1,6 @@
 """The config file: its model, defaults, environment overrides and paths.
 
-May import: errors. Everything here is plain data and file reading; the
+May import: errors, fim. Everything here is plain data and file reading; the
 device is passed in (a string or a callable), never probed here.
 
 The dataclass fields are the schema, and the only place it is written: each
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fim import CHOICES as FIM_CHOICES
 
 DEMO_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEVICES = ("auto", "cuda", "cpu")
@@ -161,6 +162,9 @@ class ModelConfig:
                                   "KV cache", what='"auto" or a fraction like 0.45')
     aliases: tuple[str, ...] = setting((), "more names clients may send as \"model\"")
     args: tuple[str, ...] = setting((), "extra vLLM arguments, appended as given")
+    fim: str = setting("auto", "fill-in-the-middle template for IDE autocomplete: auto (from "
+                       "the tokenizer's special tokens; none for url models), a family, or "
+                       "none", choices=FIM_CHOICES)
 
     @property
     def managed(self) -> bool:

@@ -1,6 +1,6 @@
 """The daemon: one event loop running the supervisor and the proxy; signals; drain.
 
-May import: config, engine, errors, gpu, procs, proxy, state, supervisor, survey.
+May import: config, engine, errors, fim, gpu, hub, procs, proxy, state, supervisor, survey.
 Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached;
 it logs to logs/daemon.log, rotated, and anything printed lands in logs/daemon.out)
 or in the foreground by `llmctl up --foreground` (logs on stderr).
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import config as cfgmod
-from . import engine, gpu, procs, state
+from . import engine, fim, gpu, hub, procs, state
 from .errors import LlmctlError
 from .supervisor import Backend, ManagedBackend, RemoteBackend, Supervisor
 from .survey import survey
@@ -42,6 +42,15 @@ def start_key(m: cfgmod.ModelConfig) -> str:
     return f"{m.key}:{m.source}"
 
 
+def fim_family(m: cfgmod.ModelConfig, folder: Path | None) -> str | None:
+    """The model's FIM template: as configured, or (auto) from its tokenizer's tokens."""
+    if m.fim == "none":
+        return None
+    if m.fim != "auto":
+        return m.fim
+    return fim.detect(hub.special_tokens(folder)) if folder else None
+
+
 def build_backends(cfg: cfgmod.Config, on_change: Callable[[], None]
                    ) -> tuple[list[Backend], str]:
     """The config, read straight down: survey (readings, folders, plans) → argv → backend."""
@@ -49,14 +58,14 @@ def build_backends(cfg: cfgmod.Config, on_change: Callable[[], None]
     backends: list[Backend] = []
     for m in cfg.models:
         if not m.managed:
-            backends.append(RemoteBackend(m, on_change=on_change))
+            backends.append(RemoteBackend(m, fim=fim_family(m, None), on_change=on_change))
             continue
         p, folder = s.plans[m.key], s.folders[m.key]
         b = ManagedBackend(m, engine.command(cfg, m, p, str(folder or m.source)),
                            cfgmod.logs_dir() / f"{m.key}.log", planned_bytes=p.planned_bytes,
                            planned_kv_tokens=p.kv_tokens,
                            expected_start_s=state.previous_start(start_key(m)),
-                           on_change=on_change)
+                           fim=fim_family(m, folder), on_change=on_change)
         if folder is None:
             b.fail(f"{m.source} is not pulled; run `llmctl pull`")
         backends.append(b)

@@ -510,6 +510,24 @@ def facts_from_config(cfg: dict, weight_bytes: int, where: str = "local") -> Mod
         group_size=int(q.get("group_size") or q.get("q_group_size") or 0), where=where)
 
 
+def special_tokens(folder: Path) -> set[str]:
+    """The added (special) tokens a model's tokenizer declares."""
+    found: set[str] = set()
+    try:
+        for t in json.loads((folder / "tokenizer.json").read_text()).get("added_tokens") or []:
+            found.add(str(t.get("content", "")))
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        cfg = json.loads((folder / "tokenizer_config.json").read_text())
+        for t in (cfg.get("added_tokens_decoder") or {}).values():
+            found.add(str(t.get("content", "")))
+        found.update(str(t) for t in cfg.get("additional_special_tokens") or [])
+    except (OSError, ValueError, AttributeError):
+        pass
+    return found
+
+
 def facts(folder: Path) -> ModelFacts | None:
     """The model's facts from its folder; None when config.json is unreadable."""
     try:

@@ -1,6 +1,6 @@
 """The gateway: auth, route by `model`, pass bytes through, report health and metrics.
 
-May import: config, lifecycle, upstream (and fastapi, prometheus_client). Knows backends only
+May import: config, fim, lifecycle, upstream (and fastapi, prometheus_client). Knows backends only
 through the small `Routable` shape (a model, a state, an in-flight counter), so
 tests drive it with plain objects and a local upstream.
 
@@ -43,14 +43,16 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
+from . import fim
 from .config import ModelConfig, ProxyConfig
 from .lifecycle import State
 from .upstream import Pool, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("llmctl.proxy")
 _PATH = re.compile(r"^/v1(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$")
-# vLLM's own model-addressed routes outside /v1, routed by `model` like the rest.
-_ROOT_ROUTES = ("/tokenize", "/detokenize")
+# vLLM's own model-addressed routes outside /v1, routed by `model` like the rest, and
+# llama.cpp server's /infill (tab completion in llama.vscode-style plugins), mapped to FIM.
+_ROOT_ROUTES = ("/tokenize", "/detokenize", "/infill")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # Request headers not forwarded: hop-by-hop, the client's key, what upstream.py sets itself.
 _DROP_UP = {b"host", b"content-length", b"connection", b"keep-alive", b"authorization",
@@ -64,6 +66,7 @@ _JSON = [(b"content-type", b"application/json")]
 
 class Routable(Protocol):
     model: ModelConfig
+    fim: str | None  # the FIM template family, or None when the model takes no FIM
     state: str
     in_flight: int
     reason: str | None
@@ -290,7 +293,8 @@ class Proxy:
                 return refusal
             return JSONResponse({"object": "list", "data": [
                 {"id": b.model.name, "object": "model", "created": 0, "owned_by": "llmctl",
-                 "aliases": list(b.model.names[1:]), "state": str(b.state)}
+                 "aliases": list(b.model.names[1:]), "state": str(b.state),
+                 "fim": getattr(b, "fim", None)}
                 for b in self.backends]})
 
         return api
@@ -316,13 +320,17 @@ class Proxy:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _route(self, body: bytes) -> tuple[Routable, bytes]:
+    def _route(self, body: bytes, path: str = "") -> tuple[Routable, bytes, str, Any]:
+        """The backend, the body to send, the path to send it to, and how to turn the
+        answer back (None: passed through untouched)."""
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise _Refused(400, "request body is not valid JSON", "invalid_json") from None
         if not isinstance(data, dict):
             raise _Refused(400, "request body must be a JSON object", "invalid_json")
+        if path == "/infill" and not data.get("model"):
+            data["model"] = self._infill_model()
         model = data.get("model")
         if not isinstance(model, str) or not model:
             raise _Refused(400, "'model' is required and must be a string", "missing_model",
@@ -339,10 +347,39 @@ class Proxy:
         if b.in_flight >= self.cfg.max_queue_per_model:
             raise _Refused(429, f"model '{b.model.name}' has {b.in_flight} requests queued; "
                            "try again shortly", "queue_full", headers=[(b"retry-after", b"1")])
+        if path == "/infill" or (path == "/v1/completions" and "suffix" in data):
+            return self._fim(b, data, path)
         if model != b.model.name:  # an alias: the backend knows only the served name
             data["model"] = b.model.name
             body = json.dumps(data).encode()
-        return b, body
+        return b, body, path, None
+
+    def _infill_model(self) -> str:
+        """/infill names no model: the one that takes FIM (the coder when several do)."""
+        able = [b for b in self.backends if b.fim]
+        if not able:
+            raise _Refused(400, "no model here takes fill-in-the-middle; set `fim` (deepseek, "
+                           "starcoder, qwen, codellama or codestral) on a model in the config",
+                           "fim_not_supported")
+        return next((b for b in able if b.model.key == "coder"), able[0]).model.name
+
+    def _fim(self, b: Routable, data: dict[str, Any], path: str
+             ) -> tuple[Routable, bytes, str, Any]:
+        """Render the model's FIM template into a plain completion (vLLM refuses `suffix`)."""
+        if not b.fim:
+            raise _Refused(400, f"model '{b.model.name}' has no fill-in-the-middle template, "
+                           f"so it cannot take 'suffix'; set `fim = \"deepseek\"` (or "
+                           f"starcoder, qwen, codellama, codestral) in [models.{b.model.key}]",
+                           "fim_not_supported", param="suffix")
+        try:
+            if path == "/infill":
+                out = fim.infill(data, b.model.name, b.fim)
+                answer: Any = _InfillAnswer(b.model.name, bool(out.get("stream")))
+            else:
+                out, answer = fim.completion({**data, "model": b.model.name}, b.fim), None
+        except fim.FimError as e:
+            raise _Refused(400, str(e), "invalid_fim_request") from None
+        return b, json.dumps(out).encode(), "/v1/completions", answer
 
     async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
@@ -365,7 +402,7 @@ class Proxy:
             if not (_PATH.match(path) or path in _ROOT_ROUTES):  # NUL, `..` never reach a backend
                 raise _Refused(404, f"no route {path!r}", "not_found")
             body = await self._read_body(scope, receive)
-            backend, body = self._route(body)
+            backend, body, path, answer = self._route(body, path)
         except _Refused as r:
             await _send_json(send, r.status, error_body(r.status, r.message, param=r.param,
                                                         code=r.code), r.headers + id_header)
@@ -379,7 +416,7 @@ class Proxy:
         ex = _Exchange(self, backend, rid, key_fp, t0)
         disconnect = asyncio.ensure_future(_wait_disconnect(receive))
         work = asyncio.ensure_future(ex.run(backend.model.upstream, path.encode(), body,
-                                            up_headers, id_header, send))
+                                            up_headers, id_header, send, answer))
         try:
             await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -394,6 +431,42 @@ class Proxy:
             ex.finish()
         if not work.cancelled() and work.exception():
             raise work.exception()  # type: ignore[misc]
+
+
+class _InfillAnswer:
+    """OpenAI completion bytes in, llama.cpp /infill bytes out: the whole JSON answer, or
+    each SSE event of a stream."""
+
+    def __init__(self, model: str, stream: bool) -> None:
+        self.model, self.stream = model, stream
+        self.content_type = b"text/event-stream" if stream else b"application/json"
+        self.buf = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.buf += chunk
+        if not self.stream:
+            return b""
+        *events, self.buf = self.buf.split(b"\n\n")
+        out = []
+        for ev in events:
+            data = ev.strip().removeprefix(b"data:").strip()
+            if not data or data == b"[DONE]":
+                continue
+            try:
+                msg = json.loads(data)
+            except ValueError:
+                continue
+            out.append(b"data: " + json.dumps(fim.infill_answer(msg, self.model)).encode()
+                       + b"\n\n")
+        return b"".join(out)
+
+    def close(self) -> bytes:
+        if self.stream:
+            return self.feed(b"\n\n")
+        try:
+            return json.dumps(fim.infill_answer(json.loads(self.buf), self.model)).encode()
+        except ValueError:
+            return self.buf
 
 
 async def _send_json(send: Send, status: int, obj: Any,
@@ -416,7 +489,7 @@ class _Exchange:
 
     async def run(self, base: str, path: bytes, body: bytes,
                   headers: list[tuple[bytes, bytes]], id_header: list[tuple[bytes, bytes]],
-                  send: Send) -> None:
+                  send: Send, answer: Any = None) -> None:
         p, name = self.proxy, self.backend.model.name
         m = p.metrics
         try:
@@ -434,6 +507,8 @@ class _Exchange:
                 503, f"model '{name}' is not reachable ({e})", code="model_unavailable"),
                 [(b"retry-after", b"5"), *id_header])
             return
+        if answer is not None and resp.status == 200:
+            return await self._translate(resp, answer, id_header, send)
         try:
             self.status = resp.status
             headers_out = [(k.lower(), v) for k, v in resp.headers
@@ -461,6 +536,28 @@ class _Exchange:
             m.child("upstream_errors", name, "midstream").inc()
         finally:
             resp.close()  # kept alive when read whole; cut otherwise, so vLLM aborts
+
+    async def _translate(self, resp: Any, answer: Any, id_header: list[tuple[bytes, bytes]],
+                         send: Send) -> None:
+        """An answer in another API's shape (llama.cpp's /infill), event by event."""
+        self.status = 200
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", answer.content_type), *id_header]})
+            tail = b""
+            while chunk := await resp.read():
+                if self.ttfb is None:
+                    self.ttfb = time.perf_counter() - self.t0
+                tail = (tail + chunk)[-4096:]
+                if out := answer.feed(chunk):
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            await send({"type": "http.response.body", "body": answer.close()})
+            self.tokens = _usage(tail)
+        except UpstreamError:
+            self.proxy.metrics.child("upstream_errors", self.backend.model.name,
+                                     "midstream").inc()
+        finally:
+            resp.close()
 
     def finish(self) -> None:
         m, name = self.proxy.metrics, self.backend.model.name

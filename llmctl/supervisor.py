@@ -71,8 +71,9 @@ class Backend:
 
     def __init__(self, model: ModelConfig, *, policy: Policy | None = None,
                  on_change: Callable[[], None] = lambda: None, clock: Clock | None = None,
-                 http: httpx.AsyncClient | None = None) -> None:
+                 http: httpx.AsyncClient | None = None, fim: str | None = None) -> None:
         self.model = model
+        self.fim = fim  # the fill-in-the-middle template family the proxy renders, or None
         self.policy = policy or Policy()
         self.on_change = on_change
         self.clock = clock or Clock()
@@ -116,7 +117,7 @@ class Backend:
     def snapshot(self) -> dict[str, Any]:
         return {"name": self.model.name, "aliases": list(self.model.names[1:]),
                 "state": str(self.state), "managed": self.model.managed, "url": self.url,
-                "source": self.model.source or None,
+                "source": self.model.source or None, "fim": self.fim,
                 "port": None, "pid": None, "pgid": None, "started_at": None,
                 "ready_at": self.ready_at, "restarts": 0, "last_exit": None,
                 "reason": self.reason, "log": None, "planned_bytes": 0,

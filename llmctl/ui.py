@@ -90,7 +90,7 @@ def status_table(st: dict[str, Any]) -> None:
     if st["backends"]:
         t = Table(box=None, pad_edge=False)
         for col in ("MODEL", "NAME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "MEMORY",
-                    "PLANNED", "KV TOKENS", "VLLM KV", "IN FLIGHT"):
+                    "PLANNED", "KV TOKENS", "VLLM KV", "IN FLIGHT", "FIM"):
             t.add_column(col)
         for key, b in st["backends"].items():
             color = STATE_COLORS.get(b["state"], "")
@@ -105,7 +105,7 @@ def status_table(st: dict[str, Any]) -> None:
                       _kv_cell(b.get("kv_tokens_planned"), b.get("kv_tokens_reported"),
                                kv_difference(b.get("kv_tokens_planned"),
                                              b.get("kv_tokens_reported"))),
-                      str(b.get("in_flight", 0)))
+                      str(b.get("in_flight", 0)), b.get("fim") or "-")
         out.print(t)
         for key, b in st["backends"].items():
             diff = kv_difference(b.get("kv_tokens_planned"), b.get("kv_tokens_reported"))

@@ -68,6 +68,7 @@ source = "HuggingFaceTB/SmolLM2-135M-Instruct"
 port = {self.coder_port}
 max_model_len = 2048
 max_num_seqs = 16
+fim = "starcoder"                 # set by hand: the demo model has no FIM tokens
 
 [models.general]
 name = "smollm2-general"

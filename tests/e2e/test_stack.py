@@ -96,6 +96,22 @@ def test_bench_against_the_stack_writes_a_result_vllms_reader_reads(stack, tmp_p
     assert "direct" in cmp.stdout and "proxy − direct: TTFT p50" in cmp.stdout
 
 
+def test_fim_that_vllm_refuses_is_answered_through_the_proxy(stack):
+    """Issue 12: `suffix` on /v1/completions: vLLM itself says 400; the proxy renders the
+    configured template and vLLM answers."""
+    body = {"model": "smollm2-coder", "prompt": "def add(a, b):\n    ", "suffix": "\n\nprint(add(1, 2))\n",
+            "max_tokens": 12, "temperature": 0}
+    direct = httpx.post(f"http://127.0.0.1:{stack.coder_port}/v1/completions", json=body,
+                        timeout=60)
+    assert direct.status_code == 400 and "suffix" in direct.text
+    r = httpx.post(f"{stack.url}/v1/completions", json=body, timeout=120,
+                   headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"].strip()
+    s = stack.status()
+    assert s["backends"]["coder"]["fim"] == "starcoder" and s["backends"]["general"]["fim"] is None
+
+
 def test_streamed_chat_through_the_proxy_with_the_key(stack):
     body = {"model": "smollm2-coder", "stream": True, "max_tokens": 48,
             "messages": [{"role": "user", "content": QUESTION}]}

@@ -84,6 +84,7 @@ class FakeBackend:
     """What the proxy needs of a backend (supervisor.Backend has the same shape)."""
 
     model: config.ModelConfig
+    fim: str | None = None
     state: str = "RUNNING"
     in_flight: int = 0
     reason: str | None = None

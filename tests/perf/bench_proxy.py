@@ -40,7 +40,7 @@ from llmctl.daemon import serve_proxy_forever
 port, upstream = int(sys.argv[1]), sys.argv[2]
 m = config.ModelConfig(key="bench", name="bench", url=upstream)
 class B:
-    model, state, in_flight, reason = m, "RUNNING", 0, None
+    model, state, in_flight, reason, fim = m, "RUNNING", 0, None, "starcoder"
 serve_proxy_forever([B()], config.ProxyConfig(port=port, api_keys=({KEY!r},),
                                               max_queue_per_model=100000))
 """
@@ -68,11 +68,20 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-async def one(session, url, stream: bool) -> float:
-    """Seconds to the full answer (non-streaming) or to the first chunk (streaming)."""
+FIM_BODY = {"model": "bench", "prompt": "def add(a, b):\n    ", "max_tokens": 16}
+
+
+async def one(session, url, stream: bool, fim: bool | None = None) -> float:
+    """Seconds to the full answer (non-streaming) or to the first chunk (streaming);
+    `fim` sends a /v1/completions body, with a suffix (True) or without (False)."""
     body = dict(BODY, stream=stream)
+    route = "/v1/chat/completions"
+    if fim is not None:
+        body, route = dict(FIM_BODY, stream=stream), "/v1/completions"
+        if fim:
+            body["suffix"] = "\n\nprint(add(1, 2))\n"
     t0 = time.perf_counter()
-    async with session.post(url + "/v1/chat/completions", json=body) as r:
+    async with session.post(url + route, json=body) as r:
         r.raise_for_status()  # a 401 or 503 is fast, and would look like a fast proxy
         if stream:
             await r.content.readany()
@@ -83,13 +92,14 @@ async def one(session, url, stream: bool) -> float:
         return time.perf_counter() - t0
 
 
-async def latency(session, urls: dict[str, str], n: int, stream: bool) -> dict[str, list[float]]:
+async def latency(session, urls: dict[str, str], n: int, stream: bool,
+                  fim: dict[str, bool] | None = None) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {k: [] for k in urls}
     block = 50  # interleave in blocks, so drift in machine load hits both sides alike
     for _ in range(max(1, n // block)):
         for k, u in urls.items():
             for _ in range(block):
-                out[k].append(await one(session, u, stream))
+                out[k].append(await one(session, u, stream, (fim or {}).get(k)))
     return out
 
 
@@ -140,6 +150,15 @@ async def run(args) -> dict:
                 r = res[name]
                 r["added_p50_ms"] = r["proxy_p50_ms"] - r["direct_p50_ms"]
                 r["added_p99_ms"] = r["proxy_p99_ms"] - r["direct_p99_ms"]
+            # FIM: the same completion through the proxy, with a suffix (rendered by the
+            # proxy's template) and without; both paths forward one /v1/completions.
+            fim_urls = {"plain": urls["proxy"], "fim": urls["proxy"]}
+            lat = await latency(s, fim_urls, args.requests, False, {"plain": False, "fim": True})
+            res["fim"] = {"plain_p50_ms": statistics.median(lat["plain"]) * 1e3,
+                          "fim_p50_ms": statistics.median(lat["fim"]) * 1e3,
+                          "plain_p99_ms": pct(lat["plain"], 99) * 1e3,
+                          "fim_p99_ms": pct(lat["fim"], 99) * 1e3}
+            res["fim"]["added_p50_ms"] = res["fim"]["fim_p50_ms"] - res["fim"]["plain_p50_ms"]
             # Pairs of (direct, proxy) runs back to back; the median pair ratio is robust to
             # the other processes on a 2-core machine stealing a core now and then.
             pairs = []
@@ -180,6 +199,10 @@ def main() -> None:
         print(f"{name:>14}: direct p50 {r['direct_p50_ms']:.3f} ms p99 {r['direct_p99_ms']:.3f} ms | "
               f"proxy p50 {r['proxy_p50_ms']:.3f} ms p99 {r['proxy_p99_ms']:.3f} ms | "
               f"added p50 {r['added_p50_ms']:.3f} ms p99 {r['added_p99_ms']:.3f} ms")
+    f = res["fim"]
+    print(f"{'fim':>14}: plain completion p50 {f['plain_p50_ms']:.3f} ms p99 "
+          f"{f['plain_p99_ms']:.3f} ms | with suffix p50 {f['fim_p50_ms']:.3f} ms p99 "
+          f"{f['fim_p99_ms']:.3f} ms | added p50 {f['added_p50_ms']:.3f} ms")
     t = res["throughput"]
     print(f"    throughput: c={t['concurrency']} × {t['chunks_per_response']} chunks: "
           f"direct {t['direct_chunks_per_s']:.0f}/s, proxy {t['proxy_chunks_per_s']:.0f}/s "

@@ -19,6 +19,7 @@ def test_benchmark_runs_and_reports_every_figure():
         assert res[name]["proxy_p50_ms"] > 0
     t = res["throughput"]
     assert t["direct_chunks_per_s"] > 0 and t["proxy_chunks_per_s"] > 0
+    assert res["fim"]["fim_p50_ms"] > 0 and res["fim"]["plain_p50_ms"] > 0
 
 
 def test_cli_benchmark_runs_and_reports_every_figure():
