@@ -98,6 +98,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "float": ((int, float), "a number"),
     "tuple[str, ...]": ((list,), "a list of strings"),
     "str | float": ((str, int, float), "a string or a number"),
+    "bool": ((bool,), "true or false"),
 }
 PORT = (1, 65535)
 
@@ -126,6 +127,7 @@ class ProxyConfig:
                                         "`LLMCTL_API_KEY` adds one; empty: no auth (a warning "
                                         "is logged)")
     cors_origins: tuple[str, ...] = setting((), "origins a browser page may call the API from")
+    web: bool = setting(True, "serve the web page (chat and live status) at /")
     max_body_bytes: int = setting(10_000_000, "larger request bodies get 413", ge=1)
     max_queue_per_model: int = setting(100, "requests in flight per model before 429 + "
                                        "Retry-After", ge=1)
@@ -318,7 +320,7 @@ class _Reader:
     def value(self, section: str, f: dataclasses.Field[Any], value: Any) -> Any:
         name, types, meta = f"{section}.{f.name}", _TYPES[str(f.type)][0], f.metadata
         # bool is an int in Python; a TOML `true` is never a valid number here.
-        if isinstance(value, bool) or not isinstance(value, types) or (
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types) or (
                 isinstance(value, list) and not all(isinstance(v, str) for v in value)):
             # A ranged key's `what` names the range ("a port number 1-65535"), not the type.
             what = _TYPES[str(f.type)][1] if meta["span"] else describe(f)

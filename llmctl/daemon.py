@@ -1,6 +1,7 @@
 """The daemon: one event loop running the supervisor and the proxy; signals; drain.
 
-May import: config, engine, errors, fim, gpu, hub, procs, proxy, state, supervisor, survey.
+May import: config, engine, errors, fim, gpu, hub, procs, proxy, stack, state, supervisor,
+survey.
 Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached;
 it logs to logs/daemon.log, rotated, and anything printed lands in logs/daemon.out)
 or in the foreground by `llmctl up --foreground` (logs on stderr).
@@ -115,7 +116,9 @@ class Daemon:
             log.error(self.error)
             return EXIT_FAILED
         self.report()
-        proxy = Proxy(self.backends, self.cfg.proxy)
+        from .stack import status_report
+
+        proxy = Proxy(self.backends, self.cfg.proxy, status=status_report)
         server = uvicorn.Server(uvicorn_config(proxy, host, port, self.cfg.proxy.drain_seconds))
         supervisor = Supervisor(self.backends)
 

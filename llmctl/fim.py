@@ -39,18 +39,16 @@ class Template:
 
 TEMPLATES: dict[str, Template] = {t.family: t for t in (
     Template("deepseek", "<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>",
-             ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<|EOT|>",
-              "<｜end▁of▁sentence｜>"),
+             ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<|EOT|>"),
              ("<｜fim▁hole｜>",)),
     Template("starcoder", "<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>",
-             ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|endoftext|>", "<file_sep>"),
+             ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>"),
              ("<fim_prefix>",), file_sep="<file_sep>"),
     Template("qwen", "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
-             ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>",
-              "<|endoftext|>", "<|repo_name|>", "<|file_sep|>", "<|im_end|>"),
+             ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_sep|>"),
              ("<|fim_prefix|>",), file_sep="<|file_sep|>"),
     Template("codellama", "<PRE> {prefix} <SUF>{suffix} <MID>",
-             ("<PRE>", "<SUF>", "<MID>", "<EOT>", "</s>"), ("<PRE>", "▁<PRE>")),
+             ("<PRE>", "<SUF>", "<MID>", "<EOT>"), ("<PRE>", "▁<PRE>")),
     Template("codestral", "[SUFFIX]{suffix}[PREFIX]{prefix}",
              ("[PREFIX]", "[SUFFIX]", "[MIDDLE]", "</s>"), ("[SUFFIX]",)),
 )}
@@ -66,6 +64,12 @@ def detect(special_tokens: set[str]) -> str | None:
     return None
 
 
+# OpenAI's limit on `stop`, which vLLM enforces ("List should have at most 4 items"). The
+# family's end-of-text token is its EOS, which ends generation anyway; the stops kept are
+# the FIM markers a model emits when it runs past the middle, most telling first.
+MAX_STOP = 4
+
+
 class FimError(ValueError):
     """A FIM request that cannot be rendered (the message says why, for a 400)."""
 
@@ -79,7 +83,7 @@ def _merge_stop(client: Any, ours: tuple[str, ...]) -> list[str]:
         own = list(client)
     else:
         raise FimError("'stop' must be a string or a list of strings")
-    return own + [s for s in ours if s not in own]
+    return (own + [s for s in ours if s not in own])[:max(MAX_STOP, len(own))]
 
 
 def completion(data: dict[str, Any], family: str) -> dict[str, Any]:

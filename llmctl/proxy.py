@@ -186,7 +186,8 @@ class Proxy:
     """The ASGI app: `POST /v1/*` on a bare fast path, the rest through FastAPI; CORS
     around both when origins are configured."""
 
-    def __init__(self, backends: Iterable[Routable], cfg: ProxyConfig) -> None:
+    def __init__(self, backends: Iterable[Routable], cfg: ProxyConfig,
+                 status: Any = None) -> None:
         self.backends = list(backends)
         self.cfg = cfg
         self.by_name: dict[str, Routable] = {}
@@ -195,6 +196,9 @@ class Proxy:
                 self.by_name.setdefault(n, b)
         self.keys = [k.encode() for k in cfg.api_keys]
         self.metrics = Metrics()
+        self.status = status  # () -> the data of `llmctl status --json`, for /api/status
+        # Totals for the page's charts (requests/s, tokens/s): two integers, no lock needed.
+        self.counters = {"requests": 0, "tokens": 0}
         self._pool: Pool | None = None
         api: Any = self._api_app()
         forward: Any = self.forward
@@ -287,6 +291,16 @@ class Proxy:
                 return refusal
             return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+        @api.get("/api/status")
+        async def api_status(request: Request) -> JSONResponse:
+            if refusal := denied(request):
+                return refusal
+            data = await asyncio.to_thread(self.status) if self.status else {"backends": {}}
+            return JSONResponse({**data, "proxy_counters": dict(self.counters)})
+
+        if self.cfg.web:
+            self._web_routes(api)
+
         @api.get("/v1/models")
         async def models(request: Request) -> JSONResponse:
             if refusal := denied(request):
@@ -298,6 +312,32 @@ class Proxy:
                 for b in self.backends]})
 
         return api
+
+    def _web_routes(self, api: Any) -> None:
+        """The page: three files from the package's web/ folder, named here one by one, so
+        no path from a request ever reaches the filesystem."""
+        from importlib.resources import files
+
+        web = files("llmctl") / "web"
+        pages = {"/": ("index.html", "text/html; charset=utf-8"),
+                 "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+                 "/static/app.css": ("app.css", "text/css; charset=utf-8")}
+        body = {route: (web / name).read_bytes() for route, (name, _) in pages.items()}
+        headers = {
+            "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                       "connect-src 'self'; img-src 'self' blob: data:; "
+                                       "base-uri 'none'; form-action 'none'; "
+                                       "frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+            "X-Frame-Options": "DENY", "Cache-Control": "no-cache"}
+
+        def serve(route: str) -> Any:
+            async def page() -> Response:
+                return Response(body[route], media_type=pages[route][1], headers=headers)
+            return page
+
+        for route in pages:
+            api.add_api_route(route, serve(route), methods=["GET"], include_in_schema=False)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.cfg.max_body_bytes
@@ -563,6 +603,10 @@ class _Exchange:
         m, name = self.proxy.metrics, self.backend.model.name
         dt = time.perf_counter() - self.t0
         m.child("requests", name, str(self.status)).inc()
+        counters = self.proxy.counters
+        counters["requests"] += 1
+        if self.tokens:
+            counters["tokens"] += self.tokens[1]
         m.child("latency", name).observe(dt)
         prompt, completion = self.tokens or ("-", "-")
         log.info("id=%s key=%s model=%s status=%s ttfb_ms=%s ms=%.1f prompt_tokens=%s "

@@ -52,7 +52,8 @@ class Status:
 
             gpu_mem = process_memory([p for pids in groups.values() for p in pids])
         for key, b in (s.get("backends") or {}).items():
-            alive = bool(groups[key])
+            # A `url` model has no process here: it is up while its daemon checks it.
+            alive = bool(groups[key]) if b.get("managed", True) else self.running
             backends[key] = {
                 **b,
                 "alive": alive,

