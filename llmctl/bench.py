@@ -437,6 +437,7 @@ async def run(target: Target, requests: list[Request], *, max_concurrency: int |
             tasks.add(t)
             t.add_done_callback(tasks.discard)
             on_progress(live)
+            await asyncio.sleep(0)  # let answers (and Ctrl-C) in between sends
         halt = asyncio.ensure_future(stop.wait())
         while tasks and not stop.is_set():
             await asyncio.wait({*tasks, halt}, return_when=asyncio.FIRST_COMPLETED)
@@ -483,6 +484,25 @@ class Spec:
     sweep: tuple[float, ...] = ()  # concurrencies, or rates when sweep_rates
     sweep_rates: bool = False
     direct: Target | None = None  # --compare-direct: the same load straight to the backend
+    tokenizer: Any = None  # counts output tokens when the server reports no usage
+
+    def __post_init__(self) -> None:
+        """Options that cannot make a load: one line each, before anything is sent."""
+        rates = self.sweep if self.sweep_rates else (self.rate,)
+        if any(not r > 0 for r in rates):
+            raise UsageError("a request rate must be above 0 (inf sends all at once)")
+        if not self.burstiness > 0:
+            raise UsageError("--burstiness must be above 0 (1 is Poisson)")
+        if not self.percentiles or any(not 0 <= p <= 100 for p in self.percentiles):
+            raise UsageError("--percentiles takes numbers from 0 to 100, like 50,90,99")
+        if not self.sweep_rates and any(c < 1 for c in self.sweep):
+            raise UsageError("--sweep concurrencies must be at least 1")
+        unbounded = math.isinf(self.rate) and not self.max_concurrency and not (
+            self.sweep and not self.sweep_rates)
+        if self.duration is not None and unbounded:
+            raise UsageError("--duration with no --max-concurrency and no --request-rate "
+                             "would send requests without bound",
+                             "add --max-concurrency 64 (or --request-rate N)")
 
 
 @dataclass
@@ -521,11 +541,15 @@ async def execute(spec: Spec, stop: asyncio.Event,
     else:
         plan = [("", spec.target, {})]
     runs: list[Run] = []
-    for label, target, override in plan:
+    for n, (label, target, override) in enumerate(plan):
+        # Each run of a sweep or a comparison asks its own prompts: the same prompts again
+        # would find vLLM's prefix cache warm and flatter the later runs.
+        requests = spec.requests if n == 0 else [
+            Request(f"[{label}] {r.prompt}", r.prompt_len, r.output_len) for r in spec.requests]
         kw: dict[str, Any] = {"max_concurrency": spec.max_concurrency, "rate": spec.rate,
                               "burstiness": spec.burstiness, "seed": spec.seed,
                               "duration": spec.duration, **override}
-        outcomes, seconds = await run(target, spec.requests, stop=stop,
+        outcomes, seconds = await run(target, requests, stop=stop, tokenizer=spec.tokenizer,
                                       on_progress=lambda live, lb=label: on_progress(lb, live),
                                       **kw)
         result = metrics(outcomes, seconds, spec.percentiles, spec.goodput or None)

@@ -121,9 +121,11 @@ class Session:
             except KeyboardInterrupt:
                 # Leaving the stream closed the request: the server stops generating.
                 reply.interrupted = True
-            except ApiError as e:
-                view.end(interrupted=bool(reply.text))
-                if e.status == 503 and e.code == "model_not_ready" and not reply.text:
+            except BaseException as e:  # an ApiError, or anything unforeseen
+                view.end(interrupted=bool(reply.text))  # the terminal is given back, always
+                waiting = isinstance(e, ApiError) and e.status == 503 and \
+                    e.code == "model_not_ready" and not reply.text
+                if waiting:
                     view.waiting(f"{self.model} is starting; waiting (Ctrl-C stops waiting)")
                     try:
                         self.sleep(WAIT_STEP)

@@ -523,6 +523,8 @@ def bench(
             sweep_values = tuple(float(x) for x in sweep.removeprefix("rate=").split(","))
         except ValueError:
             raise UsageError(f"--sweep {sweep!r}: 1,4,16,64 or rate=1,2,4") from None
+    b.Spec(b.Target("", ""), [], max_concurrency, request_rate, burstiness, seed, duration,
+           pcts, {}, sweep_values, sweep_rates)  # options checked before anything is asked
     target, direct, tok_folder = _bench_targets(url, api_key, model, endpoint, ignore_eos,
                                                 tokenizer, compare_direct, path)
     b.check(target)
@@ -536,7 +538,7 @@ def bench(
     else:
         raise UsageError(f"--dataset {dataset!r}: random or sharegpt")
     spec = b.Spec(target, requests, max_concurrency, request_rate, burstiness, seed, duration,
-                  pcts, b.parse_goodput(goodput or []), sweep_values, sweep_rates, direct)
+                  pcts, b.parse_goodput(goodput or []), sweep_values, sweep_rates, direct, tok)
 
     async def go() -> list[b.Run]:
         stop = asyncio.Event()

@@ -29,7 +29,7 @@ class Client:
         code = None
         try:
             err = r.json()["error"]
-            msg, code = err["message"], err.get("code")
+            msg, code = (err["message"], err.get("code")) if isinstance(err, dict) else (err, None)
         except Exception:
             msg = r.text[:200] or r.reason_phrase
         hint = None
@@ -83,8 +83,9 @@ class Client:
                     except ValueError:
                         continue
                     if "error" in event:
-                        raise ApiError(f"the model failed mid-answer: "
-                                       f"{event['error'].get('message', event['error'])}")
+                        err = event["error"]
+                        msg = err.get("message", err) if isinstance(err, dict) else err
+                        raise ApiError(f"the model failed mid-answer: {msg}")
                     for choice in event.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content")
                         if text:

@@ -83,6 +83,7 @@ class Daemon:
         self.digest = cfgmod.digest(cfg)
         self.toml = cfgmod.to_toml(cfg)  # masked: what `up` shows when the config changed
         self._recorded: dict[str, float] = {}
+        self.boot_id = procs.boot_id()
 
     def changed(self) -> None:
         """A backend changed state: remember new start times, then report."""
@@ -96,6 +97,7 @@ class Daemon:
     def report(self) -> None:
         state.write_stack({
             "pid": os.getpid(), "started_at": self.started_at, "device": self.device,
+            "boot_id": self.boot_id,
             "proxy_url": self.cfg.proxy_url,
             "config_path": str(self.cfg.path) if self.cfg.path else None,
             "log": str(cfgmod.logs_dir() / "daemon.log"), "error": self.error,

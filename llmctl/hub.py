@@ -349,6 +349,8 @@ def _transfer(repo: str, url: str, part: Path, f: store.FileRecord, progress: Pr
     from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
     fetched = 0
+    if f.size == 0:
+        part.touch()  # an empty file: nothing to fetch
     digest = hashlib.sha256()  # of what is written, so the file is not read again to check it
     hashed = 0
     auth = build_hf_headers()  # HF_TOKEN or the stored token; dropped on redirects elsewhere
@@ -358,7 +360,8 @@ def _transfer(repo: str, url: str, part: Path, f: store.FileRecord, progress: Pr
             have = part.stat().st_size if part.exists() else 0
             if have > f.size:
                 have = 0
-            progress.file(f.name, f.size, have)
+            if attempt == 1:  # a retry's bytes were counted as they came
+                progress.file(f.name, f.size, have)
             headers = {**auth, "Range": f"bytes={have}-"} if 0 < have < f.size else auth
             try:
                 if have == f.size:
@@ -549,12 +552,13 @@ def remote_facts(source: str) -> tuple[ModelFacts | None, str]:
     (None, why) when the hub is unreachable or the repo cannot be read."""
     if not hub_reachable():
         return None, "the model hub is not reachable, so its size and shape are unknown"
+    repo, revision = split_ref(source)
     try:
         from huggingface_hub import get_safetensors_metadata, hf_hub_download
 
-        cfg = json.loads(Path(hf_hub_download(source, "config.json",
+        cfg = json.loads(Path(hf_hub_download(repo, "config.json", revision=revision,
                                               cache_dir=_hub_cache())).read_text())
-        meta = get_safetensors_metadata(source)
+        meta = get_safetensors_metadata(repo, revision=revision)
         weights = sum(int(t.data_offsets[1]) - int(t.data_offsets[0])
                       for f in meta.files_metadata.values() for t in f.tensors.values())
     except Exception as e:  # RepositoryNotFoundError, GatedRepoError, HTTP errors …

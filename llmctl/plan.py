@@ -170,6 +170,12 @@ def _plan_cpu(models: list[ModelConfig], r: Readings,
     fixed = sum(CPU_SERVER_OVERHEAD + (facts[m.key].weight_bytes if facts.get(m.key) else 0)
                 for m in models)
     share = max(budget - fixed, 0) // n
+    if fixed + n * GIB > r.ram_total_bytes - CPU_RESERVE:
+        raise PlanError(
+            f"the models cannot fit in RAM: {n} server(s) need {_gib(fixed + n * GIB)} "
+            f"(weights, ~2 GiB per server, 1 GiB of KV cache each) and the machine has "
+            f"{_gib(r.ram_total_bytes)}, {_gib(CPU_RESERVE)} of which is left to the system",
+            "serve fewer or smaller models here, or a model from another machine (`url =`)")
     out = {}
     for i, m in enumerate(models):
         why = []
@@ -195,9 +201,17 @@ def _plan_cpu(models: list[ModelConfig], r: Readings,
                     f"kv: {m.max_num_seqs} seqs × {m.max_model_len} tokens × "
                     f"{f.kv_bytes_per_token()} B = {need / GIB:.2f} GiB → {kv} GiB "
                     f"(share of free RAM {cap} GiB)")
+        if budget - fixed < n * GIB:
+            why.append(f"kv: free RAM is short ({_gib(max(budget, 0))} free after the reserve, "
+                       f"{_gib(fixed + n * GIB)} wanted): the minimum, 1 GiB, may not fit")
         weights = f.weight_bytes if f else 0
         per_token = f.kv_bytes_per_token() if f else None
         tokens = _tokens(kv * GIB, per_token) if per_token else None
+        if tokens is not None and tokens < m.max_model_len:
+            raise PlanError(
+                f"{m.key}: a {kv} GiB KV cache holds {tokens:,} tokens, less than one "
+                f"{m.max_model_len}-token sequence", f"lower max_model_len to {tokens}, or "
+                "raise `memory` (a fraction of the RAM)")
         if tokens is not None:
             why.append(f"kv tokens: {kv} GiB ÷ {per_token} B = {tokens:,} "
                        f"({tokens / m.max_model_len:.2f} × {m.max_model_len} tokens)")
@@ -376,9 +390,14 @@ def _does_not_fit(m: ModelConfig, f: ModelFacts, cards: list[_Card]) -> PlanErro
 def _share(card: _Card, keys: list[str], placed: dict[str, tuple[list[_Card], _Need]],
            out: dict[str, BackendPlan]) -> None:
     """Budgets for the models whose first card this is: fixed fractions as set, the KV
-    pool shared by the others in proportion to their KV demand, each capped at it."""
-    total = card.gpu.total_bytes
-    usable = card.gpu.free_bytes - _headroom(card.gpu) - CUDA_CONTEXT * len(card.models)
+    pool shared by the others in proportion to their KV demand, each capped at it.
+
+    A tensor-parallel model has its cards to itself, and vLLM applies one
+    --gpu-memory-utilization to each of them: its budget is sized by the smallest."""
+    group = placed[keys[0]][0] if keys else [card]
+    total = min(c.gpu.total_bytes for c in group)
+    usable = min(c.gpu.free_bytes - _headroom(c.gpu) for c in group) \
+        - CUDA_CONTEXT * len(card.models)
     needs = {k: placed[k][1] for k in card.models}
     fixed_budget = {k: int(n.model.memory * total) for k, n in needs.items()
                     if isinstance(n.model.memory, float)}
@@ -438,6 +457,10 @@ def _plan_gpu_blind(models: list[ModelConfig], r: Readings, facts: dict[str, Mod
     fixed = {m.key: m.memory for m in models if isinstance(m.memory, float)}
     auto = [m for m in models if m.key not in fixed]
     even = max(usable - sum(fixed.values()), 0) / (len(auto) or 1)
+    if auto and even < 0.01:
+        raise PlanError(f"GPU {g.index} has {_gib(g.free_bytes)} free of {_gib(total)}: "
+                        "nothing left to share between the models",
+                        "free the card (`nvidia-smi` shows who holds it), or set `memory`")
     out = {}
     for m in models:
         util = fixed.get(m.key) or math.floor(even * 1000) / 1000

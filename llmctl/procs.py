@@ -15,15 +15,36 @@ import socket
 import time
 
 _PR_SET_PDEATHSIG = 1
+try:  # looked up here, in the parent: loading a library between fork and exec can deadlock
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except OSError:
+    _prctl = None
 
 
 def die_with_parent() -> None:
     """In a child, before exec: get SIGTERM when the parent dies (even by SIGKILL)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def boot_id() -> str:
+    """This boot's id: pids recorded under another boot name other processes now."""
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
     except OSError:
-        pass
+        return ""
+
+
+def start_ticks(pid: int | None) -> int | None:
+    """When a process started (clock ticks since boot): with its pid, who it is."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -65,10 +86,10 @@ def signal_group(pgid: int, sig: int) -> bool:
     try:
         os.killpg(pgid, sig)
         return True
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone, or another user's: not ours
         return False
     except OSError as e:
-        if e.errno == errno.ESRCH:
+        if e.errno in (errno.ESRCH, errno.EPERM):
             return False
         raise
 

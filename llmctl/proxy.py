@@ -382,12 +382,14 @@ class Proxy:
                            "model_not_found", param="model")
         if b.state != State.RUNNING:
             why = f": {b.reason}" if b.reason else ""
+            if b.state == State.FATAL:  # it will not come back by itself: no Retry-After
+                raise _Refused(503, f"model '{b.model.name}' has failed{why}", "model_failed")
             raise _Refused(503, f"model '{b.model.name}' is {b.state.lower()}{why}",
                            "model_not_ready", headers=[(b"retry-after", b"10")])
         if b.in_flight >= self.cfg.max_queue_per_model:
             raise _Refused(429, f"model '{b.model.name}' has {b.in_flight} requests queued; "
                            "try again shortly", "queue_full", headers=[(b"retry-after", b"1")])
-        if path == "/infill" or (path == "/v1/completions" and "suffix" in data):
+        if path == "/infill" or (path == "/v1/completions" and data.get("suffix") is not None):
             return self._fim(b, data, path)
         if model != b.model.name:  # an alias: the backend knows only the served name
             data["model"] = b.model.name

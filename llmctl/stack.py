@@ -44,7 +44,7 @@ class Status:
         s = self.stack or {}
         backends = {}
         now = time.time()
-        groups = {key: procs.group_pids(b["pgid"]) if b.get("pgid") else []
+        groups = {key: procs.group_pids(b["pgid"]) if ours(s, b) else []
                   for key, b in (s.get("backends") or {}).items()}
         gpu_mem: dict[int, int] = {}
         if s.get("device") == "cuda":  # NVML only where there is a GPU: status stays fast
@@ -77,15 +77,26 @@ class Status:
         }
 
 
+def ours(stack: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether the group a report names is still the one the daemon started: same boot,
+    and its leader (when alive) the same process. After a reboot or a pid wrap the number
+    may name someone else's processes, which llmctl must never signal."""
+    if not b.get("pgid"):
+        return False
+    if stack.get("boot_id") and stack["boot_id"] != procs.boot_id():
+        return False
+    now = procs.start_ticks(b["pgid"])
+    return now is None or b.get("pgid_start") in (None, now)
+
+
 def read_status() -> Status:
     running = state.daemon_alive()
     stack = state.read_stack()
     leftovers = []
     if not running and stack:
         for b in (stack.get("backends") or {}).values():
-            pgid = b.get("pgid")
-            if pgid and procs.group_pids(pgid):
-                leftovers.append(pgid)
+            if ours(stack, b) and procs.group_pids(b["pgid"]):
+                leftovers.append(b["pgid"])
     return Status(running, stack, leftovers)
 
 
@@ -189,7 +200,7 @@ def down(timeout: float = 60.0) -> list[str]:
     stack = st.stack or {}
     # Every process of every group, taken now: on a GPU the EngineCore/Worker children
     # hold the memory, and they are gone from their groups once stopped.
-    members = {p for b in (stack.get("backends") or {}).values() if b.get("pgid")
+    members = {p for b in (stack.get("backends") or {}).values() if ours(stack, b)
                for p in procs.group_pids(b["pgid"])}
     if st.running:
         pid = stack.get("pid") or state.lock_pid()
@@ -199,7 +210,7 @@ def down(timeout: float = 60.0) -> list[str]:
     # Whatever the daemon did or did not do, no group of ours outlives `down`.
     for key, b in (stack.get("backends") or {}).items():
         pgid = b.get("pgid")
-        if pgid and procs.group_pids(pgid):
+        if ours(stack, b) and procs.group_pids(pgid):
             procs.stop_group(pgid, grace=5.0)
             done.append(f"stopped leftover processes of {key} (group {pgid})")
     ports = [b.get("port") for b in (stack.get("backends") or {}).values() if b.get("port")]

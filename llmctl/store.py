@@ -93,8 +93,9 @@ def complete(repo: str, revision: str = "main") -> Path | None:
     rec = records().get(repo)
     if rec is None:
         return cached_snapshot(repo, revision)
-    if rec.get("status") != "complete":
-        return None
+    if rec.get("status") != "complete" or revision not in (rec.get("revision"),
+                                                           rec.get("commit")):
+        return None  # interrupted, or another revision than the one asked for
     path = Path(rec["path"])
     for name, f in rec["files"].items():
         p = path / name

@@ -194,6 +194,7 @@ class ManagedBackend(Backend):
         self.expected_start_s = expected_start_s  # how long the previous start took
         self._popen, self._procs = popen, procs
         self.proc: Any = None
+        self.pgid_start: int | None = None  # the leader's start time: whose group this is
         self.started_at: float | None = None  # wall time of the current process's start
         self.restarts = 0
         self.last_exit: str | None = None
@@ -209,6 +210,7 @@ class ManagedBackend(Backend):
     def snapshot(self) -> dict[str, Any]:
         return {**super().snapshot(), "port": self.model.port,
                 "pid": self.pid, "pgid": self.pid,  # start_new_session: the pid leads its group
+                "pgid_start": self.pgid_start,
                 "started_at": self.started_at, "restarts": self.restarts,
                 "last_exit": self.last_exit, "log": str(self.log_path),
                 "planned_bytes": self.planned_bytes,
@@ -342,6 +344,7 @@ class ManagedBackend(Backend):
         finally:
             os.close(w)
         pump.follow(r)
+        self.pgid_start = procs_module.start_ticks(self.proc.pid)
         self.started_at = self.clock.time()
         self.ready_at = None
 

@@ -355,7 +355,11 @@ class ChatView:
             self.live.start()
         for block in done:
             self.live.console.print(self._markdown(block))
-        self.live.update(Text(self.buf))
+        # Only the tail of the block being written: a region taller than the terminal
+        # cannot be redrawn in place, and would pile copies into the scrollback.
+        lines = self.buf.split("\n")
+        room = max(3, out.size.height - 4)
+        self.live.update(Text("\n".join(lines[-room:])))
 
     @staticmethod
     def _markdown(block: str) -> Any:

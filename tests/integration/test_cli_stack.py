@@ -160,7 +160,8 @@ def test_a_failing_backend_fails_up_but_the_other_keeps_serving(tmp_path):
         assert ok.status_code == 200
         down = httpx.post(e.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
                           json={"model": "fake-coder", "prompt": "x"})
-        assert down.status_code == 503 and "fatal" in down.json()["error"]["message"]
+        assert down.status_code == 503 and down.json()["error"]["code"] == "model_failed"
+        assert "has failed" in down.json()["error"]["message"] and "retry-after" not in down.headers
     finally:
         e.run("down")
 

@@ -177,3 +177,23 @@ def test_one_shot_prints_only_the_answer():
 def test_markdown_blocks_end_at_blank_lines_outside_code(stream, done, rest):
     got, left = split_blocks(stream)
     assert got == done and left == rest
+
+
+def test_a_failed_model_is_said_at_once_and_not_waited_for():
+    failed = ApiError("503: model 'm' has failed: out of memory", status=503, code="model_failed")
+    slept = []
+    s = Session(Script([failed]), "m", sleep=slept.append)
+    screen = Screen()
+    repl(s, lines("hi"), screen)
+    assert screen.errors == ["503: model 'm' has failed: out of memory"] and slept == []
+
+
+def test_an_unforeseen_error_still_gives_the_terminal_back():
+    ended = []
+    screen = Screen()
+    screen.end = lambda interrupted: ended.append(interrupted)
+    s = Session(Script(text("half") + [RuntimeError("boom")]), "m")
+    with pytest.raises(RuntimeError):
+        s.ask("hi", screen)
+    assert ended == [True]  # the view was closed (echo back on), the partial answer kept
+    assert s.history[-1] == {"role": "assistant", "content": "half"}

@@ -217,3 +217,21 @@ def test_cpu_fraction_is_of_total_ram_and_assumed_cpu_readings():
 def test_remote_models_are_not_planned():
     cfg = config.parse({"models": {"r": {"name": "r", "url": "http://127.0.0.1:1"}}})
     assert plan(cfg, cpu(), {}).backends == {}
+
+
+def test_tensor_parallel_is_sized_by_the_fullest_of_its_cards():
+    cfg = config.parse({"engine": {"device": "cuda"}, "models": {"coder": {
+        "name": "c", "source": "x/y", "port": 9000, "max_model_len": 4096, "max_num_seqs": 64}}})
+    p = plan(cfg, assumed("16GiB,16GiB:used=3GiB"), {"coder": DEEPSEEK})["coder"]
+    assert p.tensor_parallel == 2
+    # One utilisation for both cards: it must fit the one another process holds 3 GiB of
+    # (13 GiB free, less the 0.5 GiB headroom and the 0.5 GiB CUDA context).
+    assert p.gpu_memory_utilization * 16 * GIB <= 12 * GIB
+
+
+def test_models_that_cannot_fit_in_ram_or_on_a_full_card_are_one_error():
+    big = facts(FIXTURES / "deepseek-coder-33B-instruct-AWQ")
+    with pytest.raises(PlanError, match="cannot fit in RAM"):
+        plan(config.parse({}, device="cpu"), assumed("cpu:8GiB:8"), {"coder": big, "general": big})
+    with pytest.raises(PlanError, match="nothing left to share"):
+        plan(compose(), assumed("24GiB:used=23GiB"), {"coder": None, "general": None})

@@ -37,3 +37,18 @@ def test_metrics_from_another_machine_need_the_key():
     assert asyncio.run(get("127.0.0.1")).status_code == 200
     assert asyncio.run(get("10.1.2.3")).status_code == 401
     assert asyncio.run(get("10.1.2.3", {"Authorization": "Bearer sk-k"})).status_code == 200
+
+
+def test_a_group_is_signalled_only_when_it_is_still_ours():
+    import os
+
+    from llmctl import procs
+    from llmctl.stack import ours
+
+    me = os.getpid()
+    here = {"boot_id": procs.boot_id()}
+    assert ours(here, {"pgid": me, "pgid_start": procs.start_ticks(me)})
+    assert ours(here, {"pgid": 999_999_999, "pgid_start": 5})  # leader gone: its children
+    assert not ours(here, {"pgid": me, "pgid_start": procs.start_ticks(me) + 1})  # reused
+    assert not ours({"boot_id": "another-boot"}, {"pgid": me, "pgid_start": None})
+    assert not ours(here, {"pgid": None})
