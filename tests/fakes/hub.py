@@ -163,6 +163,17 @@ class Hub(BaseHTTPRequestHandler):
         self._file(body=True)
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-file (a killed pull) is expected, not a traceback."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 def main() -> None:
     global SLOW
     ap = argparse.ArgumentParser()
@@ -183,7 +194,7 @@ def main() -> None:
         repo, _, name = where.partition(":")
         DECLARED[(repo, name)] = int(size)
     SLOW = args.slow
-    ThreadingHTTPServer(("127.0.0.1", args.port), Hub).serve_forever()
+    Server(("127.0.0.1", args.port), Hub).serve_forever()
 
 
 if __name__ == "__main__":
