@@ -62,6 +62,15 @@ args = {general_args}
         self.env.pop("LLMCTL_CONFIG", None)
         self.env.pop("LLMCTL_API_KEY", None)
 
+    def url_models(self, models: dict[str, tuple[str, str]], proxy: str = "") -> None:
+        """A config of `url =` models only (key → (name, url)), on a fresh proxy port."""
+        port = free_port()
+        text = f'[proxy]\nport = {port}\napi_keys = ["{KEY}"]\n{proxy}\n'
+        for key, (name, url) in models.items():
+            text += f'[models.{key}]\nname = "{name}"\nurl = "{url}"\n'
+        (self.home / "config.toml").write_text(text)
+        self.url = f"http://127.0.0.1:{port}"
+
     def run(self, *args: str, input: str | None = None, timeout: float = 60):
         return subprocess.run([sys.executable, "-m", "llmctl", *args], env=self.env,
                               input=input, text=True, capture_output=True, timeout=timeout)
@@ -283,16 +292,7 @@ def test_up_with_only_url_models_needs_no_vllm(tmp_path):
         "            raise ImportError(f'{name} is blocked in this test')\n"
         "sys.meta_path.insert(0, _Block())\n")
     e = Env(tmp_path)
-    port = free_port()
-    (e.home / "config.toml").write_text(f"""
-[proxy]
-port = {port}
-api_keys = ["{KEY}"]
-[models.remote]
-name = "remote-model"
-url = "{up.url}"
-""")
-    e.url = f"http://127.0.0.1:{port}"
+    e.url_models({"remote": ("remote-model", up.url)})
     e.env["PYTHONPATH"] = str(block)
     canary = subprocess.run([sys.executable, "-c", "import vllm"], env=e.env,
                             capture_output=True, text=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import free_port, start_upstream
+from .conftest import start_upstream
 from .test_cli_stack import KEY, Env
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -25,19 +25,7 @@ def site(tmp_path_factory):
     a = start_upstream("alpha", "--token-delay", "0.05")
     b = start_upstream("beta", "--token-delay", "0.05")
     e = Env(tmp)
-    port = free_port()
-    (e.home / "config.toml").write_text(f"""
-[proxy]
-port = {port}
-api_keys = ["{KEY}"]
-[models.general]
-name = "alpha"
-url = "{a.url}"
-[models.coder]
-name = "beta"
-url = "{b.url}"
-""")
-    e.url = f"http://127.0.0.1:{port}"
+    e.url_models({"general": ("alpha", a.url), "coder": ("beta", b.url)})
     r = e.run("up", "--timeout", "30")
     assert r.returncode == 0, r.stderr
     try:
@@ -151,20 +139,11 @@ def test_security_headers_and_nothing_outside_the_page(site):
 def test_the_page_can_be_turned_off(tmp_path):
     up = start_upstream("alpha")
     e = Env(tmp_path)
-    port = free_port()
-    (e.home / "config.toml").write_text(f"""
-[proxy]
-port = {port}
-api_keys = ["{KEY}"]
-web = false
-[models.general]
-name = "alpha"
-url = "{up.url}"
-""")
+    e.url_models({"general": ("alpha", up.url)}, proxy="web = false")
     try:
         assert e.run("up", "--timeout", "30").returncode == 0
-        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 404
-        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        assert httpx.get(e.url + "/").status_code == 404
+        assert httpx.get(e.url + "/health").status_code == 200
     finally:
         e.run("down")
         up.stop()
