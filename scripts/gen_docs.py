@@ -76,10 +76,13 @@ def config_markdown() -> str:
 
 
 def completion(shell: str) -> str:
-    from click.shell_completion import get_completion_class
+    """typer's own script: it runs `_LLMCTL_COMPLETE=complete_<shell> llmctl` (click's
+    `bash_complete` names, which earlier scripts used, print "Shell complete not supported"
+    on typer 0.29)."""
+    from typer._completion_shared import get_completion_script
 
-    cls = get_completion_class(shell)
-    return cls(typer.main.get_command(app), {}, "llmctl", "_LLMCTL_COMPLETE").source()
+    return get_completion_script(prog_name="llmctl", complete_var="_LLMCTL_COMPLETE",
+                                 shell=shell).rstrip() + "\n"
 
 
 def outputs() -> dict[Path, str]:

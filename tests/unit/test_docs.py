@@ -110,3 +110,27 @@ def test_cli_reference_has_every_command():
     doc = (ROOT / "docs" / "cli.md").read_text()
     for c in commands:
         assert f"## `{c}`" in doc, c
+
+
+@pytest.mark.parametrize("typed, want", [("stat", ["status"]), ("pu", ["pull"]),
+                                         ("", ["up", "down", "status", "bench", "chat"])])
+def test_the_shipped_bash_completion_completes_in_a_real_bash(typed, want):
+    """What the user gets: completions/llmctl.bash sourced in bash, `llmctl <typed><TAB>`."""
+    import os
+    import shutil
+
+    bash = shutil.which("bash")
+    assert bash, "bash is needed for this test"
+    script = (f"source {ROOT / 'completions' / 'llmctl.bash'}\n"
+              "fn=$(complete -p llmctl | sed -n 's/.*-F \\([^ ]*\\).*/\\1/p')\n"
+              f"COMP_WORDS=(llmctl '{typed}'); COMP_CWORD=1; COMP_LINE='llmctl {typed}'\n"
+              "COMP_POINT=${#COMP_LINE}\n"
+              f"$fn llmctl '{typed}' llmctl\n"
+              "printf '%s\\n' \"${COMPREPLY[@]}\"\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run([bash, "-c", script], capture_output=True, text=True, env=env,
+                       timeout=30)
+    got = r.stdout.split()
+    assert all(w in got for w in want), (got, r.stderr)
+    if typed:
+        assert all(w.startswith(typed) for w in got), got
