@@ -88,25 +88,40 @@ def status_table(st: dict[str, Any]) -> None:
     else:
         out.print("daemon  not running" + (f"  (last error: {d['error']})" if d.get("error") else ""))
     if st["backends"]:
-        t = Table(box=None, pad_edge=False)
-        for col in ("MODEL", "NAME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "MEMORY",
-                    "PLANNED", "KV TOKENS", "VLLM KV", "IN FLIGHT", "FIM"):
-            t.add_column(col)
+        rows = []
         for key, b in st["backends"].items():
             color = STATE_COLORS.get(b["state"], "")
-            state = f"[{color}]{b['state']}[/{color}]" if color else b["state"]
-            t.add_row(key, b.get("name") or "-", state, str(b.get("pid") or "-"),
-                      str(b.get("port") or b.get("url") or "-"), _age(b.get("uptime_s")),
-                      str(b.get("restarts", 0)),
-                      _bytes(b.get("gpu_bytes") if b.get("gpu_bytes") is not None
-                             else b.get("rss_bytes")),
-                      _bytes(b.get("planned_bytes")),
-                      f"{b['kv_tokens_planned']:,}" if b.get("kv_tokens_planned") else "-",
-                      _kv_cell(b.get("kv_tokens_planned"), b.get("kv_tokens_reported"),
-                               kv_difference(b.get("kv_tokens_planned"),
-                                             b.get("kv_tokens_reported"))),
-                      str(b.get("in_flight", 0)), b.get("fim") or "-")
+            rows.append({
+                "MODEL": key, "NAME": b.get("name") or "-",
+                "STATE": (str(b["state"]), color),
+                "PORT": str(b.get("port") or b.get("url") or "-"),
+                "MEMORY": _bytes(b.get("gpu_bytes") if b.get("gpu_bytes") is not None
+                                 else b.get("rss_bytes")),
+                "UPTIME": _age(b.get("uptime_s")), "IN FLIGHT": str(b.get("in_flight", 0)),
+                "PID": str(b.get("pid") or "-"), "RESTARTS": str(b.get("restarts", 0)),
+                "PLANNED": _bytes(b.get("planned_bytes")),
+                "KV TOKENS": f"{b['kv_tokens_planned']:,}" if b.get("kv_tokens_planned") else "-",
+                "VLLM KV": _kv_cell(b.get("kv_tokens_planned"), b.get("kv_tokens_reported"),
+                                    kv_difference(b.get("kv_tokens_planned"),
+                                                  b.get("kv_tokens_reported"))),
+                "FIM": b.get("fim") or "-"})
+        shown = _fit(rows, out.size.width)
+        t = Table(box=None, pad_edge=False)
+        for col in shown:
+            t.add_column(col, no_wrap=True)
+        for r in rows:
+            cells = []
+            for col in shown:
+                v = r[col]
+                if isinstance(v, tuple):
+                    v = f"[{v[1]}]{v[0]}[/{v[1]}]" if v[1] else v[0]
+                cells.append(v)
+            t.add_row(*cells)
         out.print(t)
+        hidden = [c for c in rows[0] if c not in shown]
+        if hidden:
+            out.print(f"[dim]({len(hidden)} more columns in a wider terminal, or "
+                      "`llmctl status --json`)[/dim]")
         for key, b in st["backends"].items():
             diff = kv_difference(b.get("kv_tokens_planned"), b.get("kv_tokens_reported"))
             if diff is not None and abs(diff) > KV_TOLERANCE:
@@ -120,6 +135,22 @@ def status_table(st: dict[str, Any]) -> None:
     if st["leftovers"]:
         out.print(f"[red]left over from a dead daemon:[/red] process groups "
                   f"{', '.join(map(str, st['leftovers']))} — `llmctl down` cleans them")
+
+
+def _fit(rows: list[dict[str, Any]], width: int) -> list[str]:
+    """The status columns that fit `width`, whole: nothing a user copies (a name, a state,
+    a port) is ever cut; the columns at the end of the priority order give way first."""
+    def text(v: Any) -> str:
+        from rich.text import Text
+
+        return v[0] if isinstance(v, tuple) else Text.from_markup(v).plain
+
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(text(r[c])) for r in rows)) + 2 for c in cols}  # padding
+    keep = ["MODEL", "NAME", "STATE", "PORT"]  # never dropped
+    while sum(widths[c] for c in cols) > width and len(cols) > len(keep):
+        cols.remove(next(c for c in reversed(cols) if c not in keep))
+    return cols
 
 
 def _kv_cell(planned: int | None, reported: int | None, diff: float | None) -> str:

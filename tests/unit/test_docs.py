@@ -134,3 +134,26 @@ def test_the_shipped_bash_completion_completes_in_a_real_bash(typed, want):
     assert all(w in got for w in want), (got, r.stderr)
     if typed:
         assert all(w.startswith(typed) for w in got), got
+
+
+@pytest.mark.parametrize("columns", ["80", "120"])
+def test_status_fits_the_terminal_without_cutting_a_name(tmp_path, columns):
+    import json as jsonlib
+    import os
+
+    (tmp_path / "state").mkdir()
+    rows = {k: {"name": f"smollm2-{k}-with-a-long-name", "state": "BACKOFF", "port": 8000 + i,
+                "restarts": 3, "planned_bytes": 3 * 2 ** 30, "kv_tokens_planned": 46592,
+                "kv_tokens_reported": 46592, "fim": "starcoder"}
+            for i, k in enumerate(("coder", "general"))}
+    (tmp_path / "state" / "stack.json").write_text(jsonlib.dumps(
+        {"pid": 999999, "device": "cpu", "backends": rows}))
+    env = {**os.environ, "LLMCTL_HOME": str(tmp_path), "NO_COLOR": "1", "COLUMNS": columns}
+    r = subprocess.run([sys.executable, "-m", "llmctl", "status"], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout
+    assert "smollm2-general-with-a-long-name" in r.stdout and "8001" in r.stdout
+    assert all(len(line) <= int(columns) for line in r.stdout.splitlines())
+    if columns == "80":
+        assert "more columns in a wider terminal" in r.stdout and "status --json" in r.stdout
