@@ -301,15 +301,28 @@ class Proxy:
         if self.cfg.web:
             self._web_routes(api)
 
+        def entry(b: Routable) -> dict[str, Any]:
+            return {"id": b.model.name, "object": "model", "created": 0, "owned_by": "llmctl",
+                    "aliases": list(b.model.names[1:]), "state": str(b.state),
+                    "fim": getattr(b, "fim", None)}
+
         @api.get("/v1/models")
         async def models(request: Request) -> JSONResponse:
             if refusal := denied(request):
                 return refusal
-            return JSONResponse({"object": "list", "data": [
-                {"id": b.model.name, "object": "model", "created": 0, "owned_by": "llmctl",
-                 "aliases": list(b.model.names[1:]), "state": str(b.state),
-                 "fim": getattr(b, "fim", None)}
-                for b in self.backends]})
+            return JSONResponse({"object": "list", "data": [entry(b) for b in self.backends]})
+
+        @api.get("/v1/models/{name:path}")
+        async def model(name: str, request: Request) -> JSONResponse:
+            # What the openai SDK's models.retrieve() asks; a name or an alias.
+            if refusal := denied(request):
+                return refusal
+            b = self.by_name.get(name)
+            if b is None:
+                known = ", ".join(x.model.name for x in self.backends)
+                return error(404, f"model '{name}' does not exist; known models: {known}",
+                             code="model_not_found", param="model")
+            return JSONResponse(entry(b))
 
         return api
 

@@ -343,3 +343,16 @@ def test_cors_preflight_and_headers_for_configured_origins(upstream, make_proxy)
     other = httpx.options(p.url + "/v1/chat/completions", headers={
         "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_one_model_by_name_or_alias_as_the_openai_sdk_retrieves_it(proxy):
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url=proxy.url + "/v1", api_key=KEY)
+    for name in ("fake-coder", "code"):
+        m = client.models.retrieve(name)
+        assert m.id == "fake-coder" and m.object == "model"
+    with pytest.raises(NotFoundError) as e:
+        client.models.retrieve("gpt-4")
+    assert "known models: fake-coder" in str(e.value)
+    assert httpx.get(proxy.url + "/v1/models/fake-coder").status_code == 401
