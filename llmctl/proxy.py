@@ -317,12 +317,10 @@ class Proxy:
             # What the openai SDK's models.retrieve() asks; a name or an alias.
             if refusal := denied(request):
                 return refusal
-            b = self.by_name.get(name)
-            if b is None:
-                known = ", ".join(x.model.name for x in self.backends)
-                return error(404, f"model '{name}' does not exist; known models: {known}",
-                             code="model_not_found", param="model")
-            return JSONResponse(entry(b))
+            try:
+                return JSONResponse(entry(self._backend(name)))
+            except _Refused as r:
+                return error(r.status, r.message, code=r.code, param=r.param)
 
         return api
 
@@ -388,11 +386,7 @@ class Proxy:
         if not isinstance(model, str) or not model:
             raise _Refused(400, "'model' is required and must be a string", "missing_model",
                            param="model")
-        b = self.by_name.get(model)
-        if b is None:
-            known = ", ".join(x.model.name for x in self.backends)
-            raise _Refused(404, f"model '{model}' does not exist; known models: {known}",
-                           "model_not_found", param="model")
+        b = self._backend(model)
         if b.state != State.RUNNING:
             why = f": {b.reason}" if b.reason else ""
             if b.state == State.FATAL:  # it will not come back by itself: no Retry-After
@@ -408,6 +402,15 @@ class Proxy:
             data["model"] = b.model.name
             body = json.dumps(data).encode()
         return b, body, path, None
+
+    def _backend(self, name: str) -> Routable:
+        """The backend a name or an alias names; a 404 that lists the known ones."""
+        b = self.by_name.get(name)
+        if b is None:
+            known = ", ".join(x.model.name for x in self.backends)
+            raise _Refused(404, f"model '{name}' does not exist; known models: {known}",
+                           "model_not_found", param="model")
+        return b
 
     def _infill_model(self) -> str:
         """/infill names no model: the one that takes FIM (the coder when several do)."""
