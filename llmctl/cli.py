@@ -176,7 +176,7 @@ def models_cmd(
         if m.managed:
             configured.setdefault(_store_key(m.source), []).append(m.key)
     served: dict[str, list[str]] = {}
-    running = state.read_stack() if state.daemon_alive() else None
+    running = state.running_stack()
     for key, b in ((running or {}).get("backends") or {}).items():
         if b.get("source") and b.get("state") == "RUNNING":
             served.setdefault(_store_key(b["source"]), []).append(key)
@@ -208,7 +208,7 @@ def rm(
     match = [m for m in cfg.models if model in m.names and m.managed]
     source = _store_key(match[0].source if match else model)
     users = [m.key for m in cfg.models if m.managed and _store_key(m.source) == source]
-    running = state.read_stack() if state.daemon_alive() else None
+    running = state.running_stack()
     serving = [k for k, b in ((running or {}).get("backends") or {}).items()
                if b.get("source") and _store_key(b["source"]) == source
                and b.get("state") not in ("STOPPED", "FATAL")]
@@ -251,7 +251,7 @@ def plan(
     # Without models in the file, the defaults follow the (assumed) device.
     cfg = cfgmod.load(path, device=gpu.assumed(assume).device if assume else gpu.detect_device)
     s = survey(cfg, assume=assume, ask_hub=True)
-    running = state.read_stack() if state.daemon_alive() and not assume else None
+    running = None if assume else state.running_stack()
     data = s.as_dict(running)
     if as_json:
         _ui().data(data)
@@ -574,7 +574,7 @@ def _bench_targets(url: str | None, api_key: str | None, model: str | None, endp
         base = base if base.endswith("/v1") else base + "/v1"
         return b.Target(base, model, api_key, endpoint, ignore_eos), None, tokenizer
     cfg = _load(path)
-    running = state.read_stack() if state.daemon_alive() else None
+    running = state.running_stack()
     if running is None:
         raise StackError("the stack is not running", "start it with `llmctl up`, or pass --url")
     pick = ([m for m in cfg.models if model in m.names] if model else
@@ -644,7 +644,7 @@ def chat(
     from .client import Client
 
     cfg = _load(path)
-    running = state.read_stack() if state.daemon_alive() else None
+    running = state.running_stack()
     base = url or (running or {}).get("proxy_url") or cfg.proxy_url
     key = api_key or (cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None)
     if model is None:

@@ -80,14 +80,6 @@ class ModelFacts:
             f" g{self.group_size}" if self.group_size else "")
 
 
-def _hub_cache() -> Path:
-    return store.hub_cache()
-
-
-def store_folder(source: str) -> Path:
-    return store.store_folder(source)
-
-
 def is_local(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or Path(source).expanduser().is_dir()
 
@@ -104,7 +96,7 @@ def resolve(source: str) -> Path | None:
     if is_local(source):
         p = Path(source).expanduser().resolve()
         return p if (p / "config.json").is_file() else None
-    mine = store_folder(source)
+    mine = store.store_folder(source)
     if (mine / "config.json").is_file():
         return mine
     return store.complete(*split_ref(source))
@@ -273,9 +265,9 @@ def pull(source: str, *, python: str | None = None, say: Say = lambda s: None,
             return 0
 
     need = sum(f.size - partial(f) for f in files if f.name not in present)
-    free = store.free_bytes(_hub_cache())
+    free = store.free_bytes(store.hub_cache())
     if need > free:
-        raise ModelError(f"{repo}: needs {_size(need)} more on disk, and {_hub_cache()} has "
+        raise ModelError(f"{repo}: needs {_size(need)} more on disk, and {store.hub_cache()} has "
                          f"{_size(free)} free", "free some space, or move the store "
                          "(LLMCTL_MODELS, or HF_HUB_CACHE for the Hugging Face cache)")
     store.record(repo, status="pulling", revision=revision, commit=commit, path=snapshot,
@@ -321,7 +313,7 @@ def _fetch(repo: str, revision: str, commit: str, f: store.FileRecord,
     etag = f.sha256 or f.blob_id or hashlib.sha256(f.name.encode()).hexdigest()
     blob = root / "blobs" / etag
     part = blob.with_name(f"{etag}.incomplete")
-    lock = _hub_cache() / ".locks" / root.name / f"{etag}.lock"
+    lock = store.hub_cache() / ".locks" / root.name / f"{etag}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     blob.parent.mkdir(parents=True, exist_ok=True)
     fetched = 0
@@ -451,7 +443,7 @@ tok.save_pretrained(out)
 
 
 def prepare_demo(python: str, say: Say = lambda s: None) -> Path:
-    target = store_folder(DEMO_SOURCE)
+    target = store.store_folder(DEMO_SOURCE)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=target.parent) as tmp:
         work = Path(tmp)
@@ -557,7 +549,7 @@ def remote_facts(source: str) -> tuple[ModelFacts | None, str]:
         from huggingface_hub import get_safetensors_metadata, hf_hub_download
 
         cfg = json.loads(Path(hf_hub_download(repo, "config.json", revision=revision,
-                                              cache_dir=_hub_cache())).read_text())
+                                              cache_dir=store.hub_cache())).read_text())
         meta = get_safetensors_metadata(repo, revision=revision)
         weights = sum(int(t.data_offsets[1]) - int(t.data_offsets[0])
                       for f in meta.files_metadata.values() for t in f.tensors.values())

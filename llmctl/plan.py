@@ -52,6 +52,14 @@ CUDA_GRAPHS_PER_LAYER = 8 * MIB  # … grows with the layers captured
 TP_SIZES = (2, 4, 8)
 
 
+def cores_spec(cores: tuple[int, ...] | list[int]) -> str:
+    """`VLLM_CPU_OMP_THREADS_BIND` syntax: "0-3" when contiguous, else "0,2"."""
+    c = list(cores)
+    if c and c == list(range(c[0], c[-1] + 1)):
+        return str(c[0]) if len(c) == 1 else f"{c[0]}-{c[-1]}"
+    return ",".join(map(str, c))
+
+
 @dataclass(frozen=True)
 class BackendPlan:
     key: str
@@ -72,11 +80,7 @@ class BackendPlan:
 
     @property
     def cores_spec(self) -> str:
-        """`VLLM_CPU_OMP_THREADS_BIND` syntax: "0-3" when contiguous, else "0,2"."""
-        c = self.cores
-        if c and list(c) == list(range(c[0], c[-1] + 1)):
-            return str(c[0]) if len(c) == 1 else f"{c[0]}-{c[-1]}"
-        return ",".join(map(str, c))
+        return cores_spec(self.cores)
 
     @property
     def concurrency(self) -> float | None:

@@ -45,6 +45,12 @@ def read_stack() -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def running_stack() -> dict[str, Any] | None:
+    """The live daemon's report; None when no daemon holds the lock (a dead one's file
+    is not a running stack)."""
+    return read_stack() if daemon_alive() else None
+
+
 def write_stack(data: dict[str, Any]) -> None:
     write_json(path(STACK), data)
 

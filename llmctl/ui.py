@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .lifecycle import State
-from .plan import KV_TOLERANCE, kv_difference
+from .plan import KV_TOLERANCE, cores_spec, kv_difference
 
 # One colour per state, for every view that shows one.
 STATE_COLORS = {State.RUNNING: "green", State.FATAL: "red", State.BACKOFF: "yellow",
@@ -190,7 +190,7 @@ def plan_view(p: dict[str, Any]) -> None:
                 f" (TP {m['tensor_parallel']})" if m["tensor_parallel"] > 1 else "")
             memory = f"{m['gpu_memory_utilization']:.3f} of the card"
         else:
-            where = f"cores {_cores(m['cores'])}"
+            where = f"cores {cores_spec(m['cores'])}"
             memory = f"KV {m['kv_cache_gib']} GiB"
         t.add_row(key, where, memory, str(m["max_model_len"]), str(m["max_num_seqs"]),
                   f"{m['kv_tokens']:,}" if m["kv_tokens"] is not None else "?",
@@ -205,12 +205,6 @@ def plan_view(p: dict[str, Any]) -> None:
             out.print(f"    {_escape(line)}", soft_wrap=True)
     for note in p["notes"]:
         out.print(f"[yellow]note:[/yellow] {_escape(note)}", soft_wrap=True)
-
-
-def _cores(cores: list[int]) -> str:
-    if cores and cores == list(range(cores[0], cores[-1] + 1)):
-        return str(cores[0]) if len(cores) == 1 else f"{cores[0]}-{cores[-1]}"
-    return ",".join(map(str, cores))
 
 
 def size(n: int | None) -> str:
