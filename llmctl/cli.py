@@ -547,7 +547,7 @@ def bench(
             return await b.execute(spec, stop, progress.update)
 
     runs = asyncio.run(go())
-    ui.bench_report(runs, pcts, spec)
+    ui.bench_report(runs, pcts)
     if save_json:
         data = runs[0].result if len(runs) == 1 else {"runs": [r.result for r in runs]}
         save_json.write_text(jsonlib.dumps(data, indent=2))

@@ -310,7 +310,7 @@ def _plan_gpu(models: list[ModelConfig], r: Readings,
               facts: dict[str, ModelFacts | None]) -> Plan:
     unknown = [m for m in models if facts.get(m.key) is None]
     if unknown:
-        return _plan_gpu_blind(models, r, facts, unknown)
+        return _plan_gpu_blind(models, r, unknown)
     cards = [_Card(g, g.free_bytes - _headroom(g)) for g in r.gpus]
     placed: dict[str, tuple[list[_Card], _Need]] = {}
     # Largest first: the hardest to place chooses its card(s) first.
@@ -451,8 +451,8 @@ def _share(card: _Card, keys: list[str], placed: dict[str, tuple[list[_Card], _N
             why=why)
 
 
-def _plan_gpu_blind(models: list[ModelConfig], r: Readings, facts: dict[str, ModelFacts | None],
-                    unknown: list[ModelConfig]) -> Plan:
+def _plan_gpu_blind(models: list[ModelConfig], r: Readings, unknown: list[ModelConfig]
+                    ) -> Plan:
     """Without a model's facts there is no arithmetic: one card, fixed fractions as set,
     the rest of its free memory split evenly; `plan` says which facts are missing."""
     g = max(r.gpus, key=lambda g: g.free_bytes)

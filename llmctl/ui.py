@@ -101,7 +101,7 @@ def status_table(st: dict[str, Any]) -> None:
                 "PID": str(b.get("pid") or "-"), "RESTARTS": str(b.get("restarts", 0)),
                 "PLANNED": _bytes(b.get("planned_bytes")),
                 "KV TOKENS": f"{b['kv_tokens_planned']:,}" if b.get("kv_tokens_planned") else "-",
-                "VLLM KV": _kv_cell(b.get("kv_tokens_planned"), b.get("kv_tokens_reported"),
+                "VLLM KV": _kv_cell(b.get("kv_tokens_reported"),
                                     kv_difference(b.get("kv_tokens_planned"),
                                                   b.get("kv_tokens_reported"))),
                 "FIM": b.get("fim") or "-"})
@@ -153,7 +153,7 @@ def _fit(rows: list[dict[str, Any]], width: int) -> list[str]:
     return cols
 
 
-def _kv_cell(planned: int | None, reported: int | None, diff: float | None) -> str:
+def _kv_cell(reported: int | None, diff: float | None) -> str:
     if reported is None:
         return "-"
     if diff is not None and abs(diff) > KV_TOLERANCE:
@@ -195,7 +195,7 @@ def plan_view(p: dict[str, Any]) -> None:
         t.add_row(key, where, memory, str(m["max_model_len"]), str(m["max_num_seqs"]),
                   f"{m['kv_tokens']:,}" if m["kv_tokens"] is not None else "?",
                   f"{m['concurrency']:.2f}" if m["concurrency"] is not None else "?",
-                  _kv_cell(m["kv_tokens"], m.get("kv_tokens_reported"), m.get("kv_difference")))
+                  _kv_cell(m.get("kv_tokens_reported"), m.get("kv_difference")))
     out.print(t)
     for key, m in p["models"].items():
         out.print(f"[bold]{key}[/bold]" + (f"  ({_escape(m['facts']['quant_text'])}, "
@@ -475,7 +475,7 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def bench_report(runs: list[Any], pcts: tuple[float, ...], spec: Any) -> None:
+def bench_report(runs: list[Any], pcts: tuple[float, ...]) -> None:
     """vLLM's result layout for one run; a row per run for a sweep or a comparison."""
     words = [str(int(p)) if int(p) == p else str(p) for p in pcts]
     if len(runs) == 1 and not runs[0].label:
