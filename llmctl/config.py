@@ -26,6 +26,8 @@ from .fim import CHOICES as FIM_CHOICES
 
 DEMO_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEVICES = ("auto", "cuda", "cpu")
+STARTS = ("always", "on-demand")
+SWAPS = ("restart", "sleep")
 
 # Every environment variable llmctl reads, with its meaning (docs/config.md lists them;
 # a test fails when the code reads one that is not here).
@@ -167,6 +169,20 @@ class ModelConfig:
     fim: str = setting("auto", "fill-in-the-middle template for IDE autocomplete: auto (from "
                        "the tokenizer's special tokens; none for url models), a family, or "
                        "none", choices=FIM_CHOICES)
+    start: str = setting("always", "`always`: started by `up`; `on-demand`: started by its "
+                         "first request (it waits) and stopped after `idle_stop`",
+                         choices=STARTS)
+    idle_stop: str | float = setting("15m", "models started by a request: stop after this long "
+                                     'without one ("90s", "15m", "2h", seconds; 0: never)',
+                                     what='a duration like "15m", or seconds')
+    group: str = setting("", "models with the same group run one at a time: a request for "
+                         "another member drains and stops the running one, then starts it; "
+                         "the plan sizes a group once, by its largest member",
+                         what="a group name")
+    swap: str = setting("restart", "how a group swaps this model out: `restart` stops it, "
+                        "`sleep` (CUDA only) keeps the process and frees its GPU memory with "
+                        "vLLM's sleep mode (weights to host RAM; waking takes seconds)",
+                        choices=SWAPS)
 
     @property
     def managed(self) -> bool:
@@ -186,10 +202,48 @@ class ModelConfig:
     def upstream(self) -> str:
         return self.url.rstrip("/") if self.url else f"http://127.0.0.1:{self.port}"
 
+    @property
+    def on_demand(self) -> bool:
+        return self.start == "on-demand"
+
+    @property
+    def idle_seconds(self) -> float:
+        """`idle_stop` in seconds; 0 means never."""
+        return duration(self.idle_stop)
+
     def file_keys(self) -> Iterator[dataclasses.Field[Any]]:
-        """The file keys that apply to this model: `url` models have no source or port."""
-        skip = {"source", "port"} if self.url else {"url"}
+        """The file keys that apply to this model: `url` models have no source or port, and
+        nothing of starting and stopping."""
+        skip = {"source", "port", *_MANAGED_ONLY} if self.url else {"url"}
         return (f for f in keys_of(ModelConfig) if f.name not in skip)
+
+    def idle_keys(self) -> set[str]:
+        """Keys at their defaults that do nothing for this model (`idle_stop` on a model
+        `up` starts, `swap` outside a group): the starter file shows them commented out."""
+        out = set()
+        if self.managed and not self.on_demand and not self.group:
+            out.add("idle_stop")
+        if self.managed and not self.group:
+            out.add("swap")
+        return out
+
+
+# Keys about starting and stopping a server: a `url` model has none.
+_MANAGED_ONLY = ("start", "idle_stop", "group", "swap")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def duration(value: str | float) -> float:
+    """Seconds from `90`, `"90s"`, `"15m"`, `"2h"`, `"1d"`; raises ValueError otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(value)
+        return float(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(value)
+    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 # Section title in the file → its dataclass (models are tables under [models.KEY]).
@@ -397,6 +451,7 @@ def parse(raw: Mapping[str, Any], path: Path | None = None, text: str = "", *,
             r.fail("models", None, "[models] must hold at least one [models.NAME] table")
         models = tuple(_model(r, key, value) for key, value in models_raw.items())
     _check_unique(r, proxy, models)
+    _check_groups(r, models)
     return Config(proxy=proxy, engine=engine, models=models, path=path)
 
 
@@ -418,6 +473,7 @@ def _model(r: _Reader, key: str, data: Any) -> ModelConfig:
             r.fail(section, "url", f"'{section}.url' must be an http(s) URL, not {model.url!r}")
     elif "port" not in m:
         r.fail(section, None, f"[{section}] needs a 'port' for its vLLM server")
+    _demand_keys(r, section, m, model)
     mem = model.memory
     if isinstance(mem, str) and mem != "auto":
         r.fail(section, "memory", f"'{section}.memory' must be \"auto\" or a fraction, not {mem!r}")
@@ -426,6 +482,46 @@ def _model(r: _Reader, key: str, data: Any) -> ModelConfig:
             r.fail(section, "memory", f"'{section}.memory' must be a fraction in (0, 1], not {mem}")
         model = dataclasses.replace(model, memory=float(mem))
     return model
+
+
+def _demand_keys(r: _Reader, section: str, given: dict[str, Any], model: ModelConfig) -> None:
+    """`start`, `idle_stop`, `group` and `swap`: only for models llmctl starts, and only
+    where they mean something."""
+    if model.url:
+        for k in _MANAGED_ONLY:
+            if k in given:
+                r.fail(section, k, f"'{section}.{k}' applies to models llmctl starts "
+                       "(`source =`); a `url` model is never started or stopped here")
+        return
+    try:
+        duration(model.idle_stop)
+    except ValueError:
+        r.fail(section, "idle_stop", f"'{section}.idle_stop' must be a duration like \"15m\", "
+               f"\"90s\" or \"2h\", or seconds (0: never), not {model.idle_stop!r}")
+    if "idle_stop" in given and not model.on_demand and not model.group:
+        r.fail(section, "idle_stop", f"'{section}.idle_stop' applies to models started by a "
+               "request, and this one starts with `up` and runs until `down`",
+               'set `start = "on-demand"` too, or drop idle_stop')
+    if "swap" in given and not model.group:
+        r.fail(section, "swap", f"'{section}.swap' says how a group swaps this model out, and "
+               "it is in no group", 'set `group = "NAME"` on it and the models it alternates '
+               "with, or drop swap")
+    if model.group and not _NAME_RE.match(model.group):
+        r.fail(section, "group", f"group name {model.group!r} is not a valid name",
+               "use letters, digits and . _ : / -")
+
+
+def _check_groups(r: _Reader, models: tuple[ModelConfig, ...]) -> None:
+    """A group runs one member at a time, so `up` can start at most one of them."""
+    always: dict[str, str] = {}
+    for m in models:
+        if m.group and not m.on_demand:
+            if m.group in always:
+                r.fail(f"models.{m.key}", "start",
+                       f"group '{m.group}' has two always-on members, {always[m.group]} and "
+                       f"{m.key}, and runs one at a time",
+                       'set `start = "on-demand"` on one of them')
+            always[m.group] = m.key
 
 
 def _check_unique(r: _Reader, proxy: ProxyConfig, models: tuple[ModelConfig, ...]) -> None:
@@ -478,11 +574,14 @@ def _render(cfg: Config, *, masked: bool, comments: bool) -> str:
     out: list[str] = []
     for title, values, keys in _sections(cfg):
         out += ["", f"[{title}]"] if out else [f"[{title}]"]
+        idle = values.idle_keys() if isinstance(values, ModelConfig) else set()
         for f in keys:
+            if f.name in idle and not comments:
+                continue
             v = getattr(values, f.name)
             if f.name == "api_keys" and masked:
                 v = [mask(k) for k in v]
-            line = f"{f.name} = {toml_value(v)}"
+            line = ("# " if f.name in idle else "") + f"{f.name} = {toml_value(v)}"
             out.append(f"{line:<34} # {f.metadata['doc']}" if comments else line)
     return "\n".join(out) + "\n"
 

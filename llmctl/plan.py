@@ -24,7 +24,9 @@ cores (`VLLM_CPU_OMP_THREADS_BIND`) per backend, so two servers never fight for 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import Config, ModelConfig
@@ -146,12 +148,123 @@ def plan(cfg: Config, readings: Readings, facts: dict[str, ModelFacts | None] | 
     models = [m for m in cfg.models if m.managed]
     if not models:
         return Plan(device, {})
+    sleepers = [m.key for m in models if m.group and m.swap == "sleep"]
+    if device == "cuda" and not readings.gpus:
+        raise PlanError("engine.device is cuda, but NVML sees no GPU",
+                        'set `device = "auto"` or "cpu", or check the driver (`nvidia-smi`)')
+    if device != "cuda" and sleepers:
+        raise PlanError(f"swap = \"sleep\" ({', '.join(sleepers)}) needs CUDA: vLLM's CPU "
+                        "build has no sleep mode", 'set `swap = "restart"` on them')
+
+    def size(m: ModelConfig) -> int:
+        """How much room a model needs, to find each group's largest member."""
+        f = facts.get(m.key)
+        if f is None:
+            return 0
+        if device == "cuda":
+            return _need(m, f, 1, readings.gpus[0]).minimum(readings.gpus[0].total_bytes)
+        return f.weight_bytes + (kv_need(m, f) or 0)
+
+    slots, groups = group_slots(models, size)
     if device == "cuda":
-        if not readings.gpus:
-            raise PlanError("engine.device is cuda, but NVML sees no GPU",
-                            'set `device = "auto"` or "cpu", or check the driver (`nvidia-smi`)')
-        return _plan_gpu(models, readings, facts)
-    return _plan_cpu(models, readings, facts)
+        residual = {rep.key: sum(_asleep(m, facts.get(m.key), readings.gpus[0])
+                                 for m in groups[rep.key] if m.swap == "sleep")
+                    for rep in slots if rep.key in groups}
+        return _with_members(_plan_gpu(slots, readings, facts, residual), groups, facts,
+                             readings)
+    return _with_members(_plan_cpu(slots, readings, facts), groups, facts, readings)
+
+
+def group_slots(models: list[ModelConfig], size: Callable[[ModelConfig], int]
+                ) -> tuple[list[ModelConfig], dict[str, list[ModelConfig]]]:
+    """The models that may run at once: every model outside a group, and for each group
+    its largest member (by `size`; the first in the config on a tie), which holds the
+    group's place. Also: each such member's key → the other members of its group."""
+    slots: list[ModelConfig] = []
+    groups: dict[str, list[ModelConfig]] = {}
+    seen: set[str] = set()
+    for m in models:
+        if not m.group:
+            slots.append(m)
+        elif m.group not in seen:
+            seen.add(m.group)
+            members = [x for x in models if x.group == m.group]
+            rep = max(members, key=size)  # max() keeps the first of equals
+            slots.append(rep)
+            groups[rep.key] = [x for x in members if x is not rep]
+    return slots, groups
+
+
+def _asleep(m: ModelConfig, f: ModelFacts | None, g: Gpu) -> int:
+    """What a member asleep in vLLM's sleep mode keeps on its card: level 1 moves the
+    weights to host RAM and drops the KV cache; the CUDA context, the CUDA graphs and
+    the non-torch buffers stay."""
+    if f is None:
+        return CUDA_CONTEXT + NON_TORCH + CUDA_GRAPHS_BASE
+    n = _need(m, f, 1, g)
+    return CUDA_CONTEXT + n.terms["non_torch"] + n.terms["cuda_graphs"]
+
+
+def _with_members(p: Plan, groups: dict[str, list[ModelConfig]],
+                  facts: dict[str, ModelFacts | None], r: Readings) -> Plan:
+    """Each group member runs in the place planned for its group's largest member: the
+    same cores or cards, the same KV cache size (CPU) or memory budget (CUDA); its own
+    weights, and so its own KV tokens."""
+    if not groups:
+        return p
+    out = dict(p.backends)
+    for rep_key, members in groups.items():
+        rep = p.backends[rep_key]
+        for m in members:
+            out[m.key] = _member_plan(rep, m, facts.get(m.key), r)
+    cards = tuple(dataclasses.replace(c, models=tuple(
+        k for key in c.models for k in (key, *(m.key for m in groups.get(key, ())))))
+        for c in p.cards)
+    order = {k: i for i, k in enumerate(out)}
+    notes = tuple(f"group {members[0].group}: {', '.join([rep_key, *(m.key for m in members)])}"
+                  f" run one at a time, in the place planned for {rep_key}, the largest "
+                  f"({_gib(p.backends[rep_key].planned_bytes)})"
+                  for rep_key, members in groups.items())
+    return Plan(p.device, dict(sorted(out.items(), key=lambda kv: order[kv[0]])), cards,
+                p.notes + notes)
+
+
+def _member_plan(rep: BackendPlan, m: ModelConfig, f: ModelFacts | None,
+                 r: Readings) -> BackendPlan:
+    lead = f"group {m.group}: in the place planned for {rep.key}, its largest member"
+    base = dataclasses.replace(rep, key=m.key, max_model_len=m.max_model_len,
+                               max_num_seqs=m.max_num_seqs, kv_tokens=None,
+                               kv_bytes_per_token=None, terms={}, why=(lead,))
+    if f is None:
+        return base
+    if rep.device == "cpu":
+        kv = (rep.kv_cache_gib or 0) * GIB
+        per = f.kv_bytes_per_token()
+        budget = kv + CPU_SERVER_OVERHEAD + f.weight_bytes
+        terms = {"weights": f.weight_bytes, "server": CPU_SERVER_OVERHEAD, "kv_cache": kv}
+    else:
+        if f.heads % rep.tensor_parallel:
+            raise PlanError(f"{m.key}: group {m.group} runs on {rep.tensor_parallel} cards "
+                            f"(tensor parallel, for {rep.key}), and {m.key}'s {f.heads} "
+                            "attention heads do not split that way",
+                            "put it in a group of its own, or in none")
+        g = next(g for g in r.gpus if g.index == rep.devices[0])
+        n = _need(m, f, rep.tensor_parallel, g)
+        budget = rep.planned_bytes
+        kv = budget - n.fixed
+        per = n.per_token
+        terms = {**n.terms, "kv_cache": int(kv), "budget": budget}
+    tokens = _tokens(kv, per)
+    if tokens < m.max_model_len:
+        raise PlanError(f"{m.key}: in group {m.group}'s place (sized for {rep.key}) its KV "
+                        f"cache holds {tokens:,} tokens, less than one {m.max_model_len}-token "
+                        "sequence", f"lower {m.key}'s max_model_len to {max(tokens, BLOCK)}, "
+                        "or take it out of the group")
+    return dataclasses.replace(
+        base, kv_tokens=tokens, kv_bytes_per_token=per, terms=terms,
+        planned_bytes=budget if rep.device == "cuda" else int(budget),
+        why=(lead, f"kv: {kv / GIB:.2f} GiB ÷ {per:,} B/token = {tokens:,} tokens "
+                   f"({tokens / m.max_model_len:.2f} × {m.max_model_len} tokens)"))
 
 
 def _gib(n: float) -> str:
@@ -188,8 +301,11 @@ def _plan_cpu(models: list[ModelConfig], r: Readings,
             mine = tuple(cores[i * per:(i + 1) * per])
             why.append(f"cores: {len(cores)} available / {n} backends → {len(mine)} each")
         else:
-            mine = tuple(cores)
-            why.append(f"cores: only {len(cores)} for {n} backends → shared")
+            # One core each, taken in turn: two servers on one core contend only when both
+            # are busy, where every server on every core would contend always.
+            mine = (cores[i % len(cores)],)
+            why.append(f"cores: only {len(cores)} for {n} backends → one each, in turn "
+                       f"(core {mine[0]} is shared)")
         need = kv_need(m, f)
         if isinstance(m.memory, float):
             kv = max(1, int(m.memory * r.ram_total_bytes // GIB))
@@ -307,24 +423,30 @@ class _Card:
 
 
 def _plan_gpu(models: list[ModelConfig], r: Readings,
-              facts: dict[str, ModelFacts | None]) -> Plan:
+              facts: dict[str, ModelFacts | None], residual: dict[str, int] | None = None
+              ) -> Plan:
+    """`residual`: per model, what the members of its group asleep beside it keep on its
+    card(s), outside its budget."""
+    residual = residual or {}
     unknown = [m for m in models if facts.get(m.key) is None]
     if unknown:
-        return _plan_gpu_blind(models, r, unknown)
+        return _plan_gpu_blind(models, r, unknown, residual)
     cards = [_Card(g, g.free_bytes - _headroom(g)) for g in r.gpus]
     placed: dict[str, tuple[list[_Card], _Need]] = {}
     # Largest first: the hardest to place chooses its card(s) first.
     order = sorted(models, key=lambda m: _need(m, facts[m.key], 1, r.gpus[0]).minimum(
         r.gpus[0].total_bytes), reverse=True)
     for i, m in enumerate(order):
-        placed[m.key] = _place(m, facts[m.key], cards, left=len(order) - i)
+        placed[m.key] = _place(m, facts[m.key], cards, left=len(order) - i,
+                               beside=residual.get(m.key, 0))
     out: dict[str, BackendPlan] = {}
     for c in cards:
-        _share(c, [k for k in c.models if placed[k][0][0] is c], placed, out)
+        _share(c, [k for k in c.models if placed[k][0][0] is c], placed, out, residual)
     plans = {m.key: out[m.key] for m in models}  # config order
     card_plans = tuple(
         CardPlan(c.gpu, _headroom(c.gpu), tuple(c.models),
-                 sum(plans[k].planned_bytes + CUDA_CONTEXT for k in c.models))
+                 sum(plans[k].planned_bytes + CUDA_CONTEXT + residual.get(k, 0)
+                     for k in c.models))
         for c in cards)
     notes = tuple(f"GPU {c.gpu.index}: {p.name} (pid {p.pid}) holds {_gib(p.used_bytes)}"
                   if p.pid else f"GPU {c.gpu.index}: other processes hold {_gib(p.used_bytes)}"
@@ -332,17 +454,19 @@ def _plan_gpu(models: list[ModelConfig], r: Readings,
     return Plan("cuda", plans, card_plans, notes)
 
 
-def _place(m: ModelConfig, f: ModelFacts, cards: list[_Card], left: int) -> tuple[list[_Card], _Need]:
+def _place(m: ModelConfig, f: ModelFacts, cards: list[_Card], left: int, beside: int = 0
+           ) -> tuple[list[_Card], _Need]:
     """Choose the card(s) for one model: a card of its own while there are enough for
     the models still to place, else the card with the most room; tensor parallelism
-    over empty cards when no single card holds it."""
+    over empty cards when no single card holds it. `beside`: memory its sleeping group
+    members keep on the same card(s)."""
     open_cards = [c for c in cards if not c.exclusive]
     empty = [c for c in open_cards if not c.models]
     pool = empty if len(empty) >= left else open_cards
     for c in sorted(pool, key=lambda c: c.room, reverse=True):
         n = _need(m, f, 1, c.gpu)
-        if n.minimum(c.gpu.total_bytes) + CUDA_CONTEXT <= c.room:
-            c.room -= n.minimum(c.gpu.total_bytes) + CUDA_CONTEXT
+        if n.minimum(c.gpu.total_bytes) + CUDA_CONTEXT + beside <= c.room:
+            c.room -= n.minimum(c.gpu.total_bytes) + CUDA_CONTEXT + beside
             c.models.append(m.key)
             return [c], n
     for tp in TP_SIZES:
@@ -350,25 +474,27 @@ def _place(m: ModelConfig, f: ModelFacts, cards: list[_Card], left: int) -> tupl
         if len(group) < tp or f.heads % tp:
             continue
         n = _need(m, f, tp, group[0].gpu)
-        if all(n.minimum(c.gpu.total_bytes) + CUDA_CONTEXT <= c.room for c in group):
+        if all(n.minimum(c.gpu.total_bytes) + CUDA_CONTEXT + beside <= c.room for c in group):
             for c in group:
-                c.room -= n.minimum(c.gpu.total_bytes) + CUDA_CONTEXT
+                c.room -= n.minimum(c.gpu.total_bytes) + CUDA_CONTEXT + beside
                 c.models.append(m.key)
                 c.exclusive = True
             return group, n
-    raise _does_not_fit(m, f, cards)
+    raise _does_not_fit(m, f, cards, beside)
 
 
-def _does_not_fit(m: ModelConfig, f: ModelFacts, cards: list[_Card]) -> PlanError:
+def _does_not_fit(m: ModelConfig, f: ModelFacts, cards: list[_Card], asleep: int = 0
+                  ) -> PlanError:
     best = max(cards, key=lambda c: c.room)
     n = _need(m, f, 1, best.gpu)
-    need = n.minimum(best.gpu.total_bytes) + CUDA_CONTEXT
+    need = n.minimum(best.gpu.total_bytes) + CUDA_CONTEXT + asleep
     beside = f" beside {', '.join(best.models)}" if best.models else ""
     overhead = n.terms["cuda_graphs"] + n.terms["non_torch"] + CUDA_CONTEXT
     what = (f"memory = {m.memory}" if isinstance(m.memory, float) else
             f"weights {_gib(n.terms['weights'])} + activations {_gib(n.terms['activation'])}"
             f" + CUDA graphs, buffers and context {_gib(overhead)}"
-            f" + one {m.max_model_len}-token sequence {_gib(n.one_sequence)}")
+            f" + one {m.max_model_len}-token sequence {_gib(n.one_sequence)}"
+            + (f" + its group's sleeping members {_gib(asleep)}" if asleep else ""))
     ideas = []
     room_for_kv = best.room - CUDA_CONTEXT - n.fixed
     if not isinstance(m.memory, float) and room_for_kv >= BLOCK * n.per_token:
@@ -392,7 +518,7 @@ def _does_not_fit(m: ModelConfig, f: ModelFacts, cards: list[_Card]) -> PlanErro
 
 
 def _share(card: _Card, keys: list[str], placed: dict[str, tuple[list[_Card], _Need]],
-           out: dict[str, BackendPlan]) -> None:
+           out: dict[str, BackendPlan], residual: dict[str, int]) -> None:
     """Budgets for the models whose first card this is: fixed fractions as set, the KV
     pool shared by the others in proportion to their KV demand, each capped at it.
 
@@ -401,7 +527,7 @@ def _share(card: _Card, keys: list[str], placed: dict[str, tuple[list[_Card], _N
     group = placed[keys[0]][0] if keys else [card]
     total = min(c.gpu.total_bytes for c in group)
     usable = min(c.gpu.free_bytes - _headroom(c.gpu) for c in group) \
-        - CUDA_CONTEXT * len(card.models)
+        - sum(CUDA_CONTEXT + residual.get(k, 0) for k in card.models)
     needs = {k: placed[k][1] for k in card.models}
     fixed_budget = {k: int(n.model.memory * total) for k, n in needs.items()
                     if isinstance(n.model.memory, float)}
@@ -431,8 +557,10 @@ def _share(card: _Card, keys: list[str], placed: dict[str, tuple[list[_Card], _N
         where = ",".join(str(c.gpu.index) for c in cards)
         why = (
             f"GPU {where}: {_gib(card.gpu.free_bytes)} free of {_gib(total)}, less headroom "
-            f"{_gib(_headroom(card.gpu))} and {len(card.models)} CUDA context(s) → "
-            f"{_gib(usable)} usable",
+            f"{_gib(_headroom(card.gpu))} and {len(card.models)} CUDA context(s)"
+            + (f" and sleeping group members {_gib(sum(residual.get(k, 0) for k in card.models))}"
+               if any(residual.get(k) for k in card.models) else "")
+            + f" → {_gib(usable)} usable",
             f"fixed: weights {_gib(n.terms['weights'])} + activations {_gib(n.terms['activation'])}"
             f" ({n.batched} batched tokens) + non-torch {_gib(n.terms['non_torch'])} + CUDA graphs "
             f"{_gib(n.terms['cuda_graphs'])} = {_gib(n.fixed)}"
@@ -451,13 +579,14 @@ def _share(card: _Card, keys: list[str], placed: dict[str, tuple[list[_Card], _N
             why=why)
 
 
-def _plan_gpu_blind(models: list[ModelConfig], r: Readings, unknown: list[ModelConfig]
-                    ) -> Plan:
+def _plan_gpu_blind(models: list[ModelConfig], r: Readings, unknown: list[ModelConfig],
+                    residual: dict[str, int]) -> Plan:
     """Without a model's facts there is no arithmetic: one card, fixed fractions as set,
     the rest of its free memory split evenly; `plan` says which facts are missing."""
     g = max(r.gpus, key=lambda g: g.free_bytes)
     total = g.total_bytes
-    usable = (g.free_bytes - _headroom(g) - CUDA_CONTEXT * len(models)) / total
+    usable = (g.free_bytes - _headroom(g) - CUDA_CONTEXT * len(models)
+              - sum(residual.values())) / total
     fixed = {m.key: m.memory for m in models if isinstance(m.memory, float)}
     auto = [m for m in models if m.key not in fixed]
     even = max(usable - sum(fixed.values()), 0) / (len(auto) or 1)
@@ -478,5 +607,6 @@ def _plan_gpu_blind(models: list[ModelConfig], r: Readings, unknown: list[ModelC
     notes = tuple(f"{m.key}: facts unknown ({m.source} is not local), so the split is even; "
                   "`llmctl pull` it for the real arithmetic" for m in unknown)
     card = CardPlan(g, _headroom(g), tuple(m.key for m in models),
-                    sum(p.planned_bytes + CUDA_CONTEXT for p in out.values()))
+                    sum(p.planned_bytes + CUDA_CONTEXT for p in out.values())
+                    + sum(residual.values()))
     return Plan("cuda", out, (card,), notes)

@@ -1,4 +1,5 @@
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -151,8 +152,47 @@ def test_the_starter_file_is_the_schema_read_back():
         for f in config.keys_of(cls):
             if title == "models.KEY" and f.name == "url":
                 continue  # a starter model is started by llmctl: it has a source, not a url
-            assert any(line.startswith(f"{f.name} = ") and f.metadata["doc"] in line
+            # Keys that do nothing for an always-on model are there, commented out.
+            assert any(line.lstrip("# ").startswith(f"{f.name} = ") and f.metadata["doc"] in line
                        for line in text.splitlines()), f.name
+    assert '# idle_stop = "15m"' in text and "\nstart = \"always\"" in text
+
+
+def test_durations():
+    assert [config.duration(v) for v in ("90s", "15m", "2h", "1d", "0", 30, 0, "1.5m")] == \
+        [90, 900, 7200, 86400, 0, 30, 0, 90]
+    for bad in ("15 minutes", "m", "-1", -5, "1h30m"):
+        with pytest.raises(ValueError):
+            config.duration(bad)
+
+
+MODEL = {"name": "a", "source": "x/y", "port": 9000}
+
+
+@pytest.mark.parametrize("models, needle", [
+    ({"a": {**MODEL, "start": "sometimes"}}, "'models.a.start' must be one of always, on-demand"),
+    ({"a": {**MODEL, "start": "on-demand", "idle_stop": "15 minutes"}},
+     "'models.a.idle_stop' must be a duration"),
+    ({"a": {**MODEL, "idle_stop": "5m"}}, "applies to models started by a request"),
+    ({"a": {**MODEL, "swap": "sleep"}}, "it is in no group"),
+    ({"a": {"name": "a", "url": "http://h:1", "start": "on-demand"}}, "a `url` model is never"),
+    ({"a": {**MODEL, "group": "big"}, "b": {**MODEL, "name": "b", "port": 9001, "group": "big"}},
+     "group 'big' has two always-on members, a and b"),
+    ({"a": {**MODEL, "group": "no spaces"}}, "group name 'no spaces' is not a valid name"),
+])
+def test_demand_keys_are_checked(models, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        config.parse({"models": models})
+
+
+def test_a_group_with_one_always_member_reads():
+    cfg = config.parse({"models": {
+        "a": {**MODEL, "group": "big"},
+        "b": {**MODEL, "name": "b", "port": 9001, "group": "big", "start": "on-demand",
+              "idle_stop": 0, "swap": "sleep"}}})
+    a, b = cfg.models
+    assert (a.on_demand, b.on_demand, b.idle_seconds, b.swap) == (False, True, 0.0, "sleep")
+    assert 'idle_stop = 0' in config.to_toml(cfg) and 'swap = "sleep"' in config.to_toml(cfg)
 
 
 @pytest.mark.parametrize("section, key, value, needle", [

@@ -11,7 +11,14 @@ from llmctl import config
 from llmctl.errors import PlanError
 from llmctl.gpu import GIB, Gpu, GpuProcess, Readings, assumed
 from llmctl.hub import facts
-from llmctl.plan import BLOCK, plan
+from llmctl.plan import (
+    BLOCK,
+    CUDA_CONTEXT,
+    CUDA_GRAPHS_BASE,
+    CUDA_GRAPHS_PER_LAYER,
+    NON_TORCH,
+    plan,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "models"
 DEEPSEEK = facts(FIXTURES / "deepseek-coder-33B-instruct-AWQ")
@@ -235,3 +242,76 @@ def test_models_that_cannot_fit_in_ram_or_on_a_full_card_are_one_error():
         plan(config.parse({}, device="cpu"), assumed("cpu:8GiB:8"), {"coder": big, "general": big})
     with pytest.raises(PlanError, match="nothing left to share"):
         plan(compose(), assumed("24GiB:used=23GiB"), {"coder": None, "general": None})
+
+
+# ── groups: one member runs at a time, in the place of the largest ──
+
+def grouped(swap: str = "restart", **extra) -> config.Config:
+    raw = compose()
+    models = {m.key: {"name": m.name, "source": m.source, "port": m.port,
+                      "max_model_len": m.max_model_len, "max_num_seqs": m.max_num_seqs}
+              for m in raw.models}
+    models["coder"] |= {"group": "big", "swap": swap}
+    models["general"] |= {"group": "big", "start": "on-demand", "swap": swap}
+    models.update(extra)
+    return config.parse({"engine": {"device": "cuda"}, "models": models})
+
+
+def test_a_group_fits_where_its_members_together_do_not():
+    # Both at once do not fit on 24 GiB (the test above); one at a time, they do.
+    p = plan(grouped(), assumed("1x24GiB"), COMPOSE)
+    coder, general = p["coder"], p["general"]
+    # Sized once, by the largest member: the same budget and card for both.
+    assert coder.gpu_memory_utilization == general.gpu_memory_utilization
+    assert coder.devices == general.devices == (0,)
+    # Mistral's smaller weights leave it more KV cache in the same budget.
+    assert general.kv_tokens > coder.kv_tokens >= 4096
+    c = p.cards[0]
+    assert c.models == ("coder", "general")
+    assert c.planned + c.headroom <= c.gpu.free_bytes  # one budget + one context, not two
+    assert any("group big" in n and "the largest" in n for n in p.notes)
+
+
+def test_sleeping_members_keep_their_context_and_graphs_on_the_card():
+    restart = plan(grouped(), assumed("1x24GiB"), COMPOSE)
+    sleep = plan(grouped("sleep"), assumed("1x24GiB"), COMPOSE)
+    kept = restart["coder"].planned_bytes - sleep["coder"].planned_bytes
+    # Mistral asleep keeps a CUDA context, its non-torch buffers and its CUDA graphs
+    # (the budget is floored to 0.001 of the card, 24 MiB here).
+    asleep = CUDA_CONTEXT + NON_TORCH + CUDA_GRAPHS_BASE + CUDA_GRAPHS_PER_LAYER * MISTRAL.layers
+    assert kept == pytest.approx(asleep, abs=0.001 * 24 * GIB)
+    assert sleep.cards[0].planned + sleep.cards[0].headroom <= sleep.cards[0].gpu.free_bytes
+    assert "sleeping group members" in "\n".join(sleep["coder"].why)
+
+
+def test_sleep_needs_cuda():
+    cfg = config.parse({"engine": {"device": "cpu"}, "models": {
+        "a": {"name": "a", "source": "x", "port": 9000, "group": "g", "swap": "sleep"},
+        "b": {"name": "b", "source": "x", "port": 9001, "group": "g", "start": "on-demand"}}})
+    with pytest.raises(PlanError, match="CPU build has no sleep mode"):
+        plan(cfg, cpu(), {"a": SMOL, "b": SMOL})
+
+
+def test_on_demand_models_outside_a_group_count_in_full():
+    # An on-demand model may run beside the others, so it must fit beside them.
+    cfg = grouped(extra={"name": "x", "source": "y/z", "port": 9002, "start": "on-demand"})
+    with pytest.raises(PlanError, match="extra does not fit"):
+        plan(cfg, assumed("1x24GiB"), {**COMPOSE, "extra": MISTRAL})
+
+
+def test_more_places_than_cores_take_one_core_each_in_turn():
+    cfg = config.parse({"engine": {"device": "cpu"}, "models": {
+        k: {"name": k, "source": "x", "port": 9000 + i} for i, k in enumerate("abc")}})
+    p = plan(cfg, cpu(cores=(0, 1)), {})
+    assert [p[k].cores for k in "abc"] == [(0,), (1,), (0,)]
+
+
+def test_cpu_group_members_share_the_cores_and_kv_of_one_place():
+    cfg = config.parse({"engine": {"device": "cpu"}, "models": {
+        "coder": {"name": "c", "source": "x", "port": 9000},
+        "a": {"name": "a", "source": "x", "port": 9001, "group": "g", "start": "on-demand"},
+        "b": {"name": "b", "source": "x", "port": 9002, "group": "g", "start": "on-demand"}}})
+    p = plan(cfg, cpu(cores=(0, 1, 2, 3)), {"coder": SMOL, "a": SMOL, "b": SMOL})
+    assert p["coder"].cores == (0, 1) and p["a"].cores == p["b"].cores == (2, 3)
+    assert p["a"].kv_cache_gib == p["b"].kv_cache_gib and p["b"].kv_tokens == p["a"].kv_tokens
+    assert list(p.backends) == ["coder", "a", "b"]  # config order
