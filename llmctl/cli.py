@@ -337,7 +337,8 @@ def up(
     backends = result.stack.get("backends") or {}
     # Failed backends, and on a timeout the ones still starting: their last log lines.
     for key, b in backends.items():
-        if key not in result.failed and (result.ok or b.get("state") == State.RUNNING):
+        if key not in result.failed and (result.ok or b.get("state") == State.RUNNING
+                                         or b.get("resting")):
             continue
         from .logs import likely_cause
 
@@ -353,8 +354,10 @@ def up(
         msg = result.message or f"{len(result.failed)} backend(s) failed"
         raise StackError(msg, "the proxy keeps serving the ready models; `llmctl logs NAME` "
                           "shows a backend's log, `llmctl down` stops everything")
-    names = ", ".join(b["name"] for b in result.stack["backends"].values())
-    ui.ok(f"ready in {elapsed:.0f} s: {cfg.proxy_url}/v1  (models: {names})")
+    names = ", ".join(b["name"] for b in backends.values() if not b.get("resting"))
+    resting = ", ".join(b["name"] for b in backends.values() if b.get("resting"))
+    ui.ok(f"ready in {elapsed:.0f} s: {cfg.proxy_url}/v1  (models: {names}"
+          + (f"; on demand: {resting}" if resting else "") + ")")
     ui.say(f"  try:  echo 'Write a haiku about GPUs' | llmctl chat\n"
            f"        curl {cfg.proxy_url}/v1/chat/completions -H \"Authorization: Bearer "
            f"$(llmctl config key)\" -H 'Content-Type: application/json' -d '{{\"model\": "
@@ -365,7 +368,7 @@ def _already_up(ui: Any, path: Path | None, running: dict[str, Any]) -> None:
     from .lifecycle import ON_THE_WAY
 
     starting = [k for k, b in (running.get("backends") or {}).items()
-                if b.get("state") in ON_THE_WAY]
+                if b.get("state") in ON_THE_WAY and not b.get("resting")]
     if starting:
         ui.ok(f"a stack is already starting ({', '.join(starting)} not ready yet): proxy at "
               f"{running.get('proxy_url', '?')}; `llmctl status` shows progress")
@@ -408,6 +411,70 @@ def down(timeout: Annotated[float, typer.Option(
         ui.ok("nothing was running")
     for line in done:
         ui.ok(line)
+
+
+ModelArg = Annotated[str, typer.Argument(help="A model's key, name or alias.",
+                                         show_default=False)]
+
+
+def _running_for_control(path: Path | None) -> tuple[dict[str, Any], cfgmod.Config]:
+    from . import state
+
+    running = state.running_stack()
+    if running is None:
+        raise StackError("the stack is not running", "start it with `llmctl up`")
+    cfg_path = path or (Path(running["config_path"]) if running.get("config_path") else None)
+    return running, _load(cfg_path)
+
+
+@app.command("start")
+def start_cmd(
+    model: ModelArg,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait until it answers.")] = 900.0,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the start is begun.")
+                       ] = False,
+    path: ConfigOpt = None,
+) -> None:
+    """Start one model of the running stack now (an on-demand one, or one that was stopped
+    or failed), swapping out the running member of its group; wait until it answers."""
+    from . import stack
+    from .lifecycle import State
+
+    running, cfg = _running_for_control(path)
+    key = stack.backend_key(running, model)
+    stack.control(running, key, "start", cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None,
+                  timeout=30)
+    ui = _ui()
+    if no_wait:
+        ui.ok(f"{key}: starting (`llmctl status` shows progress)")
+        return
+    t0 = time.monotonic()
+    try:
+        with ui.StartProgress() as progress:
+            b = stack.wait_backend(key, lambda b: b.get("state") in (State.RUNNING, State.FATAL),
+                                   timeout, progress.update)
+    except KeyboardInterrupt:
+        ui.say(f"stopped waiting; {key} goes on starting (`llmctl stop {key}` stops it)")
+        raise typer.Exit(130) from None
+    if b.get("state") == State.FATAL:
+        raise StackError(f"{key} failed to start: {b.get('reason')}",
+                         f"`llmctl logs {key}` shows its log")
+    ui.ok(f"{key} ({b['name']}) answers, after {time.monotonic() - t0:.0f} s")
+
+
+@app.command("stop")
+def stop_cmd(model: ModelArg, path: ConfigOpt = None) -> None:
+    """Stop one model of the running stack: its requests finish first (up to
+    `proxy.drain_seconds`). An on-demand model or group member starts again on its next
+    request; any other stays stopped until `llmctl start`."""
+    from . import stack, state
+
+    running, cfg = _running_for_control(path)
+    key = stack.backend_key(running, model)
+    stack.control(running, key, "stop", cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None,
+                  timeout=cfg.proxy.drain_seconds + 120)
+    b = (state.running_stack() or running)["backends"][key]  # written before the answer
+    _ui().ok(f"{key}: {b.get('state')}" + (f" — {b['reason']}" if b.get("reason") else ""))
 
 
 @app.command()

@@ -120,9 +120,9 @@ class Daemon:
         self.report()
         from .stack import status_report
 
-        proxy = Proxy(self.backends, self.cfg.proxy, status=status_report)
+        supervisor = Supervisor(self.backends, drain_seconds=self.cfg.proxy.drain_seconds)
+        proxy = Proxy(self.backends, self.cfg.proxy, status=status_report, control=supervisor)
         server = uvicorn.Server(uvicorn_config(proxy, host, port, self.cfg.proxy.drain_seconds))
-        supervisor = Supervisor(self.backends)
 
         async def start_backends() -> None:
             # Wait until the proxy listens, so `up` can watch /ready from the start.
@@ -131,12 +131,13 @@ class Daemon:
             await supervisor.run()
 
         async def report_in_flight() -> None:
-            # States are reported as they change; requests in flight change per request,
-            # so they are written at most once a second, and only when they moved.
+            # States are reported as they change; requests in flight (and the time of the
+            # last one, for idle stops) change per request, so they are written at most
+            # once a second, and only when they moved.
             last = None
             while True:
                 await asyncio.sleep(1.0)
-                now = [b.in_flight for b in self.backends]
+                now = [(b.in_flight, b.queued, b.last_request_at) for b in self.backends]
                 if now != last:
                     last = now
                     self.report()

@@ -66,6 +66,12 @@ def command(cfg: Config, model: ModelConfig, plan: BackendPlan, model_path: str,
         if plan.cores:
             # Without a bind each CPU server takes core 0 and reserves the rest.
             env["VLLM_CPU_OMP_THREADS_BIND"] = plan.cores_spec
+    if model.group and model.swap == "sleep":
+        # Swapped out by /sleep and back by /wake_up: vLLM's dev-mode endpoints, on this
+        # loopback port only (the proxy forwards /v1/* and model-addressed routes, never
+        # these).
+        argv.append("--enable-sleep-mode")
+        env["VLLM_SERVER_DEV_MODE"] = "1"
     argv += list(model.args)
     if base_env:
         env = {**base_env, **env}

@@ -11,6 +11,10 @@ state imports `State` from here; stack.json holds the values as plain strings
                                                               │ after 1, 2, 4 … 30 s
                                                               └──► STARTING
     any ──stop──► STOPPING ──► STOPPED
+    RUNNING ──swapped out (swap = "sleep")──► SLEEPING ──woken by a request──► RUNNING
+
+A model with `start = "on-demand"` rests in STOPPED until a request starts it; so does a
+group member another member swapped out, and any model stopped after `idle_stop`.
 
 supervisord's EXITED (a program that ended as expected) has no use here: a model
 server is never expected to end. ORPHANED is not a supervisor state: `status` calls
@@ -29,6 +33,7 @@ class State(StrEnum):
     BACKOFF = "BACKOFF"
     STOPPING = "STOPPING"
     FATAL = "FATAL"
+    SLEEPING = "SLEEPING"  # swapped out by vLLM's sleep mode: alive, its GPU memory freed
     ORPHANED = "ORPHANED"  # status only: alive, but its daemon is gone
 
 
@@ -36,3 +41,18 @@ class State(StrEnum):
 SETTLED = frozenset({State.RUNNING, State.FATAL})
 # Not serving yet, but on the way (`up` on a stack in these says it is still starting).
 ON_THE_WAY = frozenset({State.STARTING, State.BACKOFF, State.STOPPED})
+
+
+class NotServing(Exception):
+    """A request for a model that cannot answer now: what the proxy tells the client
+    (the HTTP status, OpenAI's error code, and when to come back, if ever)."""
+
+    def __init__(self, status: int, message: str, code: str,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.retry_after = status, message, code, retry_after
+
+
+def waits_for_request(state: str, on_demand: bool) -> bool:
+    """A backend at rest until a request starts it: `up` does not wait for it."""
+    return on_demand and state in (State.STOPPED, State.SLEEPING)

@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -45,7 +46,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from . import fim
 from .config import ModelConfig, ProxyConfig
-from .lifecycle import State
+from .lifecycle import NotServing, State
 from .upstream import Pool, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("llmctl.proxy")
@@ -70,6 +71,29 @@ class Routable(Protocol):
     state: str
     in_flight: int
     reason: str | None
+    last_request_at: float | None  # wall time of the last request, for idle stops
+
+
+class Control(Protocol):
+    """What starts and stops backends (the supervisor); optional: without it a backend
+    that is not RUNNING gets 503."""
+
+    async def demand(self, b: Any, wait: bool = True) -> None: ...
+    def expected_wait(self, b: Any) -> float: ...
+    def start_by_hand(self, b: Any) -> None: ...
+    async def stop_by_hand(self, b: Any) -> None: ...
+
+
+_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)")
+
+
+def prefer_wait(scope: Scope) -> float | None:
+    """RFC 7240's `Prefer: wait=N`: the seconds a client will wait for a model to start
+    (0: answer at once); None when it did not say."""
+    for k, v in scope["headers"]:
+        if k == b"prefer" and (m := _WAIT.search(v.decode("latin-1").lower())):
+            return float(m.group(1))
+    return None
 
 
 def error_body(status: int, message: str, *, type_: str | None = None, param: str | None = None,
@@ -187,9 +211,10 @@ class Proxy:
     around both when origins are configured."""
 
     def __init__(self, backends: Iterable[Routable], cfg: ProxyConfig,
-                 status: Any = None) -> None:
+                 status: Any = None, control: Control | None = None) -> None:
         self.backends = list(backends)
         self.cfg = cfg
+        self.control = control
         self.by_name: dict[str, Routable] = {}
         for b in self.backends:
             for n in b.model.names:
@@ -304,7 +329,35 @@ class Proxy:
         def entry(b: Routable) -> dict[str, Any]:
             return {"id": b.model.name, "object": "model", "created": 0, "owned_by": "llmctl",
                     "aliases": list(b.model.names[1:]), "state": str(b.state),
-                    "fim": getattr(b, "fim", None)}
+                    "start": b.model.start if b.model.managed else None,
+                    "group": b.model.group or None, "fim": getattr(b, "fim", None)}
+
+        @api.post("/api/models/{name:path}/{action}")
+        async def control(name: str, action: str, request: Request) -> JSONResponse:
+            # `llmctl start|stop MODEL`: from this machine only, with a key when keys are set.
+            client = request.client.host if request.client else ""
+            if not ipaddress_is_loopback(client):
+                return error(403, "models are started and stopped from the machine that "
+                             "runs llmctl", code="forbidden")
+            if refusal := denied(request):
+                return refusal
+            if action not in ("start", "stop"):
+                return error(404, f"no action {action!r}; start or stop", code="not_found")
+            if self.control is None:
+                return error(501, "this proxy does not start or stop models",
+                             code="not_supported")
+            try:
+                b = self._backend(name)
+                if action == "start":
+                    self.control.start_by_hand(b)
+                else:
+                    await self.control.stop_by_hand(b)
+            except _Refused as r:
+                return error(r.status, r.message, code=r.code, param=r.param)
+            except NotServing as e:
+                return error(e.status, e.message, code=e.code)
+            return JSONResponse({"model": b.model.name, "state": str(b.state)},
+                                status_code=202 if action == "start" else 200)
 
         @api.get("/v1/models")
         async def models(request: Request) -> JSONResponse:
@@ -371,9 +424,9 @@ class Proxy:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _route(self, body: bytes, path: str = "") -> tuple[Routable, bytes, str, Any]:
-        """The backend, the body to send, the path to send it to, and how to turn the
-        answer back (None: passed through untouched)."""
+    def _route(self, body: bytes, path: str = "") -> tuple[Routable, bytes, str, Any, bool]:
+        """The backend, the body to send, the path to send it to, how to turn the answer
+        back (None: passed through untouched), and whether it must start first."""
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -387,21 +440,62 @@ class Proxy:
             raise _Refused(400, "'model' is required and must be a string", "missing_model",
                            param="model")
         b = self._backend(model)
-        if b.state != State.RUNNING:
-            why = f": {b.reason}" if b.reason else ""
-            if b.state == State.FATAL:  # it will not come back by itself: no Retry-After
-                raise _Refused(503, f"model '{b.model.name}' has failed{why}", "model_failed")
-            raise _Refused(503, f"model '{b.model.name}' is {b.state.lower()}{why}",
-                           "model_not_ready", headers=[(b"retry-after", b"10")])
+        must_start = self._must_start(b)
         if b.in_flight >= self.cfg.max_queue_per_model:
             raise _Refused(429, f"model '{b.model.name}' has {b.in_flight} requests queued; "
                            "try again shortly", "queue_full", headers=[(b"retry-after", b"1")])
         if path == "/infill" or (path == "/v1/completions" and data.get("suffix") is not None):
-            return self._fim(b, data, path)
+            return (*self._fim(b, data, path), must_start)
         if model != b.model.name:  # an alias: the backend knows only the served name
             data["model"] = b.model.name
             body = json.dumps(data).encode()
-        return b, body, path, None
+        return b, body, path, None, must_start
+
+    def _must_start(self, b: Routable) -> bool:
+        """False when `b` serves now; True when a request may start it (and waits);
+        a 503 otherwise."""
+        if b.state == State.RUNNING and not getattr(b, "draining", False):
+            return False
+        if self.control is not None and getattr(b, "demandable", False) \
+                and b.state != State.FATAL:
+            return True
+        why = f": {b.reason}" if b.reason else ""
+        if b.state == State.FATAL:  # it will not come back by itself: no Retry-After
+            again = f"; `llmctl start {b.model.key}` tries again" if b.model.managed else ""
+            raise _Refused(503, f"model '{b.model.name}' has failed{why}{again}",
+                           "model_failed")
+        raise _Refused(503, f"model '{b.model.name}' is {b.state.lower()}{why}",
+                       "model_not_ready", headers=[(b"retry-after", b"10")])
+
+    async def _start_for(self, b: Routable, scope: Scope, disconnect: Any) -> _Refused | None:
+        """Wait for `b` to start (the control starts it, or joins the start under way),
+        bounded by request_timeout or the client's `Prefer: wait=N`; a refusal to send
+        instead when it cannot. Raises _Gone when the client leaves meanwhile."""
+        assert self.control is not None
+        asked = prefer_wait(scope)
+        limit = self.cfg.request_timeout if asked is None else min(asked,
+                                                                   self.cfg.request_timeout)
+        try:
+            if limit <= 0:
+                await self.control.demand(b, False)
+                return None
+            demand = asyncio.ensure_future(self.control.demand(b, True))
+            done, _ = await asyncio.wait({demand, disconnect}, timeout=limit,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if demand in done:
+                demand.result()
+                return None
+            demand.cancel()  # this request stops waiting; the start goes on
+            await asyncio.gather(demand, return_exceptions=True)
+            if disconnect in done:
+                raise _Gone
+            eta = self.control.expected_wait(b)
+            return _Refused(503, f"model '{b.model.name}' is still starting after {limit:.0f} s",
+                            "model_not_ready", headers=[(b"retry-after", b"%d" % eta)])
+        except NotServing as e:
+            headers = [(b"retry-after", b"%d" % math.ceil(e.retry_after))] \
+                if e.retry_after else []
+            return _Refused(e.status, e.message, e.code, headers=headers)
 
     def _backend(self, name: str) -> Routable:
         """The backend a name or an alias names; a 404 that lists the known ones."""
@@ -460,7 +554,7 @@ class Proxy:
             if not (_PATH.match(path) or path in _ROOT_ROUTES):  # NUL, `..` never reach a backend
                 raise _Refused(404, f"no route {path!r}", "not_found")
             body = await self._read_body(scope, receive)
-            backend, body, path, answer = self._route(body, path)
+            backend, body, path, answer, must_start = self._route(body, path)
         except _Refused as r:
             await _send_json(send, r.status, error_body(r.status, r.message, param=r.param,
                                                         code=r.code), r.headers + id_header)
@@ -468,26 +562,40 @@ class Proxy:
         except _Gone:
             return
         name = backend.model.name
-        backend.in_flight += 1
+        backend.in_flight += 1  # waiting for a start included: the queue limit counts it
         m = self.metrics
         m.child("in_flight", name).inc()
         ex = _Exchange(self, backend, rid, key_fp, t0)
         disconnect = asyncio.ensure_future(_wait_disconnect(receive))
-        work = asyncio.ensure_future(ex.run(backend.model.upstream, path.encode(), body,
-                                            up_headers, id_header, send, answer))
+        work: asyncio.Future[None] | None = None
         try:
+            if must_start:
+                refusal = await self._start_for(backend, scope, disconnect)
+                if refusal is not None:
+                    ex.status = refusal.status
+                    await _send_json(send, refusal.status, error_body(
+                        refusal.status, refusal.message, code=refusal.code),
+                        refusal.headers + id_header)
+                    return
+            backend.last_request_at = time.time()
+            work = asyncio.ensure_future(ex.run(backend.model.upstream, path.encode(), body,
+                                                up_headers, id_header, send, answer))
             await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        except _Gone:
+            ex.status = 499
         finally:
-            if not work.done():
+            if work is not None and not work.done():
                 # The client left: cancelling closes the upstream connection, so vLLM aborts.
                 work.cancel()
                 ex.status = ex.status or 499
             disconnect.cancel()
-            await asyncio.gather(work, disconnect, return_exceptions=True)
+            await asyncio.gather(*(f for f in (work, disconnect) if f is not None),
+                                 return_exceptions=True)
             backend.in_flight -= 1
+            backend.last_request_at = time.time()
             m.child("in_flight", name).dec()
             ex.finish()
-        if not work.cancelled() and work.exception():
+        if work is not None and not work.cancelled() and work.exception():
             raise work.exception()  # type: ignore[misc]
 
 

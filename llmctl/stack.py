@@ -18,7 +18,7 @@ from typing import Any
 
 from . import config as cfgmod
 from . import procs, state
-from .errors import StackError
+from .errors import StackError, UsageError
 from .lifecycle import SETTLED, State
 from .logs import log_tail
 
@@ -161,8 +161,9 @@ def wait_ready(proc: subprocess.Popen[bytes], timeout: float,
             on_update(stack)
             if stack.get("error"):
                 return UpResult(False, stack, [], stack["error"])
-            states = [b.get("state") for b in stack["backends"].values()]
-            if states and all(s in SETTLED for s in states):
+            states = [b.get("state") for b in stack["backends"].values()
+                      if not b.get("resting")]  # started by a request, not by `up`
+            if stack["backends"] and all(s in SETTLED for s in states):
                 failed = [k for k, b in stack["backends"].items() if b.get("state") == State.FATAL]
                 return UpResult(not failed, stack, failed)
         rc = proc.poll()
@@ -172,6 +173,58 @@ def wait_ready(proc: subprocess.Popen[bytes], timeout: float,
             return UpResult(False, stack, [], msg or f"the daemon exited ({rc})")
         if time.monotonic() > deadline:
             return UpResult(False, stack, [], f"not ready after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def backend_key(running: dict[str, Any], model: str) -> str:
+    """The key of the backend a model key, name or alias names in a running stack."""
+    for key, b in (running.get("backends") or {}).items():
+        if model == key or model == b.get("name") or model in (b.get("aliases") or []):
+            return key
+    known = ", ".join(running.get("backends") or {})
+    raise UsageError(f"no model {model!r} in the running stack", f"known: {known}")
+
+
+def control(running: dict[str, Any], key: str, action: str, api_key: str | None,
+            timeout: float) -> None:
+    """Ask the daemon to start or stop one model (`llmctl start|stop`), through the proxy's
+    /api/models/NAME/ACTION, which takes requests from this machine only."""
+    import httpx
+
+    b = running["backends"][key]
+    url = f"{running['proxy_url']}/api/models/{b['name']}/{action}"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.post(url, headers=headers, timeout=timeout, trust_env=False)
+    except httpx.HTTPError as e:
+        raise StackError(f"cannot reach the daemon's proxy at {running['proxy_url']}: "
+                         f"{type(e).__name__}", "`llmctl status` shows whether it runs") from None
+    if r.status_code >= 400:
+        try:
+            msg = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            msg = r.text[:200]
+        raise StackError(f"{action} {key}: {msg}",
+                         "the key is `proxy.api_keys` of the running stack's config"
+                         if r.status_code == 401 else None)
+
+
+def wait_backend(key: str, done: Callable[[dict[str, Any]], bool], timeout: float,
+                 on_update: Callable[[dict[str, Any]], None] = lambda s: None,
+                 poll: float = 0.25) -> dict[str, Any]:
+    """Poll the daemon's report until `done(backend)`; the backend's last report."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stack = state.running_stack()
+        if stack is None:
+            raise StackError("the daemon stopped meanwhile", "`llmctl logs` shows why")
+        on_update({**stack, "backends": {key: stack["backends"][key]}})
+        b = stack["backends"][key]
+        if done(b):
+            return b
+        if time.monotonic() > deadline:
+            raise StackError(f"{key} is still {b.get('state')} after {timeout:.0f} s",
+                             f"`llmctl status` and `llmctl logs {key}` show progress")
         time.sleep(poll)
 
 

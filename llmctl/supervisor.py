@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -31,8 +32,10 @@ import httpx
 from . import procs as procs_module
 from .config import ModelConfig
 from .engine import Command
-from .lifecycle import State
+from .lifecycle import NotServing, State
 from .logs import PHASE_ORDER, START_MARK, LogPump, kv_report, likely_cause, log_tail, phase_of
+
+log = logging.getLogger("llmctl.supervisor")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class Policy:
     max_restarts: int = 5  # quick failures in a row before FATAL
     stable_after: float = 60.0  # RUNNING this long resets the quick-failure count
     stop_grace: float = 10.0  # TERM → KILL
+    idle_interval: float = 1.0  # how often idle models are looked for
+    default_start_s: float = 60.0  # a start's expected length when none was measured yet
 
     def backoff(self, failures: int) -> float:
         return min(self.backoff_base * 2.0 ** (failures - 1), self.backoff_cap)
@@ -82,8 +87,29 @@ class Backend:
         self._state = State.STOPPED
         self.reason: str | None = None  # why FATAL / BACKOFF, for `status`
         self.ready_at: float | None = None  # wall time of the last RUNNING
-        self.in_flight = 0  # counted by the proxy
+        self.in_flight = 0  # counted by the proxy (requests waiting for a start included)
+        self.queued = 0  # of those, the ones waiting for a start (not yet admitted)
+        self.admitted = 0  # how many starts have admitted their waiting requests
+        self.draining = False  # being swapped out or stopped: new requests wait
+        self.last_request_at: float | None = None  # wall time, set by the proxy
+        self.by_request = False  # started by a request (or by hand): `idle_stop` applies
+        # At rest by design (on demand, swapped out, idle): a request starts it; `up` does
+        # not wait for it, and `status` says "on demand".
+        self.resting = model.managed and model.on_demand
         self._stopping = False
+
+    @property
+    def demandable(self) -> bool:
+        """A request may start it: on-demand models and group members."""
+        return self.model.managed and (self.model.on_demand or bool(self.model.group))
+
+    def stops_at(self) -> float | None:
+        """Wall time when `idle_stop` will stop it, if nothing asks for it before."""
+        idle = self.model.idle_seconds if self.model.managed else 0
+        if not (self.by_request and idle and self.in_flight == 0
+                and self.state in (State.RUNNING, State.SLEEPING)):
+            return None
+        return (self.last_request_at or self.ready_at or self.clock.time()) + idle
 
     @property
     def state(self) -> State:
@@ -122,7 +148,13 @@ class Backend:
                 "ready_at": self.ready_at, "restarts": 0, "last_exit": None,
                 "reason": self.reason, "log": None, "planned_bytes": 0,
                 "in_flight": self.in_flight, "phase": None, "last_start_s": None,
-                "expected_start_s": None}
+                "expected_start_s": None,
+                "start": self.model.start if self.model.managed else None,
+                "group": self.model.group or None,
+                "swap": self.model.swap if self.model.group else None,
+                "idle_stop_s": self.model.idle_seconds if self.model.managed else None,
+                "last_request_at": self.last_request_at, "stops_at": self.stops_at(),
+                "queued": self.queued, "resting": self.resting}
 
     async def healthy(self) -> bool:
         try:
@@ -200,12 +232,17 @@ class ManagedBackend(Backend):
         self.last_exit: str | None = None
         self.phase: str | None = None  # while STARTING: what the vLLM log says it is doing
         self.last_start_s: float | None = None  # how long the last successful start took
+        self.last_wake_s: float | None = None  # how long the last wake from sleep took
         self._quick_failures = 0
+        self._restarting = False  # this launch is a restart after a crash (not FATAL at once)
         self._delay = 0.0
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+        """The group leader's pid, while there is a group (a stopped one was reaped whole)."""
+        if self.proc is None or self.state == State.STOPPED:
+            return None
+        return self.proc.pid
 
     def snapshot(self) -> dict[str, Any]:
         return {**super().snapshot(), "port": self.model.port,
@@ -218,17 +255,24 @@ class ManagedBackend(Backend):
                 "kv_tokens_reported": self.reported_kv[0] if self.reported_kv else None,
                 "concurrency_reported": self.reported_kv[1] if self.reported_kv else None,
                 "phase": self.phase if self.state == State.STARTING else None,
-                "last_start_s": self.last_start_s, "expected_start_s": self.expected_start_s}
+                "last_start_s": self.last_start_s, "expected_start_s": self.expected_start_s,
+                "last_wake_s": self.last_wake_s}
 
     # ── the transitions ──
     async def start(self) -> bool:
-        """The first start: True once RUNNING; False when it failed (FATAL)."""
+        """A start (at `up`, by a request, by hand): True once RUNNING; False when it
+        failed (FATAL: retrying a missing model or an out-of-memory start only delays
+        the error)."""
+        self._stopping = False
+        self._restarting = False
+        self._quick_failures = 0
+        self.resting = False
         await self._launch()
         return self.state == State.RUNNING
 
     async def watch(self) -> None:
         while not self._stopping:
-            if self.state == State.RUNNING:
+            if self.state in (State.RUNNING, State.SLEEPING):
                 await self._serve()
             elif self.state == State.BACKOFF:
                 await self._backoff()
@@ -255,8 +299,7 @@ class ManagedBackend(Backend):
                 await self._reap()
                 cause = likely_cause(log_tail(self.log_path))
                 detail = f"exited while starting ({why})" + (f": {cause}" if cause else "")
-                if self.restarts == 0:
-                    # Retrying a missing model or an out-of-memory start only delays the error.
+                if not self._restarting:
                     self.last_exit = why
                     self._to(State.FATAL, detail)
                 else:
@@ -288,8 +331,14 @@ class ManagedBackend(Backend):
             if exited:
                 why = self._exit_text()
                 await self._reap()
-                self._crashed(why)
+                if self.state == State.SLEEPING:  # nothing to restart it for: rest
+                    self.last_exit = why
+                    self._to(State.STOPPED, f"exited while asleep ({why})")
+                else:
+                    self._crashed(why)
                 return
+            if self.state == State.SLEEPING:
+                continue  # a sleeping server is watched for its exit only
             misses = 0 if await self.healthy() else misses + 1
             if misses >= self.policy.health_failures:
                 await self._reap()
@@ -313,7 +362,51 @@ class ManagedBackend(Backend):
         await self.clock.sleep(self._delay)
         if not self._stopping:
             self.restarts += 1
+            self._restarting = True
             await self._launch()
+
+    async def park(self, reason: str) -> None:
+        """Stop the server and rest in STOPPED with `reason`; a request (or `llmctl start`)
+        may start it again. The watch ends by itself when it sees the stop."""
+        self._stopping = True
+        if self.proc is not None and self.state != State.STOPPED:
+            self._to(State.STOPPING, reason)
+            await self._reap()
+        self.by_request = False
+        self.draining = False
+        self.resting = self.demandable
+        self._to(State.STOPPED, reason)
+
+    async def sleep(self) -> bool:
+        """RUNNING → SLEEPING with vLLM's sleep mode, level 1 (weights to host RAM, the KV
+        cache dropped). The endpoints are vLLM's dev-mode ones, on the backend's loopback
+        port only; the proxy never forwards them."""
+        try:
+            r = await self._http.post(self.url + "/sleep", params={"level": "1"}, timeout=120.0)
+        except httpx.HTTPError as e:
+            log.warning("%s: /sleep failed: %s", self.key, e)
+            return False
+        if r.status_code != 200:
+            log.warning("%s: /sleep answered %s", self.key, r.status_code)
+            return False
+        self.resting = True
+        self._to(State.SLEEPING, "asleep (vLLM sleep mode); a request wakes it")
+        return True
+
+    async def wake(self) -> bool:
+        """SLEEPING → RUNNING: /wake_up, then the one-token warm-up."""
+        t0 = self.clock.time()
+        try:
+            r = await self._http.post(self.url + "/wake_up", timeout=120.0)
+        except httpx.HTTPError as e:
+            log.warning("%s: /wake_up failed: %s", self.key, e)
+            return False
+        if r.status_code != 200 or not await self._warm_up():
+            return False
+        self.last_wake_s = round(self.clock.time() - t0, 2)
+        self.resting = False
+        self._to(State.RUNNING)
+        return True
 
     async def stop(self) -> None:
         self._stopping = True
@@ -387,26 +480,234 @@ class ManagedBackend(Backend):
             self.proc.wait(timeout=0)
 
 
-class Supervisor:
-    def __init__(self, backends: list[Backend]) -> None:
-        self.backends = backends
-        self._tasks: list[asyncio.Task[None]] = []
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s % 3600 == 0 and s:
+        return f"{s // 3600}h"
+    return f"{s // 60}m" if s % 60 == 0 and s else f"{s}s"
 
+
+class Supervisor:
+    """Starts the backends, keeps them running, and starts and stops them on demand.
+
+    `up` starts the always-on models one after another (vLLM profiles free memory at
+    start, so two starting at once would mis-size their KV caches; every start, by `up`,
+    by a request or by hand, holds `_start_lock`). An on-demand model, or a group member
+    swapped out, is started by `demand`: the first request begins the start and every
+    request that comes meanwhile joins it. A group runs one member at a time: starting
+    one drains the running member (its requests finish, up to `drain_seconds`) and stops
+    it, or puts it to sleep (`swap = "sleep"`). Each group (or lone model) has a lock,
+    so swaps, starts and stops of one group never interleave."""
+
+    def __init__(self, backends: list[Backend], *, drain_seconds: float = 10.0,
+                 policy: Policy | None = None, clock: Clock | None = None) -> None:
+        self.backends = backends
+        self.drain_seconds = drain_seconds
+        self.policy = policy or Policy()
+        self.clock = clock or Clock()
+        self._tasks: list[asyncio.Task[None]] = []  # remote watches, the idle loop
+        self._watches: dict[str, asyncio.Task[None]] = {}
+        self._pending: dict[str, asyncio.Task[None]] = {}  # a start in progress, per model
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._start_lock = asyncio.Lock()
+        self._closing = False
+
+    # ── at up ──
     async def run(self) -> None:
-        """Check the `url` backends, start managed ones one after another, then watch all."""
+        """Check the `url` backends, start the always-on managed ones one after another,
+        then watch all."""
+        self._tasks.append(asyncio.create_task(self._idle_loop()))
         for b in self.backends:
             if isinstance(b, RemoteBackend):
                 await b.start()
                 self._tasks.append(asyncio.create_task(b.watch()))
         for b in self.backends:
-            if isinstance(b, ManagedBackend) and b.state != State.FATAL:
-                # vLLM profiles free memory at start: start the next server only after
-                # this one is healthy, or both mis-size their KV cache.
-                await b.start()
-                self._tasks.append(asyncio.create_task(b.watch()))
+            if isinstance(b, ManagedBackend) and b.state != State.FATAL \
+                    and not b.model.on_demand:
+                async with self._lock(b):
+                    # Not if a request started it, or another member of its group, meanwhile.
+                    busy = any(o.state in (State.RUNNING, State.STARTING, State.BACKOFF)
+                               for o in self._members(b))
+                    if b.state == State.STOPPED and not busy:
+                        await self._launch(b)
+                    elif busy:
+                        b.resting = True
+                        b._to(State.STOPPED, f"group {b.model.group}: another member was "
+                              "asked for first; a request starts it")
+
+    # ── for the proxy ──
+    async def demand(self, b: Backend, wait: bool = True) -> None:
+        """Return once `b` serves, with the calling request admitted (`b.in_flight`, which
+        the caller counts, keeps a swap from stopping `b` under it). Raises NotServing when
+        it cannot: failed, not startable by a request, or `wait` is False (the start is
+        begun, and the answer says when to come back)."""
+        if b.state == State.RUNNING and not b.draining:
+            return
+        name = b.model.name
+        if b.state == State.FATAL:
+            raise NotServing(503, f"model '{name}' has failed: {b.reason}; `llmctl start "
+                             f"{b.key}` tries again", "model_failed")
+        if not b.demandable or self._closing:
+            why = f": {b.reason}" if b.reason else ""
+            raise NotServing(503, f"model '{name}' is {b.state.lower()}{why}",
+                             "model_not_ready", retry_after=10)
+        task = self._bring_up(b)
+        if not wait:
+            eta = self.expected_wait(b)
+            raise NotServing(503, f"model '{name}' is starting; it should answer in about "
+                             f"{eta:.0f} s", "model_starting", retry_after=eta)
+        gen = b.admitted
+        b.queued += 1
+        try:
+            await asyncio.shield(task)
+        except BaseException:
+            if b.admitted == gen:  # not admitted: no longer waiting either
+                b.queued -= 1
+            raise
+
+    def expected_wait(self, b: Backend) -> float:
+        """Seconds until `b` should answer: its last start's length, less what has passed."""
+        if b.state == State.SLEEPING:
+            est = getattr(b, "last_wake_s", None) or 5.0
+        else:
+            est = getattr(b, "expected_start_s", None) or getattr(b, "last_start_s", None) \
+                or self.policy.default_start_s
+        started = getattr(b, "started_at", None)
+        if b.state == State.STARTING and started:
+            est -= self.clock.time() - started
+        return max(1.0, round(est))
+
+    # ── by hand (`llmctl start` / `llmctl stop`) ──
+    def start_by_hand(self, b: Backend) -> None:
+        """Begin a start, whatever the model's `start` (a FATAL one gets a new try)."""
+        if not isinstance(b, ManagedBackend):
+            raise NotServing(400, f"model '{b.model.name}' is served from {b.url}; llmctl "
+                             "does not start it", "not_managed")
+        if b.state == State.FATAL:
+            b._to(State.STOPPED, "starting again by hand")
+        if b.state == State.RUNNING and not b.draining:
+            return
+        task = self._bring_up(b)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen: not logged
+
+    async def stop_by_hand(self, b: Backend) -> None:
+        if not isinstance(b, ManagedBackend):
+            raise NotServing(400, f"model '{b.model.name}' is served from {b.url}; llmctl "
+                             "does not stop it", "not_managed")
+        again = "a request starts it again" if b.demandable else \
+            f"`llmctl start {b.key}` starts it again"
+        async with self._lock(b):
+            if b.state in (State.STOPPED, State.FATAL) and b.proc is None:
+                return
+            await self._swap_out(b, f"stopped by `llmctl stop`; {again}", sleep=False)
+
+    # ── the moves ──
+    def _lock(self, b: Backend) -> asyncio.Lock:
+        key = f"group:{b.model.group}" if b.model.group else f"model:{b.key}"
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def _members(self, b: Backend) -> list[ManagedBackend]:
+        """The other members of `b`'s group."""
+        if not b.model.group:
+            return []
+        return [o for o in self.backends if o is not b and isinstance(o, ManagedBackend)
+                and o.model.group == b.model.group]
+
+    def _bring_up(self, b: Backend) -> asyncio.Task[None]:
+        """The start in progress for `b`, begun now if there is none: one per model, shared
+        by every request that asks meanwhile."""
+        task = self._pending.get(b.key)
+        if task is None or task.done():
+            task = self._pending[b.key] = asyncio.create_task(self._bring_up_now(b))
+        return task
+
+    async def _bring_up_now(self, b: Backend) -> None:
+        assert isinstance(b, ManagedBackend)
+        async with self._lock(b):
+            if b.state in (State.STARTING, State.BACKOFF):
+                # Its watch is restarting it after a crash: wait for the outcome.
+                while b.state in (State.STARTING, State.BACKOFF) and not self._closing:
+                    await self.clock.sleep(0.2)
+            elif b.state != State.RUNNING or b.draining:
+                for o in self._members(b):
+                    if o.state in (State.RUNNING, State.STARTING, State.BACKOFF):
+                        await self._swap_out(o, f"swapped out for {b.model.name}; a request "
+                                             "starts it again", sleep=o.model.swap == "sleep")
+                woke = False
+                if b.state == State.SLEEPING:
+                    async with self._start_lock:
+                        woke = await b.wake()
+                    if not woke:
+                        await b.park("waking from sleep failed; starting it afresh")
+                if not woke:
+                    await self._launch(b)
+            if b.state != State.RUNNING:
+                raise NotServing(503, f"model '{b.model.name}' failed to start: {b.reason}",
+                                 "model_failed")
+            b.by_request = b.demandable
+            if b.last_request_at is None or b.by_request:
+                b.last_request_at = self.clock.time()  # the idle clock starts now
+            # Admit the requests that waited, before the lock lets a swap in.
+            b.queued = 0
+            b.admitted += 1
+            b.on_change()
+
+    async def _launch(self, b: ManagedBackend) -> None:
+        async with self._start_lock:
+            if self._closing:
+                return
+            old = self._watches.pop(b.key, None)
+            if old is not None:
+                await asyncio.gather(old, return_exceptions=True)
+            await b.start()
+        if b.state in (State.RUNNING, State.BACKOFF):
+            self._watches[b.key] = asyncio.create_task(b.watch())
+
+    async def _swap_out(self, o: ManagedBackend, reason: str, *, sleep: bool) -> None:
+        """Let `o`'s admitted requests finish (up to drain_seconds), then put it to sleep
+        or stop it. Requests that come meanwhile wait for the group."""
+        o.draining = True
+        try:
+            deadline = self.clock.monotonic() + self.drain_seconds
+            while o.in_flight - o.queued > 0 and self.clock.monotonic() < deadline:
+                await self.clock.sleep(0.05)
+            if o.in_flight - o.queued > 0:
+                log.warning("%s: %d request(s) still running after %.0f s of draining; "
+                            "stopping it anyway", o.key, o.in_flight - o.queued,
+                            self.drain_seconds)
+            if sleep and o.state == State.RUNNING and await o.sleep():
+                return
+            await o.park(reason)
+            watch = self._watches.pop(o.key, None)
+            if watch is not None:
+                await asyncio.gather(watch, return_exceptions=True)
+        finally:
+            o.draining = False
+
+    async def _idle_loop(self) -> None:
+        """Stop models started by a request once `idle_stop` has passed without one."""
+        while not self._closing:
+            await self.clock.sleep(self.policy.idle_interval)
+            self._tasks = [t for t in self._tasks if not t.done()]
+            now = self.clock.time()
+            for b in self.backends:
+                at = b.stops_at()
+                if at is not None and now >= at and isinstance(b, ManagedBackend) \
+                        and not self._lock(b).locked():
+                    self._tasks.append(asyncio.create_task(self._idle_stop(b)))
+
+    async def _idle_stop(self, b: ManagedBackend) -> None:
+        async with self._lock(b):
+            at = b.stops_at()
+            if at is None or self.clock.time() < at:
+                return  # a request came meanwhile
+            await self._swap_out(b, f"stopped after {_duration(b.model.idle_seconds)} without "
+                                 "a request; a request starts it again", sleep=False)
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        self._closing = True
+        tasks = [*self._tasks, *self._pending.values(), *self._watches.values()]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(b.stop() for b in self.backends), return_exceptions=True)

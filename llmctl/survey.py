@@ -23,6 +23,7 @@ class Survey:
     facts: dict[str, hub.ModelFacts | None]
     plan: plan.Plan
     notes: tuple[str, ...] = ()  # where facts came from, or why they are missing
+    models: dict[str, Any] = dataclasses.field(default_factory=dict)  # key → ModelConfig
 
     @property
     def plans(self) -> dict[str, plan.BackendPlan]:
@@ -47,6 +48,11 @@ class Survey:
             d["kv_tokens_reported"] = reported
             diff = plan.kv_difference(b.kv_tokens, reported)
             d["kv_difference"] = round(diff, 4) if diff is not None else None
+            m = self.models.get(key)
+            d["start"] = m.start if m else "always"
+            d["group"] = (m.group or None) if m else None
+            d["swap"] = m.swap if m and m.group else None
+            d["idle_stop_s"] = m.idle_seconds if m and (m.on_demand or m.group) else None
             models[key] = d
         return {
             "device": self.device, "assumed": r.assumed or None,
@@ -88,4 +94,5 @@ def survey(cfg: Config, *, assume: str | None = None, ask_hub: bool = False) -> 
         else:
             facts[m.key] = None
     return Survey(device, readings, folders, facts,
-                  plan.plan(cfg, readings, facts, device=device), tuple(notes))
+                  plan.plan(cfg, readings, facts, device=device), tuple(notes),
+                  {m.key: m for m in cfg.models if m.managed})

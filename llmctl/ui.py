@@ -17,7 +17,7 @@ from .plan import KV_TOLERANCE, cores_spec, kv_difference
 
 # One colour per state, for every view that shows one.
 STATE_COLORS = {State.RUNNING: "green", State.FATAL: "red", State.BACKOFF: "yellow",
-                State.STARTING: "cyan", State.ORPHANED: "red"}
+                State.STARTING: "cyan", State.ORPHANED: "red", State.SLEEPING: "blue"}
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -89,15 +89,30 @@ def status_table(st: dict[str, Any]) -> None:
         out.print("daemon  not running" + (f"  (last error: {d['error']})" if d.get("error") else ""))
     if st["backends"]:
         rows = []
+        import time
+
+        now = time.time()
+        demand = any(b.get("start") == "on-demand" or b.get("group")
+                     for b in st["backends"].values())
         for key, b in st["backends"].items():
             color = STATE_COLORS.get(b["state"], "")
-            rows.append({
+            state = str(b["state"])
+            if b.get("resting") and state == State.STOPPED:
+                state += " (on demand)"
+            last = b.get("last_request_at")
+            row = {
                 "MODEL": key, "NAME": b.get("name") or "-",
-                "STATE": (str(b["state"]), color),
+                "STATE": (state, color),
                 "PORT": str(b.get("port") or b.get("url") or "-"),
                 "MEMORY": _bytes(b.get("gpu_bytes") if b.get("gpu_bytes") is not None
                                  else b.get("rss_bytes")),
                 "UPTIME": _age(b.get("uptime_s")), "IN FLIGHT": str(b.get("in_flight", 0)),
+                "LAST REQUEST": f"{_age(max(now - last, 0))} ago" if last else "-"}
+            if demand:
+                stops = b.get("stops_at")
+                row["IDLE STOP"] = f"in {_age(max(stops - now, 0))}" if stops else "-"
+            rows.append({
+                **row,
                 "PID": str(b.get("pid") or "-"), "RESTARTS": str(b.get("restarts", 0)),
                 "PLANNED": _bytes(b.get("planned_bytes")),
                 "KV TOKENS": f"{b['kv_tokens_planned']:,}" if b.get("kv_tokens_planned") else "-",
@@ -181,10 +196,13 @@ def plan_view(p: dict[str, Any]) -> None:
             who = f"{proc['name']} (pid {proc['pid']})" if proc["pid"] else proc["name"]
             out.print(f"  held by {_escape(who)}: {_bytes(proc['used_bytes'])}")
     t = Table(box=None, pad_edge=False)
-    for col in ("MODEL", "WHERE", "MEMORY", "MAX LEN", "SEQS", "KV TOKENS", "FULL-LENGTH SEQS",
-                "VLLM REPORTED"):
+    for col in ("MODEL", "RUNS", "WHERE", "MEMORY", "MAX LEN", "SEQS", "KV TOKENS",
+                "FULL-LENGTH SEQS", "VLLM REPORTED"):
         t.add_column(col)
     for key, m in p["models"].items():
+        runs = "always" if m.get("start", "always") == "always" else "on demand"
+        if m.get("group"):
+            runs += f", group {m['group']}"
         if m["device"] == "cuda":
             where = "GPU " + ",".join(map(str, m["devices"])) + (
                 f" (TP {m['tensor_parallel']})" if m["tensor_parallel"] > 1 else "")
@@ -192,7 +210,8 @@ def plan_view(p: dict[str, Any]) -> None:
         else:
             where = f"cores {cores_spec(m['cores'])}"
             memory = f"KV {m['kv_cache_gib']} GiB"
-        t.add_row(key, where, memory, str(m["max_model_len"]), str(m["max_num_seqs"]),
+        t.add_row(key, _escape(runs), where, memory, str(m["max_model_len"]),
+                  str(m["max_num_seqs"]),
                   f"{m['kv_tokens']:,}" if m["kv_tokens"] is not None else "?",
                   f"{m['concurrency']:.2f}" if m["concurrency"] is not None else "?",
                   _kv_cell(m.get("kv_tokens_reported"), m.get("kv_difference")))
@@ -545,7 +564,9 @@ class StartProgress(_LiveView):
 
         state = b.get("state") or "?"
         detail = ""
-        if state == State.STARTING:
+        if b.get("resting"):
+            detail = b.get("reason") or "on demand: its first request starts it"
+        elif state == State.STARTING:
             elapsed = time.time() - b["started_at"] if b.get("started_at") else 0
             est = b.get("expected_start_s")
             detail = f"{b.get('phase') or 'starting'}  {elapsed:.0f}s" + (

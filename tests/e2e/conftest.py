@@ -1,4 +1,6 @@
-"""One real stack per test session: vLLM (CPU build) serving the SmolLM2 demo model twice.
+"""One real stack per test session: vLLM (CPU build) serving the SmolLM2 demo model as the
+always-on coder and general models, and as two on-demand models in one group (demo-a and
+demo-b, started by their first request, one at a time).
 
 The stack is started the way a user starts it — `llmctl up` in a subprocess — in a
 temporary LLMCTL_HOME on free ports. Tests do not depend on each other's order: each
@@ -43,7 +45,8 @@ def free_ports(n: int) -> list[int]:
 class Stack:
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.proxy_port, self.coder_port, self.general_port = free_ports(3)
+        self.proxy_port, self.coder_port, self.general_port, self.a_port, self.b_port = \
+            free_ports(5)
         self.env = {**os.environ, "LLMCTL_HOME": str(home),
                     "LLMCTL_MODELS": os.environ.get("LLMCTL_MODELS", str(ROOT / ".test-models")),
                     "NO_COLOR": "1"}
@@ -76,7 +79,16 @@ source = "HuggingFaceTB/SmolLM2-135M-Instruct"
 port = {self.general_port}
 max_model_len = 2048
 max_num_seqs = 16
-""")
+""" + "".join(f"""
+[models.demo-{x}]
+name = "smollm2-demo-{x}"
+source = "HuggingFaceTB/SmolLM2-135M-Instruct"
+port = {port}
+max_model_len = 2048
+max_num_seqs = 16
+start = "on-demand"
+group = "demo"
+""" for x, port in (("a", self.a_port), ("b", self.b_port))))
 
     def llmctl(self, *args: str, input: str | None = None, timeout: float = 120,
                ) -> subprocess.CompletedProcess[str]:
@@ -89,13 +101,17 @@ max_num_seqs = 16
         return json.loads(r.stdout)
 
     def wait_ready(self, timeout: float = 300) -> dict:
-        """The status once both models are RUNNING; fails, naming the states, when they
-        are not within `timeout` (a backend restarting after a SIGKILL takes ~70 s)."""
+        """The status once coder and general are RUNNING (the on-demand models may be in
+        any state: tests do not depend on whether a swap happened before them); fails,
+        naming the states, when they are not within `timeout` (a backend restarting after
+        a SIGKILL takes ~70 s)."""
         deadline = time.monotonic() + timeout
         while True:
             s = self.status()
             states = {k: b["state"] for k, b in s["backends"].items()}
-            if s["daemon"]["running"] and states and set(states.values()) == {"RUNNING"}:
+            if s["daemon"]["running"] and states.get("coder") == states.get("general") \
+                    == "RUNNING" and all(not k.startswith("demo") or state != "STARTING"
+                                         for k, state in states.items()):
                 return s
             assert time.monotonic() < deadline, f"the stack is not ready: {states}"
             time.sleep(1)
@@ -130,7 +146,7 @@ def shared_stack(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def stack(shared_stack: Stack) -> Stack:
-    """The shared stack with both models RUNNING, whatever the test before did to it."""
+    """The shared stack with coder and general RUNNING, whatever the test before did to it."""
     r = shared_stack.up_result
     assert r is not None and r.returncode == 0, f"llmctl up failed:\n{r.stderr[-3000:] if r else ''}"
     shared_stack.wait_ready()

@@ -5,7 +5,8 @@
 
 It answers /health, /metrics (vllm:num_requests_running), /v1/models,
 /v1/completions and /v1/chat/completions (streaming or not, `max_tokens` chunks),
-/v1/embeddings; and it can be told to misbehave:
+/v1/embeddings, vLLM's sleep-mode /sleep, /wake_up and /is_sleeping; and it can be
+told to misbehave:
   POST /control/crash      exit at once with code 3
   POST /control/hang       stop answering /health (and everything else)
   GET  /control/stats      what it saw: requests, aborted requests, last headers/body,
@@ -32,7 +33,7 @@ from starlette.routing import Route
 
 # "seen" counts every request but /control ones, whatever its route (a 404 too).
 STATS = {"requests": 0, "aborted": 0, "running": 0, "completed": 0, "seen": 0,
-         "last_headers": {}, "last_body": None}
+         "last_headers": {}, "last_body": None, "sleeps": 0, "wakes": 0, "asleep": False}
 HANG = asyncio.Event()
 ARGS: argparse.Namespace
 
@@ -147,6 +148,16 @@ async def tokenize(request: Request) -> Response:
                          "count": len(body.get("prompt", ""))})
 
 
+async def sleep(request: Request) -> Response:
+    """vLLM's dev-mode sleep endpoints (VLLM_SERVER_DEV_MODE=1, --enable-sleep-mode)."""
+    if request.url.path == "/is_sleeping":
+        return JSONResponse({"is_sleeping": STATS["asleep"]})
+    asleep = request.url.path == "/sleep"
+    STATS["asleep"] = asleep
+    STATS["sleeps" if asleep else "wakes"] += 1
+    return Response(status_code=200)
+
+
 async def control(request: Request) -> Response:
     what = request.path_params["what"]
     if what == "crash":
@@ -190,6 +201,8 @@ def main() -> None:
         Route("/v1/chat/completions", complete, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/sleep", sleep, methods=["POST"]), Route("/wake_up", sleep, methods=["POST"]),
+        Route("/is_sleeping", sleep),
         Route("/control/{what}", control, methods=["GET", "POST"]),
     ])
 

@@ -68,3 +68,12 @@ def test_cpu_compile_level_from_args_wins():
     gpu = engine.command(CFG, model(), BackendPlan("coder", "cuda", gpu_memory_utilization=0.4),
                          "/m")
     assert "-O0" not in gpu.argv
+
+
+def test_sleep_mode_only_for_members_of_a_sleep_group():
+    p = BackendPlan("coder", "cuda", gpu_memory_utilization=0.5, devices=(0,))
+    cmd = engine.command(CFG, model(group="g", swap="sleep"), p, "/m")
+    assert "--enable-sleep-mode" in cmd.argv and cmd.env["VLLM_SERVER_DEV_MODE"] == "1"
+    for m in (model(group="g"), model()):
+        cmd = engine.command(CFG, m, p, "/m")
+        assert "--enable-sleep-mode" not in cmd.argv and "VLLM_SERVER_DEV_MODE" not in cmd.env

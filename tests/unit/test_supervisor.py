@@ -12,8 +12,8 @@ import pytest
 
 from llmctl import config
 from llmctl.engine import Command
-from llmctl.lifecycle import State
-from llmctl.supervisor import ManagedBackend, Policy
+from llmctl.lifecycle import NotServing, State
+from llmctl.supervisor import ManagedBackend, Policy, Supervisor
 
 
 class FakeClock:
@@ -221,3 +221,91 @@ def test_start_timeout_is_fatal_in_fake_time(tmp_path):
 @pytest.mark.parametrize("failures, want", [(1, 1.0), (2, 2.0), (5, 16.0), (6, 30.0), (9, 30.0)])
 def test_policy_backoff(failures, want):
     assert Policy().backoff(failures) == want
+
+
+# ── a group in sleep mode, in fake time ──
+
+def member(tmp_path, clock, key: str, start: str):
+    world = World(clock, [(None, 0, False)] * 3)
+    calls: list[str] = []
+
+    def answer(r: httpx.Request) -> httpx.Response:
+        calls.append(r.url.path)
+        return world.answer(r)
+
+    m = config.ModelConfig(key=key, name=key, source="/x", port=9, start=start, group="g",
+                           swap="sleep", idle_stop=0)
+    b = ManagedBackend(m, Command(("vllm",), {}), tmp_path / f"{key}.log", popen=world.popen,
+                       procs=world, clock=clock,
+                       http=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    return b, world, calls
+
+
+def test_a_sleep_group_swaps_by_sleeping_and_waking_not_restarting(tmp_path):
+    clock = FakeClock()
+    a, world_a, calls_a = member(tmp_path, clock, "a", "always")
+    b, world_b, calls_b = member(tmp_path, clock, "b", "on-demand")
+    order: list[tuple[str, State]] = []
+    a.on_change = lambda: order.append(("a", a.state))
+    b.on_change = lambda: order.append(("b", b.state))
+    sup = Supervisor([a, b], drain_seconds=30, clock=clock)
+
+    async def go() -> None:
+        await sup.run()
+        assert (a.state, b.state, b.resting) == (State.RUNNING, State.STOPPED, True)
+        a.in_flight = 1  # a request under way on a
+        first = asyncio.create_task(sup.demand(b))
+        await until(lambda: a.draining)
+        assert b.state == State.STOPPED  # nothing starts while a drains
+        a.in_flight = 0
+        await asyncio.wait_for(first, 10)
+        assert a.state == State.SLEEPING and calls_a.count("/sleep") == 1
+        assert b.state == State.RUNNING and a.resting and not b.resting
+        # a was asleep before b was spawned: never both awake.
+        assert order.index(("a", State.SLEEPING)) < order.index(("b", State.STARTING))
+        # Back to a: b sleeps, a wakes in its old process.
+        await asyncio.wait_for(sup.demand(a), 10)
+        assert a.state == State.RUNNING and calls_a.count("/wake_up") == 1
+        assert len(world_a.procs) == 1 and b.state == State.SLEEPING
+        assert a.last_wake_s is not None
+        await sup.stop()
+
+    asyncio.run(go())
+    assert a.state == b.state == State.STOPPED
+
+
+def test_a_sleeping_member_that_cannot_wake_starts_afresh(tmp_path):
+    clock = FakeClock()
+    a, world_a, calls_a = member(tmp_path, clock, "a", "always")
+    b, _, _ = member(tmp_path, clock, "b", "on-demand")
+    sup = Supervisor([a, b], clock=clock)
+    answer = world_a.answer
+    world_a.answer = lambda r: httpx.Response(500) if r.url.path == "/wake_up" else answer(r)
+
+    async def go() -> None:
+        await sup.run()
+        await asyncio.wait_for(sup.demand(b), 10)
+        assert a.state == State.SLEEPING
+        await asyncio.wait_for(sup.demand(a), 10)
+        assert a.state == State.RUNNING and len(world_a.procs) == 2  # a new process
+        assert world_a.reaped == [world_a.procs[0].pid]
+        await sup.stop()
+
+    asyncio.run(go())
+
+
+def test_demand_refuses_what_a_request_may_not_start(tmp_path):
+    always, world, _ = make(tmp_path, [(None, 0, False)])
+    sup = Supervisor([always], clock=always.clock)
+
+    async def go() -> None:
+        with pytest.raises(NotServing) as e:
+            await sup.demand(always)  # an always-on model, stopped: a request does not start it
+        assert e.value.status == 503 and e.value.code == "model_not_ready"
+        always.fail("weights missing")
+        with pytest.raises(NotServing) as e:
+            await sup.demand(always)
+        assert e.value.code == "model_failed" and "llmctl start coder" in e.value.message
+
+    asyncio.run(go())
+    assert world.procs == []
