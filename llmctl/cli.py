@@ -211,7 +211,8 @@ def rm(
     running = state.running_stack()
     serving = [k for k, b in ((running or {}).get("backends") or {}).items()
                if b.get("source") and _store_key(b["source"]) == source
-               and b.get("state") not in ("STOPPED", "FATAL")]
+               and (b.get("state") not in ("STOPPED", "FATAL") or b.get("resting"))]
+    # (an on-demand model at rest is in use too: its next request starts it)
     if serving:
         raise StackError(f"{source} is in use by the running stack ({', '.join(serving)})",
                          "stop the stack first (`llmctl down`)")

@@ -268,8 +268,9 @@ async function refreshStatus() {
   for (const [k, b] of Object.entries(s.backends)) {
     const tr = document.createElement("tr");
     const kv = b.kv_tokens_planned ? `${b.kv_tokens_planned.toLocaleString()} / ${b.kv_tokens_reported?.toLocaleString() ?? "-"}` : "-";
-    for (const v of [k, b.name, b.state, fmtAge(b.uptime_s), b.restarts ?? 0, b.in_flight ?? 0, fmtBytes(b.rss_bytes), fmtBytes(b.planned_bytes), kv, fmtBytes(b.gpu_bytes)]) {
-      const td = document.createElement("td"); td.textContent = String(v); if (v === b.state) td.className = `state ${b.state}`; tr.append(td);
+    const state = b.resting && b.state === "STOPPED" ? "STOPPED (on demand)" : b.state;
+    for (const v of [k, b.name, state, fmtAge(b.uptime_s), b.restarts ?? 0, b.in_flight ?? 0, fmtBytes(b.rss_bytes), fmtBytes(b.planned_bytes), kv, fmtBytes(b.gpu_bytes)]) {
+      const td = document.createElement("td"); td.textContent = String(v); if (v === state) td.className = `state ${b.state}`; tr.append(td);
     }
     tbody.append(tr);
   }
@@ -297,7 +298,7 @@ async function start() {
   const models = (await r.json()).data;
   const select = $("model"); select.replaceChildren();
   for (const m of models) {
-    const o = document.createElement("option"); o.value = m.id; o.textContent = `${m.id}${m.state && m.state !== "RUNNING" ? ` (${m.state.toLowerCase()})` : ""}`;
+    const o = document.createElement("option"); o.value = m.id; const note = m.start === "on-demand" && ["STOPPED", "SLEEPING"].includes(m.state) ? "on demand, starts when asked" : (m.state || "").toLowerCase(); o.textContent = `${m.id}${m.state && m.state !== "RUNNING" ? ` (${note})` : ""}`;
     select.append(o);
   }
   const general = models.find((m) => (m.aliases || []).includes("general"));

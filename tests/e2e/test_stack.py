@@ -68,9 +68,9 @@ def test_models_shows_the_demo_served_and_rm_refuses_to_remove_it(stack):
     data = json.loads(stack.llmctl("models", "--json").stdout)
     [demo] = [m for m in data["models"] if m["source"] == "HuggingFaceTB/SmolLM2-135M-Instruct"]
     assert demo["complete"] and demo["bytes"] > 200 * 1024**2
-    # On-demand models are in use too: a request may start them at any moment.
-    every = ["coder", "general", "demo-a", "demo-b"]
-    assert demo["configured"] == every and demo["served"] == every
+    assert demo["configured"] == ["coder", "general", "demo-a", "demo-b"]
+    # Served: what runs now; a demo member too if a request started it earlier.
+    assert demo["served"][:2] == ["coder", "general"] and len(demo["served"]) <= 3
     assert demo["quantization"] == "bfloat16"
     r = stack.llmctl("rm", "HuggingFaceTB/SmolLM2-135M-Instruct", "--force")
     assert r.returncode == 1 and "in use by the running stack" in r.stderr
