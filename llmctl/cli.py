@@ -26,6 +26,9 @@ app = typer.Typer(help="A private, OpenAI-compatible model server on one worksta
                   context_settings={"help_option_names": ["-h", "--help"]})
 config_app = typer.Typer(help="Write, show and read the config file.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+keys_app = typer.Typer(help="Named API keys, with limits and usage: one per person or tool.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="Config file (default: $LLMCTL_CONFIG, else the user config).",
@@ -258,6 +261,94 @@ def plan(
         _ui().data(data)
     else:
         _ui().plan_view(data)
+
+
+# ── keys ─────────────────────────────────────────────────────────────────────
+
+KeyName = Annotated[str, typer.Argument(help="The key's name (a person or a tool).",
+                                        show_default=False)]
+
+
+@keys_app.command("add")
+def keys_add(
+    name: KeyName,
+    models: Annotated[str | None, typer.Option(
+        help="Models it may use (keys, names or aliases, comma-separated); default: all.",
+        show_default=False)] = None,
+    rpm: Annotated[int, typer.Option(help="Requests per minute; 0: no limit.")] = 0,
+    tpm: Annotated[int, typer.Option(help="Tokens (prompt + completion) per minute; 0: no limit."
+                                     )] = 0,
+    max_concurrent: Annotated[int, typer.Option(
+        "--max-concurrent", help="Requests in flight at once; 0: no limit.")] = 0,
+    expires: Annotated[str | None, typer.Option(
+        help="Stops working after this long: 30d, 12h, 90m.", show_default=False)] = None,
+    path: ConfigOpt = None,
+) -> None:
+    """Add a key: it is printed once (only its hash is kept) and works at once, also in a
+    running stack."""
+    from . import keys
+
+    cfg = _load(path)
+    wanted = tuple(m.strip() for m in models.split(",") if m.strip()) if models else ()
+    for w in wanted:
+        if not any(w in m.names for m in cfg.models):
+            raise UsageError(f"--models: no model {w!r} in the config",
+                             "known: " + ", ".join(m.key for m in cfg.models))
+    key, rec = keys.add(name, models=wanted, rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
+                        expires=expires)
+    ui = _ui()
+    ui.text(key)
+    ui.ok(f"added the key '{name}' to {keys.path()}; it is shown only now"
+          + (f" (expires {_when(rec.expires)})" if rec.expires else ""))
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "never"
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonOpt = False) -> None:
+    """Each key: created, expires, limits, last used, requests and tokens today and in all."""
+    from . import keys, usage
+
+    found = keys.load()
+    used = usage.summary()
+    rows = []
+    for name in [*found, *(k for k in used if k not in found)]:
+        k = found.get(name)
+        u = used.get(name) or {}
+        rows.append({"name": name, **(k.as_dict() if k else {"revoked_or_admin": True}),
+                     "expired": bool(k and k.expired()),
+                     "last_used": u.get("last_used") or None,
+                     "today": u.get("today"), "total": u.get("total"), "per_model": u.get("models")})
+    ui = _ui()
+    if as_json:
+        ui.data({"keys": rows, "file": str(keys.path())})
+        return
+    if not rows:
+        ui.say("no named keys yet: `llmctl keys add NAME` (the config's api_keys still work)")
+        return
+    ui.keys_table(rows)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: KeyName) -> None:
+    """Remove a key: it stops working within a second, also in a running stack."""
+    from . import keys
+
+    keys.revoke(name)
+    _ui().ok(f"revoked the key '{name}' (its usage stays in `llmctl keys list`)")
+
+
+@keys_app.command("rotate")
+def keys_rotate(name: KeyName) -> None:
+    """A new secret for a key, printed once; the old one stops working. Limits and usage stay."""
+    from . import keys
+
+    key, _ = keys.rotate(name)
+    ui = _ui()
+    ui.text(key)
+    ui.ok(f"rotated the key '{name}': the old secret no longer works")
 
 
 # ── the stack ────────────────────────────────────────────────────────────────

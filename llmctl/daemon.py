@@ -1,7 +1,7 @@
 """The daemon: one event loop running the supervisor and the proxy; signals; drain.
 
-May import: config, engine, errors, fim, gpu, hub, procs, proxy, stack, state, supervisor,
-survey.
+May import: config, engine, errors, fim, gpu, hub, keys, procs, proxy, stack, state,
+supervisor, survey, usage.
 Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached;
 it logs to logs/daemon.log, rotated, and anything printed lands in logs/daemon.out)
 or in the foreground by `llmctl up --foreground` (logs on stderr).
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import config as cfgmod
-from . import engine, fim, gpu, hub, procs, state
+from . import engine, fim, gpu, hub, keys, procs, state, usage
 from .errors import LlmctlError
 from .supervisor import Backend, ManagedBackend, RemoteBackend, Supervisor
 from .survey import survey
@@ -121,7 +121,8 @@ class Daemon:
         from .stack import status_report
 
         supervisor = Supervisor(self.backends, drain_seconds=self.cfg.proxy.drain_seconds)
-        proxy = Proxy(self.backends, self.cfg.proxy, status=status_report, control=supervisor)
+        proxy = Proxy(self.backends, self.cfg.proxy, status=status_report, control=supervisor,
+                      keys_path=keys.path())
         server = uvicorn.Server(uvicorn_config(proxy, host, port, self.cfg.proxy.drain_seconds))
 
         async def start_backends() -> None:
@@ -129,6 +130,14 @@ class Daemon:
             while not server.started and not server.should_exit:
                 await asyncio.sleep(0.05)
             await supervisor.run()
+
+        async def housekeeping() -> None:
+            # The key file, read again when it changed (`llmctl keys add` takes effect within
+            # a second), and the usage tally written to SQLite, off the request path.
+            while True:
+                await asyncio.sleep(1.0)
+                proxy.reload_keys()
+                await asyncio.to_thread(usage.write, proxy.tally.take())
 
         async def report_in_flight() -> None:
             # States are reported as they change; requests in flight (and the time of the
@@ -149,6 +158,7 @@ class Daemon:
             signal.signal(sig, lambda signum, frame: None)
         starter = asyncio.create_task(start_backends())
         reporter = asyncio.create_task(report_in_flight())
+        keeper = asyncio.create_task(housekeeping())
         log.info("proxy on %s; device %s", self.cfg.proxy_url, self.device)
         try:
             await server.serve()
@@ -158,9 +168,11 @@ class Daemon:
             log.info("stopping backends")
             starter.cancel()
             reporter.cancel()
-            await asyncio.gather(starter, reporter, return_exceptions=True)
+            keeper.cancel()
+            await asyncio.gather(starter, reporter, keeper, return_exceptions=True)
             await supervisor.stop()
             await proxy.aclose()
+            usage.write(proxy.tally.take())
         return EXIT_FAILED if self.error else EXIT_OK
 
 
@@ -177,13 +189,15 @@ def uvicorn_config(app, host: str, port: int, drain_seconds: float = 10.0):
                           timeout_graceful_shutdown=max(1, round(drain_seconds)))
 
 
-def serve_proxy_forever(backends, proxy_cfg: cfgmod.ProxyConfig) -> None:
+def serve_proxy_forever(backends, proxy_cfg: cfgmod.ProxyConfig, keys_path: Path | None = None
+                        ) -> None:
     """The proxy alone, with the daemon's settings and loop (for benchmarks)."""
     import uvicorn
 
     from .proxy import Proxy
 
-    server = uvicorn.Server(uvicorn_config(Proxy(backends, proxy_cfg), proxy_cfg.host, proxy_cfg.port,
+    proxy = Proxy(backends, proxy_cfg, keys_path=keys_path)
+    server = uvicorn.Server(uvicorn_config(proxy, proxy_cfg.host, proxy_cfg.port,
                                            proxy_cfg.drain_seconds))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(server.serve())

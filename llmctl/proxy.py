@@ -1,6 +1,7 @@
 """The gateway: auth, route by `model`, pass bytes through, report health and metrics.
 
-May import: config, fim, lifecycle, upstream (and fastapi, prometheus_client). Knows backends only
+May import: config, fim, keys, lifecycle, limits, upstream, usage (and fastapi,
+prometheus_client). Knows backends only
 through the small `Routable` shape (a model, a state, an in-flight counter), so
 tests drive it with plain objects and a local upstream.
 
@@ -45,9 +46,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from . import fim
+from . import keys as keymod
 from .config import ModelConfig, ProxyConfig
 from .lifecycle import NotServing, State
+from .limits import Limits
 from .upstream import Pool, UpstreamError, UpstreamTimeout
+from .usage import Tally
+from .usage import summary as usage_summary
 
 log = logging.getLogger("llmctl.proxy")
 _PATH = re.compile(r"^/v1(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$")
@@ -132,6 +137,26 @@ def request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+class Caller:
+    """Who sent a request: a named key (with its limits and models), an admin key from
+    the config, or anyone (no keys at all)."""
+
+    __slots__ = ("name", "key", "limits", "allowed", "admin", "log")
+
+    def __init__(self, name: str, key: keymod.Key | None = None, limits: Limits | None = None,
+                 allowed: frozenset[int] | None = None, admin: bool = False,
+                 log: str | None = None) -> None:
+        self.name, self.key, self.limits, self.allowed, self.admin = \
+            name, key, limits, allowed, admin
+        self.log = log or name  # in the request log: the name, or an admin key's fingerprint
+
+    def may_use(self, b: Any) -> bool:
+        return self.allowed is None or id(b) in self.allowed
+
+
+ANYONE = Caller("-", admin=True)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -150,6 +175,11 @@ class Metrics:
                                registry=self.registry)
         self.upstream_errors = Counter("llmctl_upstream_errors", "Failures reaching a backend",
                                        ["model", "kind"], registry=self.registry)
+        # Per key: its name (never the key), "admin" for the config's keys.
+        self.key_requests = Counter("llmctl_key_requests", "Requests by key, model and status",
+                                    ["key", "model", "status"], registry=self.registry)
+        self.key_tokens = Counter("llmctl_key_tokens", "Tokens by key, model and kind",
+                                  ["key", "model", "kind"], registry=self.registry)
         self._children: dict[tuple[str, str], Any] = {}
 
     def child(self, metric: str, *labels: str) -> Any:
@@ -211,15 +241,23 @@ class Proxy:
     around both when origins are configured."""
 
     def __init__(self, backends: Iterable[Routable], cfg: ProxyConfig,
-                 status: Any = None, control: Control | None = None) -> None:
+                 status: Any = None, control: Control | None = None,
+                 keys_path: Any = None) -> None:
         self.backends = list(backends)
         self.cfg = cfg
         self.control = control
+        self.keys_path = keys_path  # the named keys' file (keys.py); None: config keys only
+        self._named: dict[str, Caller] = {}  # digest → caller
+        self._keys_seen: tuple[float, int] | None = None
+        self.tally = Tally()  # usage per key and model, written to SQLite by the daemon
+        self.reload_keys()
         self.by_name: dict[str, Routable] = {}
         for b in self.backends:
             for n in b.model.names:
                 self.by_name.setdefault(n, b)
         self.keys = [k.encode() for k in cfg.api_keys]
+        self._admins = [Caller(keymod.ADMIN, admin=True, log=fingerprint(k))
+                        for k in cfg.api_keys]
         self.metrics = Metrics()
         self.status = status  # () -> the data of `llmctl status --json`, for /api/status
         # Totals for the page's charts (requests/s, tokens/s): two integers, no lock needed.
@@ -235,7 +273,7 @@ class Proxy:
             # Preflights are OPTIONS: they take the API path and are answered by CORS there.
             api, forward = CORSMiddleware(api, **cors), CORSMiddleware(forward, **cors)
         self._api, self._forward = api, forward
-        if not self.keys:
+        if not self.keys and not self._named:
             log.warning("no API keys configured: the proxy accepts every request")
 
     # ── plumbing ──
@@ -248,10 +286,52 @@ class Proxy:
         if self._pool is not None:
             await self._pool.close()
 
-    def check_key(self, header: bytes | None) -> str:
-        """The key's fingerprint when allowed; raises _Refused(401) otherwise."""
-        if not self.keys:
-            return "-"
+    def reload_keys(self) -> bool:
+        """Read the key file again if it changed (the daemon asks once a second); True when
+        it did. A key whose limits did not change keeps its counts."""
+        if self.keys_path is None:
+            return False
+        try:
+            st = self.keys_path.stat()
+            seen: tuple[float, int] | None = (st.st_mtime, st.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen == self._keys_seen:
+            return False
+        try:
+            found = keymod.load(self.keys_path) if seen else {}
+        except Exception as e:  # a broken file: keep serving with the keys we have
+            log.error("%s: %s; keeping the keys read before", self.keys_path, e)
+            return False
+        self._keys_seen = seen
+        old = {c.name: c for c in self._named.values()}
+        now = time.monotonic()
+        named = {}
+        for k in found.values():
+            prev = old.get(k.name)
+            same = prev is not None and prev.key is not None and \
+                (prev.key.rpm, prev.key.tpm, prev.key.max_concurrent) == \
+                (k.rpm, k.tpm, k.max_concurrent)
+            limits = prev.limits if same else (
+                Limits(k.rpm, k.tpm, k.max_concurrent, now)
+                if (k.rpm or k.tpm or k.max_concurrent) else None)
+            allowed = frozenset(id(b) for b in self.backends
+                                if any(n in k.models for n in b.model.names)) \
+                if k.models else None
+            named[k.digest] = Caller(k.name, k, limits, allowed)
+        self._named = named
+        log.info("named keys: %s", ", ".join(c.name for c in named.values()) or "none")
+        return True
+
+    @property
+    def counting(self) -> bool:
+        """Whether usage is counted per key: when there are named keys."""
+        return bool(self._named)
+
+    def check_key(self, header: bytes | None) -> Caller:
+        """Who is calling; raises _Refused(401) for a missing, wrong or expired key."""
+        if not self.keys and not self._named:
+            return ANYONE
         if not header:
             raise _Refused(401, "missing Authorization header; send 'Authorization: Bearer "
                            "<key>'", "invalid_api_key")
@@ -260,12 +340,23 @@ class Proxy:
         if scheme.lower() != b"bearer" or not token:
             raise _Refused(401, "malformed Authorization header; expected 'Bearer <key>'",
                            "invalid_api_key")
-        ok = False
-        for k in self.keys:  # no early exit: the time taken does not depend on which key matched
-            ok |= hmac.compare_digest(token, k)
-        if not ok:
+        admin = None
+        for k, c in zip(self.keys, self._admins, strict=True):
+            # No early exit: the time taken does not depend on which key matched.
+            if hmac.compare_digest(token, k):
+                admin = c
+        # Named keys by their SHA-256: what the lookup's time could tell is about a digest
+        # of 256 random bits, not about any key.
+        named = self._named.get(hashlib.sha256(token).hexdigest())
+        if admin is not None:
+            return admin
+        if named is None:
             raise _Refused(401, "invalid API key", "invalid_api_key")
-        return fingerprint(token.decode("latin-1"))
+        if named.key is not None and named.key.expired():
+            raise _Refused(401, f"the key '{named.name}' expired on "
+                           f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(named.key.expires))}",
+                           "expired_api_key")
+        return named
 
     def states(self) -> dict[str, str]:
         return {b.model.name: str(b.state) for b in self.backends}
@@ -301,12 +392,16 @@ class Proxy:
             ok = any(s == State.RUNNING for s in states.values())
             return JSONResponse({"ready": ok, "models": states}, status_code=200 if ok else 503)
 
-        def denied(request: Request) -> JSONResponse | None:
+        def who(request: Request) -> Caller | JSONResponse:
             try:
-                self.check_key(request.headers.get("authorization", "").encode("latin-1") or None)
+                return self.check_key(
+                    request.headers.get("authorization", "").encode("latin-1") or None)
             except _Refused as r:
                 return error(r.status, r.message, code=r.code)
-            return None
+
+        def denied(request: Request) -> JSONResponse | None:
+            c = who(request)
+            return c if isinstance(c, JSONResponse) else None
 
         @api.get("/metrics")
         async def metrics(request: Request) -> Response:
@@ -318,9 +413,18 @@ class Proxy:
 
         @api.get("/api/status")
         async def api_status(request: Request) -> JSONResponse:
-            if refusal := denied(request):
-                return refusal
+            c = who(request)
+            if isinstance(c, JSONResponse):
+                return c
             data = await asyncio.to_thread(self.status) if self.status else {"backends": {}}
+            if self.keys_path is not None:  # usage per key: a named key sees its own
+                used = await asyncio.to_thread(usage_summary)
+                data = {**data, "usage": used if c.admin else
+                        {k: v for k, v in used.items() if k == c.name}}
+            if c.allowed is not None:  # a key limited to some models sees only those
+                mine = {b.model.key for b in self.backends if c.may_use(b)}
+                data = {**data, "backends": {k: v for k, v in data.get("backends", {}).items()
+                                             if k in mine}}
             return JSONResponse({**data, "proxy_counters": dict(self.counters)})
 
         if self.cfg.web:
@@ -339,8 +443,12 @@ class Proxy:
             if not ipaddress_is_loopback(client):
                 return error(403, "models are started and stopped from the machine that "
                              "runs llmctl", code="forbidden")
-            if refusal := denied(request):
-                return refusal
+            c = who(request)
+            if isinstance(c, JSONResponse):
+                return c
+            if not c.admin:
+                return error(403, f"the key '{c.name}' may not start or stop models; the "
+                             "config's api_keys may", code="forbidden")
             if action not in ("start", "stop"):
                 return error(404, f"no action {action!r}; start or stop", code="not_found")
             if self.control is None:
@@ -361,17 +469,20 @@ class Proxy:
 
         @api.get("/v1/models")
         async def models(request: Request) -> JSONResponse:
-            if refusal := denied(request):
-                return refusal
-            return JSONResponse({"object": "list", "data": [entry(b) for b in self.backends]})
+            c = who(request)
+            if isinstance(c, JSONResponse):
+                return c
+            return JSONResponse({"object": "list", "data": [entry(b) for b in self.backends
+                                                            if c.may_use(b)]})
 
         @api.get("/v1/models/{name:path}")
         async def model(name: str, request: Request) -> JSONResponse:
             # What the openai SDK's models.retrieve() asks; a name or an alias.
-            if refusal := denied(request):
-                return refusal
+            c = who(request)
+            if isinstance(c, JSONResponse):
+                return c
             try:
-                return JSONResponse(entry(self._backend(name)))
+                return JSONResponse(entry(self._backend(name, c)))
             except _Refused as r:
                 return error(r.status, r.message, code=r.code, param=r.param)
 
@@ -424,9 +535,11 @@ class Proxy:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _route(self, body: bytes, path: str = "") -> tuple[Routable, bytes, str, Any, bool]:
+    def _route(self, body: bytes, path: str = "", caller: Caller = ANYONE
+               ) -> tuple[Routable, bytes, str, Any, bool, bool]:
         """The backend, the body to send, the path to send it to, how to turn the answer
-        back (None: passed through untouched), and whether it must start first."""
+        back (None: passed through untouched), whether it must start first, and whether
+        the stream's usage chunk was added here (and is taken out of the answer)."""
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -439,17 +552,26 @@ class Proxy:
         if not isinstance(model, str) or not model:
             raise _Refused(400, "'model' is required and must be a string", "missing_model",
                            param="model")
-        b = self._backend(model)
+        b = self._backend(model, caller)
         must_start = self._must_start(b)
         if b.in_flight >= self.cfg.max_queue_per_model:
             raise _Refused(429, f"model '{b.model.name}' has {b.in_flight} requests queued; "
                            "try again shortly", "queue_full", headers=[(b"retry-after", b"1")])
         if path == "/infill" or (path == "/v1/completions" and data.get("suffix") is not None):
-            return (*self._fim(b, data, path), must_start)
-        if model != b.model.name:  # an alias: the backend knows only the served name
-            data["model"] = b.model.name
+            return (*self._fim(b, data, path), must_start, False)
+        rewrite = model != b.model.name  # an alias: the backend knows only the served name
+        data["model"] = b.model.name
+        added = False
+        if self.counting and data.get("stream") is True:
+            # Tokens are counted from `usage`, which a stream carries only when asked for.
+            opts = data.get("stream_options")
+            if not (isinstance(opts, dict) and opts.get("include_usage")):
+                data["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
+                                          "include_usage": True}
+                added = rewrite = True
+        if rewrite:
             body = json.dumps(data).encode()
-        return b, body, path, None, must_start
+        return b, body, path, None, must_start, added
 
     def _must_start(self, b: Routable) -> bool:
         """False when `b` serves now; True when a request may start it (and waits);
@@ -497,11 +619,12 @@ class Proxy:
                 if e.retry_after else []
             return _Refused(e.status, e.message, e.code, headers=headers)
 
-    def _backend(self, name: str) -> Routable:
-        """The backend a name or an alias names; a 404 that lists the known ones."""
+    def _backend(self, name: str, caller: Caller = ANYONE) -> Routable:
+        """The backend a name or an alias names; a 404 that lists the known ones (those
+        the caller's key may use)."""
         b = self.by_name.get(name)
-        if b is None:
-            known = ", ".join(x.model.name for x in self.backends)
+        if b is None or not caller.may_use(b):
+            known = ", ".join(x.model.name for x in self.backends if caller.may_use(x))
             raise _Refused(404, f"model '{name}' does not exist; known models: {known}",
                            "model_not_found", param="model")
         return b
@@ -549,15 +672,28 @@ class Proxy:
                 up_headers.append((k, v))
         if not typed:  # the body is checked to be JSON below; say so, as vLLM expects
             up_headers.append((b"content-type", b"application/json"))
+        caller, routed = ANYONE, "-"
         try:
-            key_fp = self.check_key(auth)
+            caller = self.check_key(auth)
             if not (_PATH.match(path) or path in _ROOT_ROUTES):  # NUL, `..` never reach a backend
                 raise _Refused(404, f"no route {path!r}", "not_found")
             body = await self._read_body(scope, receive)
-            backend, body, path, answer, must_start = self._route(body, path)
+            backend, body, path, answer, must_start, strip = self._route(body, path, caller)
+            routed = backend.model.name
+            limits = caller.limits
+            if limits is not None and (over := limits.admit(time.monotonic())):
+                what, wait = over
+                raise _Refused(429, f"rate limit of the key '{caller.name}': {what}; try "
+                               f"again in {math.ceil(wait)} s", "rate_limit_exceeded",
+                               headers=[(b"retry-after", b"%d" % math.ceil(wait)),
+                                        (b"retry-after-ms", b"%d" % math.ceil(wait * 1000)),
+                                        *limits.headers(time.monotonic())])
         except _Refused as r:
             await _send_json(send, r.status, error_body(r.status, r.message, param=r.param,
                                                         code=r.code), r.headers + id_header)
+            if caller is not ANYONE:  # a key's refusals (429, 404…) count as its errors
+                self.tally.add(caller.name, routed, True, 0, 0, time.time())
+                self.metrics.child("key_requests", caller.name, routed, str(r.status)).inc()
             return
         except _Gone:
             return
@@ -565,7 +701,10 @@ class Proxy:
         backend.in_flight += 1  # waiting for a start included: the queue limit counts it
         m = self.metrics
         m.child("in_flight", name).inc()
-        ex = _Exchange(self, backend, rid, key_fp, t0)
+        ex = _Exchange(self, backend, rid, caller, t0)
+        ex.strip, ex.limits = strip, limits
+        if limits is not None:
+            id_header = [*limits.headers(time.monotonic()), *id_header]
         disconnect = asyncio.ensure_future(_wait_disconnect(receive))
         work: asyncio.Future[None] | None = None
         try:
@@ -597,6 +736,40 @@ class Proxy:
             ex.finish()
         if work is not None and not work.cancelled() and work.exception():
             raise work.exception()  # type: ignore[misc]
+
+
+class _UsageStripper:
+    """A stream with the usage chunk llmctl asked for taken out (the client did not ask
+    for it): whole SSE events pass, the last one with no choices and a `usage` does not."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self.buf + chunk
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            self.buf = data
+            return b""
+        done, self.buf = data[:cut + 2], data[cut + 2:]
+        if b'"usage"' not in done:
+            return done
+        return b"".join(ev + b"\n\n" for ev in done.split(b"\n\n")[:-1]
+                        if not _usage_only(ev))
+
+    def close(self) -> bytes:
+        out, self.buf = self.buf, b""
+        return out
+
+
+def _usage_only(event: bytes) -> bool:
+    if b'"usage"' not in event:
+        return False
+    try:
+        obj = json.loads(event.strip().removeprefix(b"data:").strip())
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("choices") == [] and bool(obj.get("usage"))
 
 
 class _InfillAnswer:
@@ -646,9 +819,11 @@ async def _send_json(send: Send, status: int, obj: Any,
 class _Exchange:
     """One upstream request and its answer, streamed back."""
 
-    def __init__(self, proxy: Proxy, backend: Routable, rid: str, key_fp: str,
+    def __init__(self, proxy: Proxy, backend: Routable, rid: str, caller: Caller,
                  t0: float) -> None:
-        self.proxy, self.backend, self.rid, self.key_fp, self.t0 = proxy, backend, rid, key_fp, t0
+        self.proxy, self.backend, self.rid, self.caller, self.t0 = proxy, backend, rid, caller, t0
+        self.strip = False  # take out the usage chunk llmctl asked for
+        self.limits: Limits | None = None  # the limits that admitted it, told when it ends
         self.status = 0
         self.ttfb: float | None = None
         self.tokens: tuple[int, int] | None = None
@@ -683,6 +858,7 @@ class _Exchange:
                         "headers": headers_out + id_header})
             prev = last = b""
             first = True
+            stripper = _UsageStripper() if self.strip and resp.status == 200 else None
             while True:
                 # Everything that has arrived, at once: under load several SSE events ride
                 # in one write; nothing is ever held back waiting for more.
@@ -694,8 +870,11 @@ class _Exchange:
                     m.child("ttfb", name).observe(self.ttfb)
                     first = False
                 prev, last = last, chunk  # `usage` comes at the end; keep only the tail
+                if stripper is not None and not (chunk := stripper.feed(chunk)):
+                    continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            await send({"type": "http.response.body",
+                        "body": stripper.close() if stripper is not None else b""})
             self.tokens = _usage(prev + last)
         except UpstreamError:
             # Mid-answer: the status line is gone; closing the stream is all that is left.
@@ -729,6 +908,17 @@ class _Exchange:
         m, name = self.proxy.metrics, self.backend.model.name
         dt = time.perf_counter() - self.t0
         m.child("requests", name, str(self.status)).inc()
+        c = self.caller
+        prompt_n, completion_n = self.tokens or (0, 0)
+        if self.limits is not None:
+            self.limits.done(time.monotonic(), prompt_n + completion_n)
+        if c is not ANYONE:
+            self.proxy.tally.add(c.name, name, not 200 <= self.status < 400, prompt_n,
+                                 completion_n, time.time())
+            m.child("key_requests", c.name, name, str(self.status)).inc()
+            if self.tokens:
+                m.child("key_tokens", c.name, name, "prompt").inc(prompt_n)
+                m.child("key_tokens", c.name, name, "completion").inc(completion_n)
         counters = self.proxy.counters
         counters["requests"] += 1
         if self.tokens:
@@ -736,6 +926,6 @@ class _Exchange:
         m.child("latency", name).observe(dt)
         prompt, completion = self.tokens or ("-", "-")
         log.info("id=%s key=%s model=%s status=%s ttfb_ms=%s ms=%.1f prompt_tokens=%s "
-                 "completion_tokens=%s", self.rid, self.key_fp, name, self.status,
+                 "completion_tokens=%s", self.rid, self.caller.log, name, self.status,
                  f"{self.ttfb * 1000:.1f}" if self.ttfb is not None else "-", dt * 1000,
                  prompt, completion)

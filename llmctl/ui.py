@@ -226,6 +226,37 @@ def plan_view(p: dict[str, Any]) -> None:
         out.print(f"[yellow]note:[/yellow] {_escape(note)}", soft_wrap=True)
 
 
+def keys_table(rows: list[dict[str, Any]]) -> None:
+    """`llmctl keys list`."""
+    import time
+
+    def when(t: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+
+    def tally(u: dict[str, int] | None) -> str:
+        if not u:
+            return "-"
+        return f"{u['requests']:,} req, {u['prompt_tokens'] + u['completion_tokens']:,} tok" \
+            + (f", {u['errors']:,} err" if u["errors"] else "")
+
+    t = Table(box=None, pad_edge=False)
+    for col in ("NAME", "KEY", "MODELS", "LIMITS", "EXPIRES", "LAST USED", "TODAY", "TOTAL"):
+        t.add_column(col, no_wrap=True)
+    for r in rows:
+        limits = ", ".join(f"{r[k]} {label}" for k, label in (
+            ("rpm", "rpm"), ("tpm", "tpm"), ("max_concurrent", "at once")) if r.get(k)) or "-"
+        if r.get("revoked_or_admin"):
+            shown, models, expires = "(config key or revoked)", "-", "-"
+        else:
+            shown = r["shown"] + "…"
+            models = ", ".join(r["models"]) or "all"
+            expires = ("[red]expired[/red] " if r["expired"] else "") + when(r["expires"]) \
+                if r["expires"] else "never"
+        t.add_row(_escape(r["name"]), shown, _escape(models), limits, expires,
+                  when(r["last_used"]), tally(r["today"]), tally(r["total"]))
+    out.print(t)
+
+
 def size(n: int | None) -> str:
     return _bytes(n) if n else "0 MiB"
 

@@ -274,6 +274,18 @@ async function refreshStatus() {
     }
     tbody.append(tr);
   }
+  const keys = Object.entries(s.usage || {});
+  $("keys-wrap").hidden = keys.length === 0;
+  const kbody = $("keys").querySelector("tbody"); kbody.replaceChildren();
+  for (const [name, u] of keys) {
+    const tr = document.createElement("tr");
+    const tok = (x) => (x.prompt_tokens + x.completion_tokens).toLocaleString();
+    const last = u.last_used ? new Date(u.last_used * 1000).toLocaleString() : "-";
+    for (const v of [name, u.today.requests.toLocaleString(), tok(u.today), u.total.requests.toLocaleString(), tok(u.total), u.total.errors.toLocaleString(), last]) {
+      const td = document.createElement("td"); td.textContent = v; tr.append(td);
+    }
+    kbody.append(tr);
+  }
   const p = s.proxy_counters || { requests: 0, tokens: 0 };
   history.push([performance.now() / 1000, p.requests, p.tokens]);
   while (history.length > 151) history.shift();  // five minutes at one sample every two seconds

@@ -1,0 +1,187 @@
+"""Named keys with limits and usage, as a user runs them: the whole daemon (url models on
+two stand-in servers), `llmctl keys …` while it runs, requests over real sockets."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from .conftest import start_upstream
+from .test_cli_stack import KEY, Env
+
+
+class KeyEnv(Env):
+    def add(self, name: str, *args: str) -> str:
+        r = self.run("keys", "add", name, *args)
+        assert r.returncode == 0, r.stderr
+        key = r.stdout.strip()
+        assert key.startswith("sk-llmctl-") and "shown only now" in r.stderr
+        return key
+
+    def ask(self, key: str, model: str = "fake-general", **body) -> httpx.Response:
+        return httpx.post(self.url + "/v1/chat/completions", timeout=30,
+                          headers={"Authorization": f"Bearer {key}"},
+                          json={"model": model, "max_tokens": 2,
+                                "messages": [{"role": "user", "content": "hi"}], **body})
+
+    def until(self, ok, timeout: float = 5.0):
+        """Changes to the key file reach the daemon within a second."""
+        deadline = time.monotonic() + timeout
+        while not (result := ok()):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        return result
+
+    def usage(self, name: str) -> dict:
+        rows = json.loads(self.run("keys", "list", "--json").stdout)["keys"]
+        return next(r for r in rows if r["name"] == name)
+
+
+@pytest.fixture
+def kenv(tmp_path):
+    ups = [start_upstream("fake-coder"), start_upstream("fake-general")]
+    e = KeyEnv(tmp_path)
+    e.url_models({"coder": ("fake-coder", ups[0].url), "general": ("fake-general", ups[1].url)})
+    r = e.run("up", "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+    yield e
+    e.run("down")
+    for u in ups:
+        u.stop()
+
+
+def test_a_new_key_works_at_once_and_the_config_key_still_does(kenv):
+    key = kenv.add("alice")
+    kenv.until(lambda: kenv.ask(key).status_code == 200)
+    assert kenv.ask(KEY).status_code == 200
+    assert kenv.ask("sk-llmctl-not-a-key").status_code == 401
+
+
+def test_requests_per_minute_hit_and_recovered_with_openai_headers(kenv):
+    key = kenv.add("alice", "--rpm", "30")
+    kenv.until(lambda: kenv.ask(key).status_code == 200)
+    codes = [kenv.ask(key).status_code for _ in range(35)]
+    assert 200 in codes and codes[-1] == 429
+    r = kenv.ask(key)
+    assert r.status_code == 429
+    err = r.json()["error"]
+    assert err["type"] == "rate_limit_error" and err["code"] == "rate_limit_exceeded"
+    assert "30 requests per minute" in err["message"]
+    wait = int(r.headers["retry-after"])
+    assert 1 <= wait <= 2  # 30 a minute: one every 2 s
+    assert r.headers["x-ratelimit-limit-requests"] == "30"
+    assert r.headers["x-ratelimit-remaining-requests"] == "0"
+    # The openai SDK sees a RateLimitError with the hint.
+    client = openai.OpenAI(base_url=kenv.url + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as e:
+        client.chat.completions.create(model="fake-general", max_tokens=2,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert int(e.value.response.headers["retry-after"]) >= 1
+    time.sleep(wait + 0.2)
+    ok = kenv.ask(key)
+    assert ok.status_code == 200 and ok.headers["x-ratelimit-limit-requests"] == "30"
+    # Another key is not touched by alice's limit.
+    assert kenv.ask(KEY).status_code == 200
+    # Every request of alice's is counted, and the refusals are her errors (401s before
+    # the key reached the daemon were nobody's).
+    ok_n, refused_n = codes.count(200) + 2, codes.count(429) + 2
+    u = kenv.until(lambda: (x := kenv.usage("alice"))["total"]["requests"] == ok_n + refused_n
+                   and x)
+    assert u["total"]["errors"] == refused_n
+
+
+def test_tokens_per_minute_count_the_answer(kenv):
+    key = kenv.add("bob", "--tpm", "10")
+    kenv.until(lambda: kenv.ask(key, max_tokens=8).status_code == 200)  # 3 + 8 = 11 tokens
+    r = kenv.ask(key)
+    assert r.status_code == 429 and "10 tokens per minute" in r.json()["error"]["message"]
+    assert r.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+def test_concurrency_limit(kenv):
+    key = kenv.add("carol", "--max-concurrent", "1")
+    kenv.until(lambda: kenv.ask(key).status_code == 200)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(kenv.ask, key, max_tokens=10, token_delay=0.1)  # ~1 s
+        time.sleep(0.4)
+        r = kenv.ask(key)
+        assert r.status_code == 429 and "in flight" in r.json()["error"]["message"]
+        assert slow.result().status_code == 200
+    assert kenv.ask(key).status_code == 200
+
+
+def test_a_key_limited_to_some_models_sees_only_those(kenv):
+    key = kenv.add("dave", "--models", "general")
+    kenv.until(lambda: kenv.ask(key).status_code == 200)
+    r = kenv.ask(key, model="fake-coder")
+    assert r.status_code == 404
+    msg = r.json()["error"]["message"]
+    assert "fake-general" in msg and "fake-coder" not in msg.split("known models:")[1]
+    h = {"Authorization": f"Bearer {key}"}
+    listed = httpx.get(kenv.url + "/v1/models", headers=h).json()["data"]
+    assert [m["id"] for m in listed] == ["fake-general"]
+    assert httpx.get(kenv.url + "/v1/models/fake-coder", headers=h).status_code == 404
+    status = httpx.get(kenv.url + "/api/status", headers=h).json()
+    assert list(status["backends"]) == ["general"]
+    # Starting and stopping models is for the config's keys.
+    assert httpx.post(kenv.url + "/api/models/general/stop", headers=h).status_code == 403
+    r = kenv.run("keys", "add", "eve", "--models", "nope")
+    assert r.returncode == 2 and "no model 'nope'" in r.stderr
+
+
+def test_revoke_rotate_and_expiry_while_running(kenv):
+    key = kenv.add("frank")
+    kenv.until(lambda: kenv.ask(key).status_code == 200)
+    r = kenv.run("keys", "rotate", "frank")
+    assert r.returncode == 0, r.stderr
+    new = r.stdout.strip()
+    kenv.until(lambda: kenv.ask(key).status_code == 401)
+    assert kenv.ask(new).status_code == 200
+    assert kenv.run("keys", "revoke", "frank").returncode == 0
+    kenv.until(lambda: kenv.ask(new).status_code == 401)
+    short = kenv.add("gina", "--expires", "2s")
+    kenv.until(lambda: kenv.ask(short).status_code == 200)
+    r = kenv.until(lambda: (x := kenv.ask(short)).status_code == 401 and x)
+    assert "the key 'gina' expired" in r.json()["error"]["message"]
+    assert kenv.run("keys", "revoke", "nobody").returncode == 2
+
+
+def test_usage_is_counted_streamed_or_not_and_survives_a_restart(kenv):
+    key = kenv.add("hana")
+    kenv.until(lambda: kenv.ask(key, max_tokens=2).status_code == 200)  # 3 + 2
+    # A stream whose client did not ask for usage: llmctl asks, counts, and takes it out.
+    with httpx.stream("POST", kenv.url + "/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {key}"},
+                      json={"model": "fake-coder", "max_tokens": 4, "stream": True,
+                            "messages": [{"role": "user", "content": "hi"}]}) as r:
+        body = r.read().decode()
+    assert body.count("tok") == 4 and '"usage"' not in body and body.rstrip().endswith("[DONE]")
+    # One that asked gets it, as sent.
+    with httpx.stream("POST", kenv.url + "/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {key}"},
+                      json={"model": "fake-coder", "max_tokens": 1, "stream": True,
+                            "stream_options": {"include_usage": True},
+                            "messages": [{"role": "user", "content": "hi"}]}) as r:
+        assert '"completion_tokens": 1' in r.read().decode()
+    want = {"requests": 3, "errors": 0, "prompt_tokens": 9, "completion_tokens": 7}
+    u = kenv.until(lambda: (x := kenv.usage("hana"))["total"] == want and x)
+    assert u["today"] == want and u["last_used"]
+    assert u["per_model"]["fake-coder"]["requests"] == 2
+    metrics = httpx.get(kenv.url + "/metrics").text
+    assert 'llmctl_key_requests_total{key="hana",model="fake-coder",status="200"} 2.0' in metrics
+    assert 'llmctl_key_tokens_total{key="hana",kind="completion",model="fake-coder"} 5.0' \
+        in metrics
+    assert key not in metrics
+    table = kenv.run("keys", "list").stdout
+    assert "hana" in table and "3 req, 16 tok" in table and key not in table
+    # Written to disk off the request path, and read back after a restart.
+    assert kenv.run("down").returncode == 0
+    assert kenv.usage("hana")["total"] == want
+    assert kenv.run("up", "--timeout", "30").returncode == 0
+    kenv.until(lambda: kenv.ask(key).status_code == 200)
+    kenv.until(lambda: kenv.usage("hana")["total"]["requests"] == 4)
