@@ -8,7 +8,11 @@ Measures
     p50 and p99 (proxy minus direct);
   * streamed chunks per second at concurrency 64 (256 chunks per response), proxy as a
     fraction of direct.
+  * named keys (issue 15): a second proxy with a key file, asked with a named key that
+    has limits (rpm, tpm, concurrency, all too high to refuse), against the first proxy
+    asked with a config key, interleaved in the same run: the p50 difference.
 Targets (issue 3): added p50 <= 1 ms, p99 <= 3 ms; >= 80 % of direct throughput.
+Target (issue 15): keys and limits add <= 0.1 ms at p50.
 The upstream and the proxy each run in their own process, with the daemon's uvicorn
 settings; the load generator (aiohttp) runs here.
 """
@@ -37,12 +41,14 @@ import sys
 sys.path.insert(0, {str(HERE.parents[1])!r})
 from llmctl import config
 from llmctl.daemon import serve_proxy_forever
+from pathlib import Path
 port, upstream = int(sys.argv[1]), sys.argv[2]
+keys = Path(sys.argv[3]) if len(sys.argv) > 3 else None
 m = config.ModelConfig(key="bench", name="bench", url=upstream)
 class B:
     model, state, in_flight, reason, fim = m, "RUNNING", 0, None, "starcoder"
 serve_proxy_forever([B()], config.ProxyConfig(port=port, api_keys=({KEY!r},),
-                                              max_queue_per_model=100000))
+                                              max_queue_per_model=100000), keys_path=keys)
 """
 
 
@@ -72,6 +78,9 @@ FIM_BODY = {"model": "bench", "prompt": "def add(a, b):\n    ", "max_tokens": 16
 
 
 async def one(session, url, stream: bool, fim: bool | None = None) -> float:
+    headers = None
+    if isinstance(url, tuple):  # (url, the key to send)
+        url, headers = url[0], {"Authorization": f"Bearer {url[1]}"}
     """Seconds to the full answer (non-streaming) or to the first chunk (streaming);
     `fim` sends a /v1/completions body, with a suffix (True) or without (False)."""
     body = dict(BODY, stream=stream)
@@ -81,7 +90,7 @@ async def one(session, url, stream: bool, fim: bool | None = None) -> float:
         if fim:
             body["suffix"] = "\n\nprint(add(1, 2))\n"
     t0 = time.perf_counter()
-    async with session.post(url + route, json=body) as r:
+    async with session.post(url + route, json=body, headers=headers) as r:
         r.raise_for_status()  # a 401 or 503 is fast, and would look like a fast proxy
         if stream:
             await r.content.readany()
@@ -124,19 +133,29 @@ async def throughput(session, url: str, conc: int, chunks: int, rounds: int) -> 
 
 
 async def run(args) -> dict:
-    up_port, px_port = free_port(), free_port()
+    import tempfile
+
+    sys.path.insert(0, str(HERE.parents[1]))
+    from llmctl import keys
+
+    up_port, px_port, kx_port = free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    tmp = tempfile.TemporaryDirectory()
+    key_file = Path(tmp.name) / "keys.toml"
+    named, _ = keys.add("bench", rpm=10**9, tpm=10**12, max_concurrent=10**6, p=key_file)
     procs = [
         subprocess.Popen([sys.executable, str(HERE / "fast_upstream.py"), str(up_port)], env=env),
         subprocess.Popen([sys.executable, "-c", PROXY_MAIN, str(px_port),
                           f"http://127.0.0.1:{up_port}"], env=env),
+        subprocess.Popen([sys.executable, "-c", PROXY_MAIN, str(kx_port),
+                          f"http://127.0.0.1:{up_port}", str(key_file)], env=env),
     ]
     try:
         conn = aiohttp.TCPConnector(limit=0, force_close=False)
         async with aiohttp.ClientSession(connector=conn,
                                          headers={"Authorization": f"Bearer {KEY}"}) as s:
             urls = {"direct": f"http://127.0.0.1:{up_port}", "proxy": f"http://127.0.0.1:{px_port}"}
-            for u in urls.values():
+            for u in [*urls.values(), f"http://127.0.0.1:{kx_port}"]:
                 await wait_up(s, u)
             await latency(s, urls, 100, False)  # warm-up: connections, caches, JIT-free paths
             res: dict = {"requests": args.requests}
@@ -163,6 +182,13 @@ async def run(args) -> dict:
                 "proxy_chunks_per_s": statistics.median(p for _, p in pairs),
                 "proxy_fraction": statistics.median(p / d for d, p in pairs),
                 "pair_fractions": [round(p / d, 3) for d, p in pairs]}
+            # Named keys: a key with limits on the second proxy, beside a config key on the first.
+            key_urls = {"config": urls["proxy"], "named": (f"http://127.0.0.1:{kx_port}", named)}
+            await latency(s, key_urls, 100, False)
+            for name, stream in (("keys_non_streaming", False), ("keys_first_chunk", True)):
+                lat = await latency(s, key_urls, args.requests, stream)
+                c, k = statistics.median(lat["config"]) * 1e3, statistics.median(lat["named"]) * 1e3
+                res[name] = {"config_key_p50_ms": c, "named_key_p50_ms": k, "added_p50_ms": k - c}
             # FIM: the same completion through the proxy, with a suffix (rendered by the
             # proxy's template) and without; both paths forward one /v1/completions. Last:
             # a thousand non-streaming completions before the c=64 phase lowered the proxy's
@@ -180,6 +206,7 @@ async def run(args) -> dict:
             p.terminate()
         for p in procs:
             p.wait(timeout=10)
+        tmp.cleanup()
 
 
 def main() -> None:
@@ -201,6 +228,10 @@ def main() -> None:
         print(f"{name:>14}: direct p50 {r['direct_p50_ms']:.3f} ms p99 {r['direct_p99_ms']:.3f} ms | "
               f"proxy p50 {r['proxy_p50_ms']:.3f} ms p99 {r['proxy_p99_ms']:.3f} ms | "
               f"added p50 {r['added_p50_ms']:.3f} ms p99 {r['added_p99_ms']:.3f} ms")
+    for name in ("keys_non_streaming", "keys_first_chunk"):
+        r = res[name]
+        print(f"{name:>18}: config key p50 {r['config_key_p50_ms']:.3f} ms | named key with "
+              f"limits p50 {r['named_key_p50_ms']:.3f} ms | added p50 {r['added_p50_ms']:.3f} ms")
     f = res["fim"]
     print(f"{'fim':>14}: plain completion p50 {f['plain_p50_ms']:.3f} ms p99 "
           f"{f['plain_p99_ms']:.3f} ms | with suffix p50 {f['fim_p50_ms']:.3f} ms p99 "
