@@ -240,7 +240,8 @@ def keys_table(rows: list[dict[str, Any]]) -> None:
             + (f", {u['errors']:,} err" if u["errors"] else "")
 
     t = Table(box=None, pad_edge=False)
-    for col in ("NAME", "KEY", "MODELS", "LIMITS", "EXPIRES", "LAST USED", "TODAY", "TOTAL"):
+    for col in ("NAME", "KEY", "MODELS", "LIMITS", "CREATED", "EXPIRES", "LAST USED", "TODAY",
+                "TOTAL"):
         t.add_column(col, no_wrap=True)
     for r in rows:
         limits = ", ".join(f"{r[k]} {label}" for k, label in (
@@ -252,7 +253,8 @@ def keys_table(rows: list[dict[str, Any]]) -> None:
             models = ", ".join(r["models"]) or "all"
             expires = ("[red]expired[/red] " if r["expired"] else "") + when(r["expires"]) \
                 if r["expires"] else "never"
-        t.add_row(_escape(r["name"]), shown, _escape(models), limits, expires,
+        t.add_row(_escape(r["name"]), shown, _escape(models), limits, when(r.get("created")),
+                  expires,
                   when(r["last_used"]), tally(r["today"]), tally(r["total"]))
     out.print(t)
 

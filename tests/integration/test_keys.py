@@ -95,12 +95,17 @@ def test_requests_per_minute_hit_and_recovered_with_openai_headers(kenv):
     assert u["total"]["errors"] == refused_n
 
 
-def test_tokens_per_minute_count_the_answer(kenv):
-    key = kenv.add("bob", "--tpm", "10")
-    kenv.until(lambda: kenv.ask(key, max_tokens=8).status_code == 200)  # 3 + 8 = 11 tokens
+def test_tokens_per_minute_count_the_answer_and_recover(kenv):
+    key = kenv.add("bob", "--tpm", "6000")  # 100 tokens a second
+    kenv.until(lambda: kenv.ask(key, max_tokens=1).status_code == 200)
+    assert kenv.ask(key, max_tokens=6090).status_code == 200  # 3 + 6090: over by about 100
     r = kenv.ask(key)
-    assert r.status_code == 429 and "10 tokens per minute" in r.json()["error"]["message"]
+    assert r.status_code == 429 and "6000 tokens per minute" in r.json()["error"]["message"]
     assert r.headers["x-ratelimit-remaining-tokens"] == "0"
+    wait = int(r.headers["retry-after"])
+    assert 1 <= wait <= 2
+    time.sleep(wait + 0.2)
+    assert kenv.ask(key).status_code == 200
 
 
 def test_concurrency_limit(kenv):
