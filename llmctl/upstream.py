@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -48,6 +49,10 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.got_bytes = False
         self.last_io = self.loop.time()
+        # Splice mode (Response.splice): body bytes go straight to `sink` from the
+        # socket callback, one call per socket read, with no task woken per chunk.
+        self.sink: Callable[[bytes], bool] | None = None
+        self.batch: list[bytes] | None = None
 
     # ── asyncio.Protocol ──
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -56,11 +61,23 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_io = self.loop.time()
         self.got_bytes = True
+        sink = self.sink
+        if sink is not None:
+            self.batch = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             self._fail(UpstreamError(f"bad HTTP from upstream: {e}"))
             self.transport.close()  # type: ignore[union-attr]
+        finally:
+            if sink is not None:
+                # Every chunk this read carried, in one piece: one write downstream.
+                batch, self.batch = self.batch, None
+                if batch and sink(batch[0] if len(batch) == 1 else b"".join(batch)) \
+                        and not self.paused:
+                    self.paused = True  # the client is slow: stop reading the backend
+                    self.transport.pause_reading()  # type: ignore[union-attr]
+                    self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -87,6 +104,9 @@ class _Conn(asyncio.Protocol):
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self.batch is not None:
+            self.batch.append(body)
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > PAUSE_AT and not self.paused:
@@ -150,6 +170,40 @@ class Response:
 
     async def read(self) -> bytes:
         return await self._conn.read()
+
+    def splice(self, sink: Callable[[bytes], bool]) -> None:
+        """From now on, hand body bytes to `sink` as they arrive, from the socket callback
+        itself (what is already buffered first). `sink` returns True when its consumer is
+        full: reading pauses until `resume`."""
+        c = self._conn
+        if c.chunks:
+            data = b"".join(c.chunks)
+            c.chunks.clear()
+            c.buffered = 0
+            if sink(data):
+                c.paused = True
+                c.transport.pause_reading()  # type: ignore[union-attr]
+        c.sink = sink
+
+    async def wait(self) -> bool:
+        """In splice mode: True at the end of the answer, False when the sink asked to
+        pause (call `resume` once it has room); raises UpstreamError."""
+        c = self._conn
+        while True:
+            if c.error is not None:
+                raise c.error
+            if c.done:
+                return True
+            if c.paused:
+                return False
+            c.waiter = c.loop.create_future()
+            await c.waiter
+
+    def resume(self) -> None:
+        c = self._conn
+        if c.paused:
+            c.paused = False
+            c.transport.resume_reading()  # type: ignore[union-attr]
 
     def close(self) -> None:
         """Back to the pool when the answer was read whole; else the socket is cut,

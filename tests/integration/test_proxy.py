@@ -214,6 +214,42 @@ def test_sse_chunks_arrive_as_they_are_made(proxy):
     assert times[-1] - times[0] > 0.9
 
 
+def test_a_long_stream_to_a_slow_reader_arrives_whole_and_in_order(proxy, upstream):
+    """Streams go the splice way (upstream socket callback → client transport): a client
+    that reads slowly fills the proxy's write buffer; nothing is lost, reordered or
+    duplicated (the pause it causes is checked in tests/unit/test_splice.py)."""
+    n = 8_000  # ~1 MB of events, past the socket buffers and the transport's limit
+    body = bytearray()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        payload = json.dumps(chat(stream=True, max_tokens=n)).encode()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Type: "
+                     b"application/json\r\nConnection: close\r\nContent-Length: "
+                     + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        sock.settimeout(30)
+        time.sleep(1.0)  # nothing read: the proxy's write buffer fills up
+        while chunk := sock.recv(8192):
+            body += chunk
+            if len(body) < 100_000:
+                time.sleep(0.01)  # slow at first
+    head, _, rest = bytes(body).partition(b"\r\n\r\n")
+    assert b"200 OK" in head and b"transfer-encoding: chunked" in head.lower()
+    data, pos = bytearray(), 0
+    while True:  # undo the chunked encoding: a chunk may end in the middle of an event
+        eol = rest.index(b"\r\n", pos)
+        size = int(rest[pos:eol], 16)
+        if size == 0:
+            assert rest[eol:] == b"\r\n\r\n"  # the answer ends properly, nothing after
+            break
+        data += rest[eol + 2:eol + 2 + size]
+        assert rest[eol + 2 + size:eol + 4 + size] == b"\r\n"
+        pos = eol + 4 + size
+    events = [e for e in bytes(data).split(b"\n\n") if e]
+    tokens = [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:-1]]
+    assert tokens == [f"tok{i} " for i in range(n)] and events[-1] == b"data: [DONE]"
+
+
 def test_request_id_is_kept_when_sane_and_replaced_when_not(proxy, upstream):
     r = httpx.post(proxy.url + "/v1/chat/completions", json=chat(),
                    headers={**AUTH, "X-Request-ID": "ide-42.abc"})

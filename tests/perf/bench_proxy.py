@@ -218,8 +218,17 @@ def main() -> None:
                     "per throughput measurement")
     ap.add_argument("--pairs", type=int, default=5, help="direct/proxy measurement pairs")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-streaming", action="store_true",
+                    help="skip the aiohttp-upstream and nginx part (bench_streaming.py)")
     args = ap.parse_args()
     res = asyncio.run(run(args))
+    if not args.no_streaming:
+        # Issue 16: an upstream that writes each event on its own, and nginx beside llmctl.
+        import bench_streaming
+
+        sargs = argparse.Namespace(requests=min(args.requests, 500), concurrency=args.concurrency,
+                                   chunks=args.chunks, rounds=4, pairs=args.pairs)
+        res["aiohttp_upstream"] = asyncio.run(bench_streaming.measure(sargs))
     if args.json:
         print(json.dumps(res, indent=2))
         return
@@ -240,6 +249,10 @@ def main() -> None:
     print(f"    throughput: c={t['concurrency']} × {t['chunks_per_response']} chunks: "
           f"direct {t['direct_chunks_per_s']:.0f}/s, proxy {t['proxy_chunks_per_s']:.0f}/s "
           f"= {t['proxy_fraction'] * 100:.1f} % of direct (median of pairs {t['pair_fractions']})")
+    if "aiohttp_upstream" in res:
+        import bench_streaming
+
+        bench_streaming.report(res["aiohttp_upstream"])
 
 
 if __name__ == "__main__":
