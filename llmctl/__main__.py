@@ -15,6 +15,9 @@ import sys
 
 # Command lines answered here, and whether each asks for JSON.
 FAST = {("status",): False, ("status", "--json"): True}
+# Words people type from other tools (ollama serve/run/ps, docker ps/kill), and ours.
+MEANT = {"run": "up", "serve": "up", "launch": "up", "ps": "status", "kill": "down",
+         "shutdown": "down", "ls": "models", "list": "models", "remove": "rm"}
 
 
 def main() -> None:
@@ -22,6 +25,12 @@ def main() -> None:
 
     try:
         argv = tuple(sys.argv[1:])
+        if argv and argv[0] in MEANT:
+            from .errors import UsageError
+
+            raise UsageError(f"llmctl has no command '{argv[0]}'",
+                             f"did you mean `llmctl {MEANT[argv[0]]}`? (`llmctl --help` lists "
+                             "the commands)")
         if argv in FAST:
             from . import stack, ui
 

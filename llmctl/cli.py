@@ -21,6 +21,23 @@ from . import __version__
 from . import config as cfgmod
 from .errors import ApiError, ConfigError, LlmctlError, StackError, UsageError
 
+
+def _flags_take_no_value() -> None:
+    """typer 0.29's rich help shows a flag as `--help -h <bool>`, as if it took a value:
+    show nothing in the type column for flags."""
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "_llmctl", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._llmctl = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
 app = typer.Typer(help="A private, OpenAI-compatible model server on one workstation.",
                   no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -371,6 +388,7 @@ def up(
     from .engine import python_for
 
     ui = _ui()
+    t_begin = time.monotonic()
     if state.daemon_alive():
         if restart:
             for line in stack.down(timeout=60):
@@ -409,6 +427,7 @@ def up(
 
     proc = stack.start_daemon(cfg)
     t0 = time.monotonic()
+    prep = t0 - t_begin  # pulling, preparing the demo weights, planning
     ui.say(f"starting {len(cfg.models)} backend(s); daemon pid {proc.pid}, logs in "
            f"{cfgmod.logs_dir()}")
 
@@ -416,8 +435,10 @@ def up(
         with ui.StartProgress() as progress:
             result = stack.wait_ready(proc, timeout, progress.update)
     except KeyboardInterrupt:
-        ui.say("interrupted: stopping the stack")
-        stack.down(timeout=60)
+        ui.say("interrupted: stopping the stack (in-flight requests get drain_seconds)…")
+        for line in stack.down(timeout=60):
+            ui.note(line)
+        ui.ok("stopped: no process of this stack is left, its ports are free")
         raise typer.Exit(130) from None
     elapsed = time.monotonic() - t0
     if result.message and not result.stack.get("backends"):
@@ -448,7 +469,9 @@ def up(
                           "shows a backend's log, `llmctl down` stops everything")
     names = ", ".join(b["name"] for b in backends.values() if not b.get("resting"))
     resting = ", ".join(b["name"] for b in backends.values() if b.get("resting"))
-    ui.ok(f"ready in {elapsed:.0f} s: {cfg.proxy_url}/v1  (models: {names}"
+    took = f"ready in {elapsed:.0f} s" + (f" (+{prep:.0f} s preparing weights and the plan "
+                                          "before that)" if prep >= 2 else "")
+    ui.ok(f"{took}: {cfg.proxy_url}/v1  (models: {names}"
           + (f"; on demand: {resting}" if resting else "") + ")")
     ui.say(f"  try:  echo 'Write a haiku about GPUs' | llmctl chat\n"
            f"        curl {cfg.proxy_url}/v1/chat/completions -H \"Authorization: Bearer "

@@ -43,13 +43,55 @@ def log_tail(path: Path, lines: int = 20, window: int = 64 * 1024) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()][-lines:]
 
 
+# The daemon's own health checks, answered 200: one line every 5 s, nothing to read.
+_HEALTH_OK = re.compile(rb'"GET /health HTTP/1\.[01]" 200')
+# At exit, triton's nanobind bindings list every object they leaked, one line each.
+_LEAK_DETAIL = re.compile(rb"^\s*- leaked (instance|type|function) ")
+
+
+class LogFilter:
+    """What a backend's log keeps: everything but the daemon's successful health checks
+    and nanobind's per-object leak lines at shutdown (their summary line stays, and a
+    count of what was left out)."""
+
+    def __init__(self) -> None:
+        self.partial = b""
+        self.leaks = 0
+
+    def feed(self, data: bytes) -> bytes:
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        out = []
+        for line in lines:
+            if _HEALTH_OK.search(line):
+                continue
+            if _LEAK_DETAIL.match(line):
+                self.leaks += 1
+                continue
+            out.append(self._leaks_line())
+            out.append(line + b"\n")
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        rest, self.partial = self.partial, b""
+        return self._leaks_line() + (self.feed(rest + b"\n") if rest else b"")
+
+    def _leaks_line(self) -> bytes:
+        if not self.leaks:
+            return b""
+        n, self.leaks = self.leaks, 0
+        return b"(llmctl: %d nanobind leak lines left out)\n" % n
+
+
 class LogPump:
     """Copies a child's output from a pipe into a file, rotating it at `max_bytes`
-    (keeping `backups` old files: NAME.log.1 …), in a thread of its own."""
+    (keeping `backups` old files: NAME.log.1 …), in a thread of its own; `LogFilter`
+    keeps the noise out."""
 
     def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, backups: int = 3) -> None:
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         self.f = open(path, "ab")
+        self.filter = LogFilter()
 
     def write(self, data: bytes) -> None:
         if self.f.tell() + len(data) > self.max_bytes and self.f.tell() > 0:
@@ -70,10 +112,13 @@ class LogPump:
         def run() -> None:
             try:
                 while chunk := os.read(fd, 65536):  # b"" once every writer has exited
-                    self.write(chunk)
+                    if kept := self.filter.feed(chunk):
+                        self.write(kept)
             except OSError:
                 pass
             finally:
+                if rest := self.filter.flush():
+                    self.write(rest)
                 os.close(fd)
                 self.close()
 

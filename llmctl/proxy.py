@@ -70,6 +70,7 @@ _DROP_UP = {b"host", b"content-length", b"connection", b"keep-alive", b"authoriz
 _DROP_DOWN = {b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server",
               b"x-request-id", b"content-length"}
 _JSON = [(b"content-type", b"application/json")]
+_NOT_OPTIONS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}  # OPTIONS: CORS preflights
 
 
 class Routable(Protocol):
@@ -370,9 +371,18 @@ class Proxy:
             return
         rid = request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
-        if scope["method"] == "POST" and \
-                (scope["path"].startswith("/v1/") or scope["path"] in _ROOT_ROUTES):
+        path, method = scope["path"], scope["method"]
+        forwarded = path.startswith("/v1/") or path in _ROOT_ROUTES
+        models = path == "/v1/models" or path.startswith("/v1/models/")
+        if method == "POST" and forwarded and not models:
             await self._forward(scope, receive, send)
+        elif forwarded and method in _NOT_OPTIONS and (method != "GET" or not models) and \
+                (method != "POST" or models):
+            # A route that exists, asked with the wrong method: 405 and what it takes.
+            allow = b"GET" if models else b"POST"
+            await _send_json(send, 405, error_body(
+                405, f"{path} takes {allow.decode()}, not {method}", code="method_not_allowed"),
+                [(b"allow", allow), (b"x-request-id", rid.encode())])
         else:
             await self._api(scope, receive, _stamped(send, rid))
 
@@ -433,7 +443,9 @@ class Proxy:
             self._web_routes(api)
 
         def entry(b: Routable) -> dict[str, Any]:
-            return {"id": b.model.name, "object": "model", "created": 0, "owned_by": "llmctl",
+            # What the server said of itself (vLLM: root, max_model_len), then llmctl's own.
+            return {**getattr(b, "served", {}),
+                    "id": b.model.name, "object": "model", "created": 0, "owned_by": "llmctl",
                     "aliases": list(b.model.names[1:]), "state": str(b.state),
                     "start": b.model.start if b.model.managed else None,
                     "group": b.model.group or None, "fim": getattr(b, "fim", None)}
@@ -740,6 +752,28 @@ class Proxy:
             raise work.exception()  # type: ignore[misc]
 
 
+def _openai_error(status: int, raw: bytes, model: str) -> bytes:
+    """`raw` when it is an OpenAI error already; else the same news in that shape."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("error"), dict) and \
+            "message" in obj["error"]:
+        return raw
+    if isinstance(obj, dict) and obj.get("object") == "error" and "message" in obj:
+        # vLLM's older flat shape
+        return json.dumps({"error": {k: obj.get(k) for k in ("message", "type", "param",
+                                                              "code")}}).encode()
+    detail = obj.get("detail") if isinstance(obj, dict) else None
+    text = detail if isinstance(detail, str) else (
+        json.dumps(detail) if detail is not None else raw.decode("utf-8", "replace").strip())
+    if status == 404 and text == "Not Found":
+        text = "the backend has no such route (this model may not serve this kind of request)"
+    return json.dumps(error_body(status, f"model '{model}': {text or f'HTTP {status}'}",
+                                 code=str(status))).encode()
+
+
 def _spliceable(cycle: Any, resp: Any) -> bool:
     """Whether an answer can go the splice way: an event stream to a client served by
     uvicorn's httptools protocol with chunked encoding (anything else takes the ASGI
@@ -862,6 +896,8 @@ class _Exchange:
                 503, f"model '{name}' is not reachable ({e})", code="model_unavailable"),
                 [(b"retry-after", b"5"), *id_header])
             return
+        if resp.status >= 400 and answer is None:
+            return await self._error(resp, id_header, send)
         if answer is not None and resp.status == 200:
             return await self._translate(resp, answer, id_header, send)
         try:
@@ -899,6 +935,27 @@ class _Exchange:
             m.child("upstream_errors", name, "midstream").inc()
         finally:
             resp.close()  # kept alive when read whole; cut otherwise, so vLLM aborts
+
+    async def _error(self, resp: Any, id_header: list[tuple[bytes, bytes]], send: Send) -> None:
+        """A backend's error, in OpenAI's shape whoever wrote it: vLLM's own errors pass
+        as they are; FastAPI's `{"detail": …}` (an unknown route) and plain text are
+        wrapped. Errors are small: read whole (up to 1 MB)."""
+        self.status = resp.status
+        try:
+            raw = b""
+            while len(raw) < 1 << 20 and (chunk := await resp.read()):
+                raw += chunk
+        except UpstreamError:
+            raw = b""
+        finally:
+            resp.close()
+        body = _openai_error(resp.status, raw, self.backend.model.name)
+        headers = [(k.lower(), v) for k, v in resp.headers if k.lower() not in _DROP_DOWN]
+        if body is not raw:
+            headers = [(k, v) for k, v in headers if k != b"content-type"] + _JSON
+        await send({"type": "http.response.start", "status": resp.status,
+                    "headers": [*headers, (b"content-length", b"%d" % len(body)), *id_header]})
+        await send({"type": "http.response.body", "body": body})
 
     async def _splice(self, resp: Any, cycle: Any, send: Send) -> None:
         """An event stream, passed through from the upstream socket's callback straight to

@@ -87,6 +87,7 @@ class Backend:
         self._state = State.STOPPED
         self.reason: str | None = None  # why FATAL / BACKOFF, for `status`
         self.ready_at: float | None = None  # wall time of the last RUNNING
+        self.served: dict[str, Any] = {}  # from the server's /v1/models: root, max_model_len
         self.in_flight = 0  # counted by the proxy (requests waiting for a start included)
         self.queued = 0  # of those, the ones waiting for a start (not yet admitted)
         self.admitted = 0  # how many starts have admitted their waiting requests
@@ -154,7 +155,25 @@ class Backend:
                 "swap": self.model.swap if self.model.group else None,
                 "idle_stop_s": self.model.idle_seconds if self.model.managed else None,
                 "last_request_at": self.last_request_at, "stops_at": self.stops_at(),
-                "queued": self.queued, "resting": self.resting}
+                "queued": self.queued, "resting": self.resting,
+                # The served context length and weights, as the server says (vLLM's
+                # /v1/models), else as configured: what `vllm bench serve` and others need.
+                "max_model_len": self.served.get("max_model_len")
+                or (self.model.max_model_len if self.model.managed else None),
+                "weights": self.served.get("root"), "tokenizer": self.served.get("root")}
+
+    async def learn(self) -> None:
+        """What the server says of the model in its /v1/models (vLLM: `root`, the weights
+        it loaded, and `max_model_len`), for the proxy's /v1/models."""
+        try:
+            r = await self._http.get(self.url + "/v1/models")
+            data = r.json().get("data") or []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return
+        for m in data:
+            if isinstance(m, dict) and m.get("id") == self.model.name:
+                self.served = {k: m[k] for k in ("root", "max_model_len") if k in m}
+                return
 
     async def healthy(self) -> bool:
         try:
@@ -191,6 +210,8 @@ class RemoteBackend(Backend):
     async def _check(self) -> bool:
         ok = await self.healthy()
         if ok != (self.state == State.RUNNING):
+            if ok:
+                await self.learn()
             self._to(State.RUNNING if ok else State.BACKOFF,
                      None if ok else f"{self.url} is not answering")
         return ok
@@ -256,7 +277,15 @@ class ManagedBackend(Backend):
                 "concurrency_reported": self.reported_kv[1] if self.reported_kv else None,
                 "phase": self.phase if self.state == State.STARTING else None,
                 "last_start_s": self.last_start_s, "expected_start_s": self.expected_start_s,
-                "last_wake_s": self.last_wake_s}
+                "last_wake_s": self.last_wake_s,
+                "weights": self._arg("--model"),
+                "tokenizer": self._arg("--tokenizer") or self._arg("--model")}
+
+    def _arg(self, flag: str) -> str | None:
+        """A flag's value in the server's command line (the last one wins, as in argparse)."""
+        argv = list(self.cmd.argv)
+        at = [i for i, a in enumerate(argv) if a == flag and i + 1 < len(argv)]
+        return argv[at[-1] + 1] if at else None
 
     # ── the transitions ──
     async def start(self) -> bool:
@@ -306,6 +335,7 @@ class ManagedBackend(Backend):
                     self._crashed(why, detail)
                 return
             if await self.healthy() and await self._warm_up():
+                await self.learn()
                 self.last_start_s = round(self.clock.time() - (self.started_at or 0.0), 1)
                 self.reported_kv = kv_report(self.log_path)  # read back beside the plan
                 self._to(State.RUNNING)

@@ -15,6 +15,10 @@ from rich.table import Table
 from .lifecycle import State
 from .plan import KV_TOLERANCE, cores_spec, kv_difference
 
+# Memory used beyond the plan by less than this is normal (allocator slack, the
+# tokenizer, Python objects): `status` says nothing of it.
+USED_MARGIN = 0.10
+
 # One colour per state, for every view that shows one.
 STATE_COLORS = {State.RUNNING: "green", State.FATAL: "red", State.BACKOFF: "yellow",
                 State.STARTING: "cyan", State.ORPHANED: "red", State.SLEEPING: "blue"}
@@ -104,6 +108,7 @@ def status_table(st: dict[str, Any]) -> None:
                 "MODEL": key, "NAME": b.get("name") or "-",
                 "STATE": (state, color),
                 "PORT": str(b.get("port") or b.get("url") or "-"),
+                "CONTEXT": f"{b['max_model_len']:,}" if b.get("max_model_len") else "-",
                 "MEMORY": _bytes(b.get("gpu_bytes") if b.get("gpu_bytes") is not None
                                  else b.get("rss_bytes")),
                 "UPTIME": _age(b.get("uptime_s")), "IN FLIGHT": str(b.get("in_flight", 0)),
@@ -119,7 +124,7 @@ def status_table(st: dict[str, Any]) -> None:
                 "VLLM KV": _kv_cell(b.get("kv_tokens_reported"),
                                     kv_difference(b.get("kv_tokens_planned"),
                                                   b.get("kv_tokens_reported"))),
-                "FIM": b.get("fim") or "-"})
+                "FIM": b.get("fim") or "-", "WEIGHTS": _escape(b.get("weights") or "-")})
         shown = _fit(rows, out.size.width)
         t = Table(box=None, pad_edge=False)
         for col in shown:
@@ -138,6 +143,12 @@ def status_table(st: dict[str, Any]) -> None:
             out.print(f"[dim]({len(hidden)} more columns in a wider terminal, or "
                       "`llmctl status --json`)[/dim]")
         for key, b in st["backends"].items():
+            used = b.get("gpu_bytes") if b.get("gpu_bytes") is not None else b.get("rss_bytes")
+            if used and b.get("planned_bytes") and used > b["planned_bytes"] * (1 + USED_MARGIN):
+                out.print(f"  {key}: uses {_bytes(used)}, "
+                          f"{used / b['planned_bytes'] - 1:.0%} more than the planned "
+                          f"{_bytes(b['planned_bytes'])} (over the {USED_MARGIN:.0%} margin): "
+                          "`llmctl plan` shows what the plan counted", soft_wrap=True)
             diff = kv_difference(b.get("kv_tokens_planned"), b.get("kv_tokens_reported"))
             if diff is not None and abs(diff) > KV_TOLERANCE:
                 out.print(f"  {key}: vLLM reports {b['kv_tokens_reported']:,} KV tokens, "
@@ -599,6 +610,9 @@ class StartProgress(_LiveView):
         detail = ""
         if b.get("resting"):
             detail = b.get("reason") or "on demand: its first request starts it"
+        elif state == State.STOPPED and not b.get("reason"):
+            # Not started yet: vLLM sizes its memory at start, so servers start one by one.
+            state, detail = "QUEUED", "starts when the one before it is ready"
         elif state == State.STARTING:
             elapsed = time.time() - b["started_at"] if b.get("started_at") else 0
             est = b.get("expected_start_s")

@@ -52,7 +52,10 @@ async def metrics(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
-    return JSONResponse({"object": "list", "data": [{"id": ARGS.name, "object": "model"}]})
+    # As vLLM lists a model: `root` is the weights it loaded, and its context length.
+    return JSONResponse({"object": "list", "data": [{
+        "id": ARGS.name, "object": "model", "owned_by": "vllm", "root": ARGS.model,
+        "max_model_len": ARGS.max_model_len}]})
 
 
 def _chunk(i: int, chat: bool, model: str) -> bytes:
@@ -173,6 +176,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--name", "--served-model-name", default="fake")
+    ap.add_argument("--model", default="fake-weights")
+    ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--startup-delay", type=float, default=0.0)
     ap.add_argument("--never-healthy", action="store_true")
     ap.add_argument("--crash-after", type=float, default=0.0)

@@ -268,6 +268,26 @@ def test_unknown_routes_answer_in_openai_shape(proxy):
     assert_openai_error(r, 404)
 
 
+@pytest.mark.parametrize("method, path, allow", [
+    ("GET", "/v1/chat/completions", "POST"), ("PUT", "/v1/completions", "POST"),
+    ("GET", "/tokenize", "POST"), ("POST", "/v1/models", "GET"),
+    ("DELETE", "/v1/models/fake-coder", "GET")])
+def test_a_route_asked_with_the_wrong_method_is_405_with_allow(proxy, method, path, allow):
+    r = httpx.request(method, proxy.url + path, headers=AUTH, json={"model": "fake-coder"})
+    assert_openai_error(r, 405)
+    assert r.headers["allow"] == allow and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_errors_a_backend_writes_in_another_shape_reach_the_client_in_openais(proxy, upstream):
+    # The stand-in answers an unknown route as FastAPI/Starlette do: a plain "Not Found".
+    r = httpx.post(proxy.url + "/v1/audio/transcriptions", headers=AUTH,
+                   json={"model": "fake-coder"})
+    assert_openai_error(r, 404)
+    msg = r.json()["error"]["message"]
+    assert msg.startswith("model 'fake-coder':") and "no such route" in msg
+    assert r.headers["content-type"] == "application/json"
+
+
 # ── disconnects ──
 
 def wait_for(pred, timeout=10.0):

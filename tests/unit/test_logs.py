@@ -74,3 +74,31 @@ def test_the_kv_cache_size_vllm_reports_is_read_from_its_latest_start(tmp_path):
         f.write("x" * 200_000 + "\n" + line.format("1,234,560", "602.81") + "routes…\n" * 500)
     assert kv_report(log) == (1_234_560, 602.81)
     assert kv_report(tmp_path / "missing.log") is None
+
+
+def test_the_log_keeps_out_health_checks_and_leak_dumps(tmp_path):
+    import os
+    import time
+
+    from llmctl.logs import LogPump
+
+    pump = LogPump(tmp_path / "b.log")
+    r, w = os.pipe()
+    pump.follow(r)
+    os.write(w, b'INFO:     127.0.0.1:4 - "GET /health HTTP/1.1" 200 OK\nINFO: started\n'
+                b'INFO:     127.0.0.1:4 - "GET /health HTTP/1.1" 503 Service Unavailable\n'
+                b"nanobind: leaked 3 instances!\n")
+    os.write(w, b' - leaked instance 0x1 of type "t"\n - leaked instance 0x2 of type "t"\n'
+                b' - leaked type "t"\nlast useful li')
+    os.write(w, b"ne\n")
+    os.close(w)
+    deadline = time.monotonic() + 5
+    while not pump.f.closed:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert (tmp_path / "b.log").read_text().splitlines() == [
+        "INFO: started",
+        'INFO:     127.0.0.1:4 - "GET /health HTTP/1.1" 503 Service Unavailable',  # kept
+        "nanobind: leaked 3 instances!",
+        "(llmctl: 3 nanobind leak lines left out)",
+        "last useful line"]
