@@ -46,11 +46,9 @@ def test_ctrl_c_during_up_shows_the_stop_and_confirms(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "llmctl", "up", "--timeout", "120"], env=e.env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while not (e.home / "logs" / "coder.log").exists():
-        assert time.monotonic() < deadline and p.poll() is None
+    while not (pgid := ((e.status().get("backends") or {}).get("coder") or {}).get("pgid")):
+        assert time.monotonic() < deadline and p.poll() is None  # the coder is starting
         time.sleep(0.2)
-    time.sleep(1.0)
-    pgid = e.status()["backends"]["coder"]["pgid"]
     os.kill(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
