@@ -94,6 +94,29 @@ def config_init(
     _ui().ok(f"wrote {target} with a new API key (`llmctl config key` prints it)")
 
 
+@config_app.command("import")
+def config_import(
+    env_file: Annotated[Path, typer.Argument(help="The old compose stack's .env file.",
+                                             show_default=False)],
+    path: ConfigOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Convert the old docker-compose stack's .env into a config (file mode 0600), saying
+    what was mapped and what was ignored."""
+    if not env_file.is_file():
+        raise UsageError(f"{env_file}: no such file", "pass the stack's .env (or .env.example)")
+    cfg, mapped, ignored = cfgmod.import_env(env_file)
+    target = path or cfgmod.config_path()
+    cfgmod.write_imported(cfg, target, env_file, force=force)
+    ui = _ui()
+    for line in mapped:
+        ui.say(f"  mapped  {line}")
+    for line in ignored:
+        ui.say(f"  ignored {line}" if not line.startswith("(note)") else f"  {line}")
+    ui.ok(f"wrote {target} from {env_file}; `llmctl plan` shows the memory split, "
+          "`llmctl up` starts it")
+
+
 @config_app.command("show")
 def config_show(path: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Print the effective config (file, defaults and environment), keys masked."""
@@ -104,6 +127,9 @@ def config_show(path: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         d = dataclasses.asdict(cfg)
         d["path"] = str(cfg.path) if cfg.path else None
         d["proxy"]["api_keys"] = [cfgmod.mask(k) for k in cfg.proxy.api_keys]
+        for m in d["models"]:
+            if m.get("api_key"):
+                m["api_key"] = cfgmod.mask(m["api_key"])
         _ui().data(d)
         return
     _ui().note(f"# from {cfg.path or 'built-in defaults (no config file)'}")

@@ -157,6 +157,9 @@ class ModelConfig:
                           what="a hub repo id or a local folder", shown="—")
     url: str = setting("", "an OpenAI-compatible server llmctl routes to but does not start; "
                        "exactly one of `source` and `url`", what="an http(s) URL", shown="—")
+    api_key: str = setting("", "`url` models: the Bearer key sent upstream (another llmctl's "
+                           "key, a hosted endpoint's) in place of the client's; never logged, "
+                           "masked by `config show`", what="a key", shown="—")
     port: int = setting(0, "the vLLM server's port", what="a port number 1-65535", span=PORT,
                         shown="required with `source`")
     max_model_len: int = setting(4096, "`--max-model-len`: the longest prompt + answer", ge=1)
@@ -214,7 +217,7 @@ class ModelConfig:
     def file_keys(self) -> Iterator[dataclasses.Field[Any]]:
         """The file keys that apply to this model: `url` models have no source or port, and
         nothing of starting and stopping."""
-        skip = {"source", "port", *_MANAGED_ONLY} if self.url else {"url"}
+        skip = {"source", "port", *_MANAGED_ONLY} if self.url else {"url", "api_key"}
         return (f for f in keys_of(ModelConfig) if f.name not in skip)
 
     def idle_keys(self) -> set[str]:
@@ -487,6 +490,9 @@ def _model(r: _Reader, key: str, data: Any) -> ModelConfig:
 def _demand_keys(r: _Reader, section: str, given: dict[str, Any], model: ModelConfig) -> None:
     """`start`, `idle_stop`, `group` and `swap`: only for models llmctl starts, and only
     where they mean something."""
+    if "api_key" in given and not model.url:
+        r.fail(section, "api_key", f"'{section}.api_key' is the key sent to a `url` server; "
+               "a model llmctl starts takes the proxy's keys", "drop it, or use `url =`")
     if model.url:
         for k in _MANAGED_ONLY:
             if k in given:
@@ -581,6 +587,8 @@ def _render(cfg: Config, *, masked: bool, comments: bool) -> str:
             v = getattr(values, f.name)
             if f.name == "api_keys" and masked:
                 v = [mask(k) for k in v]
+            if f.name == "api_key" and masked and v:
+                v = mask(v)
             line = ("# " if f.name in idle else "") + f"{f.name} = {toml_value(v)}"
             out.append(f"{line:<34} # {f.metadata['doc']}" if comments else line)
     return "\n".join(out) + "\n"
@@ -630,3 +638,96 @@ def digest(cfg: Config) -> str:
     import hashlib
 
     return hashlib.sha256(to_toml(cfg, masked=False).encode()).hexdigest()[:16]
+
+
+# ── the old compose stack's .env ─────────────────────────────────────────────
+
+# .env name → (section, key, model key or None, type)
+_ENV_MAP: dict[str, tuple[str, str, str | None, type]] = {
+    "API_KEY": ("proxy", "api_keys", None, str),
+    "ROUTER_PORT": ("proxy", "port", None, int),
+    "PYTHON_MODEL": ("models", "source", "coder", str),
+    "GENERAL_MODEL": ("models", "source", "general", str),
+    "CODER_BACKEND_PORT": ("models", "port", "coder", int),
+    "GENERAL_BACKEND_PORT": ("models", "port", "general", int),
+    "CODER_GPU_MEMORY": ("models", "memory", "coder", float),
+    "GENERAL_GPU_MEMORY": ("models", "memory", "general", float),
+    "CODER_MAX_SEQ": ("models", "max_num_seqs", "coder", int),
+    "GENERAL_MAX_SEQ": ("models", "max_num_seqs", "general", int),
+    "CODER_MAX_MODEL_LEN": ("models", "max_model_len", "coder", int),
+    "GENERAL_MAX_MODEL_LEN": ("models", "max_model_len", "general", int),
+}
+_ENV_IGNORED = {"LOG_LEVEL": "set LLMCTL_LOG_LEVEL in the environment instead"}
+
+
+def read_env(path: Path) -> list[tuple[int, str, str]]:
+    """(line, NAME, value) of a docker-compose style .env file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it ({e})") from None
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, eq, value = line.removeprefix("export ").partition("=")
+        if not eq or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name.strip()):
+            raise ConfigError(f"{path}:{i}: not a NAME=value line: {line[:60]!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        out.append((i, name.strip(), value))
+    return out
+
+
+def import_env(path: Path, device: str = "cuda") -> tuple[Config, list[str], list[str]]:
+    """The config equivalent to the old stack's .env: (config, what was mapped, what was
+    ignored and why). Starts from the GPU defaults, as the old stack ran on a GPU."""
+    raw: dict[str, Any] = {"proxy": {}, "models": {}}
+    defaults = {m.key: m for m in default_models(device)}
+    for m in defaults.values():
+        raw["models"][m.key] = {"name": m.name, "source": m.source, "port": m.port,
+                                "max_model_len": m.max_model_len,
+                                "max_num_seqs": m.max_num_seqs}
+    mapped, ignored = [], []
+    for line, name, value in read_env(path):
+        if name not in _ENV_MAP:
+            ignored.append(f"{name} ({_ENV_IGNORED.get(name, 'not something llmctl sets')})")
+            continue
+        section, key, model, kind = _ENV_MAP[name]
+        try:
+            v: Any = kind(value)
+        except ValueError:
+            raise ConfigError(f"{path}:{line}: {name} must be "
+                              f"{'an integer' if kind is int else 'a number'}, not {value!r}"
+                              ) from None
+        if key == "api_keys":
+            raw["proxy"]["api_keys"] = [v]
+            mapped.append(f"{name} → proxy.api_keys")
+            continue
+        target = raw[section] if model is None else raw["models"][model]
+        target[key] = v
+        where = f"{section}.{key}" if model is None else f"models.{model}.{key}"
+        if key == "source":
+            target["name"] = defaults[model].name if v == defaults[model].source else \
+                v.rsplit("/", 1)[-1].lower().removesuffix("-awq")
+            low = v.lower()
+            if model == "general" and "instruct" not in low and "chat" not in low:
+                ignored.append(f"(note) {name}={v} looks like a base model with no chat "
+                               "template: chat requests will fail; an instruct build (the "
+                               f"default, {defaults['general'].source}) answers them")
+        mapped.append(f"{name}={value if key != 'api_keys' else mask(value)} → {where}")
+    cfg = parse(raw, path=None)
+    return cfg, mapped, ignored
+
+
+def write_imported(cfg: Config, target: Path, source: Path, *, force: bool = False) -> None:
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists",
+                          "pass --force to replace it (its keys are lost), or -c NEW.toml")
+    write_private(target, f"# llmctl config, imported from {source} (`llmctl config import`)."
+                          " Reference: docs/config.md.\n\n"
+                  + _render(cfg, masked=False, comments=True))

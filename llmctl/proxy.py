@@ -254,6 +254,9 @@ class Proxy:
         self._keys_seen: tuple[float, int] | None = None
         self.tally = Tally()  # usage per key and model, written to SQLite by the daemon
         self.reload_keys()
+        # `url` models with an `api_key`: sent upstream in place of the client's key.
+        self._up_auth = {id(b): (b"authorization", b"Bearer " + b.model.api_key.encode())
+                         for b in self.backends if getattr(b.model, "api_key", "")}
         self.by_name: dict[str, Routable] = {}
         for b in self.backends:
             for n in b.model.names:
@@ -712,6 +715,8 @@ class Proxy:
         except _Gone:
             return
         name = backend.model.name
+        if self._up_auth and (up_auth := self._up_auth.get(id(backend))):
+            up_headers.append(up_auth)
         backend.in_flight += 1  # waiting for a start included: the queue limit counts it
         m = self.metrics
         m.child("in_flight", name).inc()

@@ -83,7 +83,8 @@ class Backend:
         self.on_change = on_change
         self.clock = clock or Clock()
         self._http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(self.policy.health_timeout, connect=2.0), trust_env=False)
+            timeout=httpx.Timeout(self.policy.health_timeout, connect=2.0), trust_env=False,
+            headers={"Authorization": f"Bearer {model.api_key}"} if model.api_key else None)
         self._state = State.STOPPED
         self.reason: str | None = None  # why FATAL / BACKOFF, for `status`
         self.ready_at: float | None = None  # wall time of the last RUNNING

@@ -41,6 +41,11 @@ if [ "${1:-}" = "--dev" ] && ! command -v chromium >/dev/null; then
   phase "installing chromium (Debian package) for the browser tests"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+if [ "${1:-}" = "--dev" ] && { ! command -v zsh >/dev/null || ! command -v fish >/dev/null; }; then
+  # The shipped completions are tested in the real shells.
+  phase "installing zsh and fish (Debian packages) for the completion tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zsh fish >/dev/null
+fi
 phase "checking that vLLM and transformers import"
 .venv/bin/python -c "import transformers, vllm; from transformers import LlamaConfig" \
   || { echo "setup: vLLM or transformers does not import in .venv" >&2; exit 1; }

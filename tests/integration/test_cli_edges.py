@@ -87,3 +87,38 @@ def test_status_shows_each_models_weights_tokenizer_and_context(tmp_path):
         assert "CONTEXT" in table and "4,096" in table and str(tmp_path / "model") in table
     finally:
         e.run("down")
+
+
+FIXTURES = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_config_import_converts_the_old_stacks_env(tmp_path):
+    import stat as statmod
+    import tomllib
+
+    e = Env(tmp_path)
+    target = e.home / "config.toml"
+    r = e.run("config", "import", str(FIXTURES / "old-stack.env.example"))
+    assert r.returncode == 1 and "already exists" in r.stderr  # Env wrote one: kept
+    r = e.run("config", "import", str(FIXTURES / "old-stack.env.example"), "--force")
+    assert r.returncode == 0, r.stderr
+    assert "ROUTER_PORT=8080 → proxy.port" in r.stderr
+    assert "ignored LOG_LEVEL (set LLMCTL_LOG_LEVEL" in r.stderr
+    assert "ignored COMPOSE_PROJECT_NAME" in r.stderr
+    assert "base model with no chat template" in r.stderr  # the seed's Mistral-7B-v0.1
+    assert "sk-old-stack-change-me-0123456789" not in r.stderr  # the key is masked
+    assert statmod.S_IMODE(target.stat().st_mode) == 0o600
+    cfg = tomllib.loads(target.read_text())
+    assert cfg["proxy"]["port"] == 8080
+    assert cfg["proxy"]["api_keys"] == ["sk-old-stack-change-me-0123456789"]
+    coder, general = cfg["models"]["coder"], cfg["models"]["general"]
+    assert (coder["source"], coder["name"], coder["memory"], coder["max_num_seqs"]) == (
+        "TheBloke/deepseek-coder-33B-instruct-AWQ", "deepseek-coder-33b-instruct", 0.45, 64)
+    assert (general["source"], general["name"], general["port"], general["max_model_len"]) == (
+        "TheBloke/Mistral-7B-v0.1-AWQ", "mistral-7b-v0.1", 8001, 8192)
+    assert e.run("config", "show").returncode == 0  # it reads back
+    bad = tmp_path / "bad.env"
+    bad.write_text("CODER_MAX_SEQ=lots\n")
+    r = e.run("config", "import", str(bad), "--force")
+    assert r.returncode == 1 and "bad.env:1: CODER_MAX_SEQ must be an integer" in r.stderr
+    assert cfg == tomllib.loads(target.read_text())  # nothing half-written

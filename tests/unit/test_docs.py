@@ -157,3 +157,28 @@ def test_status_fits_the_terminal_without_cutting_a_name(tmp_path, columns):
     assert all(len(line) <= int(columns) for line in r.stdout.splitlines())
     if columns == "80":
         assert "more columns in a wider terminal" in r.stdout and "status --json" in r.stdout
+
+
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_the_shipped_zsh_and_fish_completions_complete_in_the_real_shells(shell):
+    """completions/_llmctl in an interactive zsh with compinit (driven through a
+    pseudo-terminal), completions/llmctl.fish in fish: `llmctl stat<TAB>` → `status`.
+    scripts/setup.sh --dev installs both shells; a missing one fails here."""
+    import os
+    import re
+    import shutil
+
+    exe = shutil.which(shell)
+    assert exe, f"{shell} is needed for this test (scripts/setup.sh --dev installs it)"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    if shell == "fish":
+        r = subprocess.run([exe, "-c", f"source {ROOT / 'completions' / 'llmctl.fish'}; "
+                                       "complete -C 'llmctl stat'"],
+                           capture_output=True, text=True, env=env, timeout=30)
+        assert [line.split("\t")[0] for line in r.stdout.splitlines()] == ["status"], r
+        return
+    r = subprocess.run([exe, "-f", str(ROOT / "tests" / "fixtures" / "zsh-complete.zsh"),
+                        str(ROOT / "completions"), "stat"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|.\x08|\r", "", r.stdout)
+    assert "llmctl status" in screen, (screen[-500:], r.stderr)
