@@ -43,6 +43,9 @@ app = typer.Typer(help="A private, OpenAI-compatible model server on one worksta
                   context_settings={"help_option_names": ["-h", "--help"]})
 config_app = typer.Typer(help="Write, show and read the config file.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+service_app = typer.Typer(help="Run the stack as a systemd user service (starts at login).",
+                          no_args_is_help=True)
+app.add_typer(service_app, name="service")
 keys_app = typer.Typer(help="Named API keys, with limits and usage: one per person or tool.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -306,6 +309,47 @@ def plan(
         _ui().plan_view(data)
 
 
+# ── service ──────────────────────────────────────────────────────────────────
+
+
+@service_app.command("install")
+def service_install(
+    path: ConfigOpt = None,
+    no_start: Annotated[bool, typer.Option("--no-start", help="Write the unit only.")] = False,
+) -> None:
+    """Write ~/.config/systemd/user/llmctl.service (runs `llmctl up --foreground`), then
+    enable and start it."""
+    from . import service
+
+    cfg = _load(path)
+    ui = _ui()
+    for done, line in service.install(cfg.path, start=not no_start):
+        ui.ok(line) if done else ui.note(line)
+
+
+@service_app.command("uninstall")
+def service_uninstall() -> None:
+    """Stop and disable the service, and remove its unit."""
+    from . import service
+
+    for line in service.uninstall():
+        _ui().ok(line)
+
+
+@service_app.command("status")
+def service_status(as_json: JsonOpt = False) -> None:
+    """Whether the unit is installed, enabled and active."""
+    from . import service
+
+    st = service.status()
+    if as_json:
+        _ui().data(st)
+        return
+    _ui().say(f"unit {st['unit']}: " + ("installed" if st["installed"] else "not installed")
+              + (f", {st['enabled']}, {st['active']}" if st["systemd"] and st["installed"]
+                 else "") + ("" if st["systemd"] else " (no systemctl here)"))
+
+
 # ── keys ─────────────────────────────────────────────────────────────────────
 
 KeyName = Annotated[str, typer.Argument(help="The key's name (a person or a tool).",
@@ -552,6 +596,43 @@ def down(timeout: Annotated[float, typer.Option(
         ui.ok("nothing was running")
     for line in done:
         ui.ok(line)
+
+
+@app.command()
+def check(
+    url: Annotated[str | None, typer.Option(
+        help="Check this OpenAI-compatible server instead of the running stack's proxy.",
+        show_default=False)] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", help="The key to use (default: the config's first).",
+        show_default=False)] = None,
+    as_json: JsonOpt = False,
+    path: ConfigOpt = None,
+) -> None:
+    """Check the install (vLLM imports, no torchvision trap, ports, weights) and the running
+    stack as a client uses it (health, keys, models, a chat per model, streaming, errors);
+    exit 1 when anything fails."""
+    from . import check as checks
+    from . import state
+
+    cfg = _load(path)
+    rows = [] if url else checks.install(cfg)
+    running = state.running_stack()
+    target = url or (running or {}).get("proxy_url")
+    key = api_key or (cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None)
+    if target:
+        rows += checks.stack(target, key)
+    else:
+        rows.append(checks.Row("running stack", False, "not running: `llmctl up` starts it "
+                               "(or pass --url)"))
+    ui = _ui()
+    if as_json:
+        ui.data({"url": target, "ok": all(r.ok is not False for r in rows),
+                 "checks": [r.as_dict() for r in rows]})
+    else:
+        ui.check_table(rows, target)
+    if any(r.ok is False for r in rows):
+        raise typer.Exit(1)
 
 
 ModelArg = Annotated[str, typer.Argument(help="A model's key, name or alias.",

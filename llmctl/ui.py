@@ -237,6 +237,25 @@ def plan_view(p: dict[str, Any]) -> None:
         out.print(f"[yellow]note:[/yellow] {_escape(note)}", soft_wrap=True)
 
 
+def check_table(rows: list[Any], url: str | None) -> None:
+    """`llmctl check`: a row per check, PASS / FAIL / skip, then the verdict."""
+    t = Table(box=None, pad_edge=False)
+    for col in ("CHECK", "RESULT", "DETAIL"):
+        t.add_column(col)
+    for r in rows:
+        result = "[green]PASS[/green]" if r.ok else ("[red]FAIL[/red]" if r.ok is False
+                                                    else "[dim]skip[/dim]")
+        t.add_row(_escape(r.name), result, _escape(r.detail))
+    out.print(t)
+    failed = [r.name for r in rows if r.ok is False]
+    if failed:
+        fail(f"{len(failed)} of {len(rows)} checks failed: {', '.join(failed)}",
+             "`llmctl status` and `llmctl logs NAME` show more; docs/troubleshooting.md")
+    else:
+        ok(f"all {sum(r.ok is True for r in rows)} checks passed"
+           + (f" against {url}" if url else ""))
+
+
 def keys_table(rows: list[dict[str, Any]]) -> None:
     """`llmctl keys list`."""
     import time

@@ -312,3 +312,14 @@ def test_down_leaves_no_process_and_frees_the_ports(stack):
         assert st.port_free(port), port
     after = stack.status()
     assert after["daemon"]["running"] is False and after["backends"] == {}
+
+
+def test_check_passes_every_row_on_the_running_stack(stack):
+    """Issue 18: `llmctl check` against the real stack — install and client checks."""
+    r = stack.llmctl("check", "--json", timeout=600)
+    data = json.loads(r.stdout)
+    failed = [c for c in data["checks"] if c["ok"] is False]
+    assert r.returncode == 0 and not failed, failed
+    names = {c["name"] for c in data["checks"] if c["ok"]}
+    assert {"vLLM and transformers import", "chat: smollm2-coder", "chat: smollm2-general",
+            "streaming: smollm2-coder", "wrong key refused", "weights: coder"} <= names
