@@ -155,8 +155,9 @@ class ModelConfig:
     name: str = setting(doc='what clients send as "model"', shown="required")
     source: str = setting("", "hub repo id or local folder: a model llmctl starts",
                           what="a hub repo id or a local folder", shown="—")
-    url: str = setting("", "an OpenAI-compatible server llmctl routes to but does not start; "
-                       "exactly one of `source` and `url`", what="an http(s) URL", shown="—")
+    url: str = setting("", "an OpenAI-compatible server llmctl routes to but does not start "
+                       "(http:// or https://, its base URL with or without /v1); exactly one "
+                       "of `source` and `url`", what="an http(s) URL", shown="—")
     api_key: str = setting("", "`url` models: the Bearer key sent upstream (another llmctl's "
                            "key, a hosted endpoint's) in place of the client's; never logged, "
                            "masked by `config show`", what="a key", shown="—")
@@ -203,7 +204,11 @@ class ModelConfig:
 
     @property
     def upstream(self) -> str:
-        return self.url.rstrip("/") if self.url else f"http://127.0.0.1:{self.port}"
+        """The server's root: requests go to ROOT/v1/…, health checks to ROOT/health. A
+        `url` given as the OpenAI base URL (ending in /v1) means the same server."""
+        if self.url:
+            return self.url.rstrip("/").removesuffix("/v1")
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def on_demand(self) -> bool:

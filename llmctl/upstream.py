@@ -5,7 +5,9 @@ backend on loopback or the LAN and hand back status, headers and body pieces as 
 arrive — with as little work per piece as possible, because every SSE chunk of every
 stream crosses it. Measured against httpx and aiohttp with tests/perf/bench_proxy.py.
 
-Not a general client: no TLS, no redirects, no proxies, no compression.
+Not a general client: no redirects, no proxies, no compression. https:// upstreams (a
+hosted endpoint as a `url` model) get TLS with the system's certificates; a base URL's
+path ("https://host/openai/v1") prefixes the request's path.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -223,22 +226,36 @@ class Pool:
         self.connect_timeout, self.read_timeout, self.max_idle = (connect_timeout, read_timeout,
                                                                   max_idle)
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
-        self._hosts: dict[str, tuple[str, int, bytes]] = {}
+        self._hosts: dict[str, tuple[str, int, bool, bytes, bytes]] = {}
+        self._ssl: Any = None  # one TLS context, made at the first https:// upstream
 
-    def _target(self, base: str) -> tuple[str, int, bytes]:
+    def _target(self, base: str) -> tuple[str, int, bool, bytes, bytes]:
+        """(host, port, TLS, Host header, path prefix) of a base URL."""
         t = self._hosts.get(base)
         if t is None:
             u = urlsplit(base)
-            if u.scheme != "http" or not u.hostname:
-                raise UpstreamError(f"only http:// upstreams are supported, not {base!r}")
-            port = u.port or 80
-            t = self._hosts[base] = (u.hostname, port, f"{u.hostname}:{port}".encode())
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise UpstreamError(f"only http:// and https:// upstreams are supported, "
+                                    f"not {base!r}")
+            tls = u.scheme == "https"
+            port = u.port or (443 if tls else 80)
+            # The request paths are /v1/…: a base that ends in /v1 gives only its prefix.
+            prefix = u.path.rstrip("/").removesuffix("/v1").encode()
+            host = u.hostname if u.port is None else f"{u.hostname}:{port}"
+            t = self._hosts[base] = (u.hostname, port, tls, host.encode(), prefix)
         return t
 
-    async def _connect(self, key: tuple[str, int]) -> _Conn:
+    async def _connect(self, key: tuple[str, int], tls: bool = False) -> _Conn:
+        ssl_ctx = None
+        if tls:
+            if self._ssl is None:
+                import ssl
+
+                self._ssl = ssl.create_default_context()
+            ssl_ctx = self._ssl
         try:
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: _Conn(self.loop, key), *key),
+                self.loop.create_connection(lambda: _Conn(self.loop, key), *key, ssl=ssl_ctx),
                 self.connect_timeout)
         except TimeoutError:
             raise UpstreamError(f"connecting to {key[0]}:{key[1]} timed out") from None
@@ -258,9 +275,9 @@ class Pool:
     async def post(self, base: str, path: bytes, headers: list[tuple[bytes, bytes]],
                    body: bytes) -> Response:
         """Send the request; return once the status line and headers are in."""
-        host, port, hostport = self._target(base)
+        host, port, tls, hostport, prefix = self._target(base)
         key = (host, port)
-        head = b"".join([b"POST ", path, b" HTTP/1.1\r\nhost: ", hostport,
+        head = b"".join([b"POST ", prefix, path, b" HTTP/1.1\r\nhost: ", hostport,
                          b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n",
                          *(k + b": " + v + b"\r\n" for k, v in headers), b"\r\n"])
         for attempt in (0, 1):
@@ -273,7 +290,7 @@ class Pool:
                     break
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(key)
+                conn = await self._connect(key, tls)
             conn.transport.write(head + body)  # type: ignore[union-attr]
             resp_timer = self.loop.call_later(self.read_timeout, conn._fail,
                                               UpstreamTimeout("no answer in time"))

@@ -197,3 +197,42 @@ def test_an_answer_delimited_by_eof_ends_normally():
         await pool.close()
 
     asyncio.run(go())
+
+
+def test_a_base_url_path_prefixes_the_request_and_https_gets_tls(tmp_path, monkeypatch):
+    """A hosted endpoint as a `url` model: https://host/openai/v1 → TLS to host, and
+    POST /openai/v1/chat/completions."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted as the system's CAs would be
+    seen = []
+
+    async def handler(reader, writer):
+        seen.append(await read_request(reader))
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    async def go():
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ctx)
+        port = server.sockets[0].getsockname()[1]
+        pool = Pool(read_timeout=5)
+        r = await pool.post(f"https://localhost:{port}/openai/v1", b"/v1/chat/completions",
+                            [], b"{}")
+        assert r.status == 200 and await read_all(r) == b"{}"
+        r.close()
+        with pytest.raises(UpstreamError, match="only http:// and https://"):
+            await pool.post("ftp://localhost/v1", b"/v1/x", [], b"{}")
+        await pool.close()
+        server.close()
+
+    asyncio.run(go())
+    assert seen[0].startswith(b"POST /openai/v1/chat/completions HTTP/1.1\r\n")
+    assert b"\r\nhost: localhost:" in seen[0]
