@@ -182,3 +182,29 @@ def test_the_shipped_zsh_and_fish_completions_complete_in_the_real_shells(shell)
                        capture_output=True, text=True, env=env, timeout=60)
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|.\x08|\r", "", r.stdout)
     assert "llmctl status" in screen, (screen[-500:], r.stderr)
+
+
+def test_every_option_of_every_command_is_in_its_section_of_the_reference():
+    """Not the generator against itself: the CLI's own parameters against the doc."""
+    import typer
+
+    from llmctl.cli import app
+
+    doc = (ROOT / "docs" / "cli.md").read_text()
+
+    def walk(cmd, path):
+        yield path, cmd
+        for n, sub in (getattr(cmd, "commands", None) or {}).items():
+            yield from walk(sub, f"{path} {n}")
+
+    checked = 0
+    for path, cmd in walk(typer.main.get_command(app), "llmctl"):
+        start = doc.index(f"## `{path}`\n")
+        end = doc.find("\n## `", start + 1)
+        section = doc[start:end if end > 0 else None]
+        for param in cmd.params:
+            for flag in getattr(param, "opts", []):
+                if flag.startswith("-"):
+                    assert f"{flag}" in section, (path, flag)
+                    checked += 1
+    assert checked > 40, checked
