@@ -54,6 +54,12 @@ ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="Config file (default: $LLMCTL_CONFIG, else the user config).",
     show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print data as JSON on stdout.")]
+UrlOpt = Annotated[str | None, typer.Option(
+    help="Base URL of any OpenAI-compatible server (default: the local stack's proxy).",
+    show_default=False)]
+ApiKeyOpt = Annotated[str | None, typer.Option(
+    "--api-key", envvar="LLMCTL_API_KEY", help="Bearer key (default: the configured one).",
+    show_default=False)]
 
 
 def _version(value: bool) -> None:
@@ -600,12 +606,8 @@ def down(timeout: Annotated[float, typer.Option(
 
 @app.command()
 def check(
-    url: Annotated[str | None, typer.Option(
-        help="Check this OpenAI-compatible server instead of the running stack's proxy.",
-        show_default=False)] = None,
-    api_key: Annotated[str | None, typer.Option(
-        "--api-key", help="The key to use (default: the config's first).",
-        show_default=False)] = None,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
     path: ConfigOpt = None,
 ) -> None:
@@ -741,12 +743,8 @@ def logs(
 
 @app.command()
 def bench(
-    url: Annotated[str | None, typer.Option(
-        help="Base URL of any OpenAI-compatible server (default: the local stack's proxy).",
-        show_default=False)] = None,
-    api_key: Annotated[str | None, typer.Option(
-        "--api-key", envvar="LLMCTL_API_KEY", help="Bearer key (default: the configured one).",
-        show_default=False)] = None,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
     model: Annotated[str | None, typer.Option(
         "--model", "-m", help="Model name (default: the general model).", show_default=False)
     ] = None,
@@ -909,11 +907,8 @@ def chat(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model name or alias "
                                               "(default: the general model).",
                                               show_default=False)] = None,
-    url: Annotated[str | None, typer.Option(help="Base URL of an OpenAI-compatible server.",
-                                            show_default=False)] = None,
-    api_key: Annotated[str | None, typer.Option(
-        "--api-key", envvar="LLMCTL_API_KEY", help="Bearer key (default: the configured one).",
-        show_default=False)] = None,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt.",
                                                show_default=False)] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature.",

@@ -62,12 +62,14 @@ args = {general_args}
         self.env.pop("LLMCTL_CONFIG", None)
         self.env.pop("LLMCTL_API_KEY", None)
 
-    def url_models(self, models: dict[str, tuple[str, str]], proxy: str = "") -> None:
-        """A config of `url =` models only (key → (name, url)), on a fresh proxy port."""
+    def url_models(self, models: dict[str, tuple[str, ...]], proxy: str = "") -> None:
+        """A config of `url =` models only (key → (name, url[, more TOML lines])), on a
+        fresh proxy port."""
         port = free_port()
         text = f'[proxy]\nport = {port}\napi_keys = ["{KEY}"]\n{proxy}\n'
-        for key, (name, url) in models.items():
-            text += f'[models.{key}]\nname = "{name}"\nurl = "{url}"\n'
+        for key, (name, url, *more) in models.items():
+            text += f'[models.{key}]\nname = "{name}"\nurl = "{url}"\n' + "".join(
+                f"{line}\n" for line in more)
         (self.home / "config.toml").write_text(text)
         self.url = f"http://127.0.0.1:{port}"
 

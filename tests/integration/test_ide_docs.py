@@ -15,7 +15,7 @@ import yaml
 
 from llmctl import config
 
-from .conftest import free_port, start_upstream
+from .conftest import start_upstream
 from .test_cli_stack import KEY, Env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,23 +64,12 @@ def test_toml_snippets_are_valid_llmctl_config():
 def test_python_snippets_run_against_a_running_proxy(tmp_path):
     ups = [start_upstream("fake-coder"), start_upstream("fake-general")]
     e = Env(tmp_path)
-    port = free_port()
-    (e.home / "config.toml").write_text(f"""
-[proxy]
-port = {port}
-api_keys = ["{KEY}"]
-[models.coder]
-name = "fake-coder"
-url = "{ups[0].url}"
-fim = "starcoder"
-[models.general]
-name = "fake-general"
-url = "{ups[1].url}"
-""")
+    e.url_models({"coder": ("fake-coder", ups[0].url, 'fim = "starcoder"'),
+                  "general": ("fake-general", ups[1].url)})
     try:
         assert e.run("up", "--timeout", "30").returncode == 0
         for body in blocks("python"):
-            code = body.replace(BASE, f"http://127.0.0.1:{port}/v1").replace("sk-local-…", KEY)
+            code = body.replace(BASE, e.url + "/v1").replace("sk-local-…", KEY)
             r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                timeout=60)
             assert r.returncode == 0, r.stderr

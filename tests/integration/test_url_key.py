@@ -6,7 +6,7 @@ import json
 
 import httpx
 
-from .conftest import free_port, start_upstream
+from .conftest import start_upstream
 from .test_cli_stack import KEY, Env
 
 UP_KEY = "sk-upstream-secret-0123456789"
@@ -15,17 +15,7 @@ UP_KEY = "sk-upstream-secret-0123456789"
 def test_the_upstream_gets_its_own_key_never_the_clients_and_it_is_never_shown(tmp_path):
     up = start_upstream("remote")
     e = Env(tmp_path)
-    port = free_port()
-    (e.home / "config.toml").write_text(f"""
-[proxy]
-port = {port}
-api_keys = ["{KEY}"]
-[models.remote]
-name = "remote"
-url = "{up.url}"
-api_key = "{UP_KEY}"
-""")
-    e.url = f"http://127.0.0.1:{port}"
+    e.url_models({"remote": ("remote", up.url, f'api_key = "{UP_KEY}"')})
     try:
         assert e.run("up", "--timeout", "30").returncode == 0
         r = httpx.post(e.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
