@@ -1,7 +1,7 @@
 """The terminal chat: a conversation, its slash commands, and the two ways in — a prompt
 with history and multi-line input, or one message from a pipe.
 
-May import: client, errors (and prompt_toolkit: the only importer). What is shown goes
+May import: client, errors, files (and prompt_toolkit: the only importer). What is shown goes
 through a `View` (ui.ChatView draws Markdown on a terminal; the pipe mode writes raw
 text), so the loop is tested over scripted streams without a terminal.
 """
@@ -198,15 +198,10 @@ class Session:
 
 
 def _write(path: Path, text: str) -> None:
-    """Whole or not at all: a temporary file beside it, renamed."""
-    import os
+    """Whole or not at all, readable as the user's other documents are."""
+    from .files import write_atomic
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, text, 0o644, parents=False)
 
 
 # ── the ways in ──────────────────────────────────────────────────────────────

@@ -1,6 +1,6 @@
 """The config file: its model, defaults, environment overrides and paths.
 
-May import: errors, fim. Everything here is plain data and file reading; the
+May import: errors, files, fim. Everything here is plain data and file reading; the
 device is passed in (a string or a callable), never probed here.
 
 The dataclass fields are the schema, and the only place it is written: each
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import write_atomic
 from .fim import CHOICES as FIM_CHOICES
 
 DEMO_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -614,19 +615,7 @@ def starter_text(device: str, key: str) -> str:
 
 def write_private(path: Path, text: str) -> None:
     """Write a file that may hold keys: 0600 from the first byte, replaced atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, text, 0o600)
 
 
 def init(path: Path, device: str, *, force: bool = False) -> str:

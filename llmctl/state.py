@@ -1,6 +1,6 @@
 """Files under state/: what the daemon is running, written so readers never see half a file.
 
-May import: config. `stack.json` is the daemon's report (pids, process groups,
+May import: config, files. `stack.json` is the daemon's report (pids, process groups,
 ports, states); `daemon.lock` is held by a live daemon for its whole life, so
 `status` can tell a live daemon from a stale file without trusting pids alone;
 `starts.json` remembers how long each model's last start took. Processes and ports
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import state_dir
+from .files import write_atomic
 
 STACK = "stack.json"
 LOCK = "daemon.lock"
@@ -27,10 +28,7 @@ def path(name: str) -> Path:
 
 
 def write_json(p: Path, data: Any) -> None:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, p)
+    write_atomic(p, json.dumps(data, indent=2, sort_keys=True))
 
 
 def read_json(p: Path) -> Any | None:

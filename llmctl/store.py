@@ -1,6 +1,6 @@
 """The local model store: which models are on disk, complete, and what they hold.
 
-May import: config, errors. Reads and writes no network. A hub model is complete
+May import: config, errors, files. Reads and writes no network. A hub model is complete
 when llmctl's pull record (`pulls.json` in the store) says so and every recorded file
 is there at its recorded size; the record is written "pulling" before the first byte
 and "complete" after the last, so an interrupted pull is never taken for a model
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import models_dir
+from .files import write_atomic
 
 RECORDS = "pulls.json"
 
@@ -65,11 +66,7 @@ def records() -> dict[str, dict[str, Any]]:
 
 
 def _write(data: dict[str, Any]) -> None:
-    p = _records_path()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, p)
+    write_atomic(_records_path(), json.dumps(data, indent=2, sort_keys=True))
 
 
 def record(repo: str, *, status: str, revision: str, commit: str, path: Path,
