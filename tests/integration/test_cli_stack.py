@@ -370,3 +370,37 @@ def test_up_timeout_bounds_the_wait_and_shows_the_slow_backend(tmp_path):
         assert again.returncode == 0 and "already starting (coder, general not ready yet)" in again.stderr
     finally:
         e.run("down")
+
+
+def test_status_json_keeps_its_shape(env):
+    """`status --json` is a contract for scripts: the keys of a managed and a `url` backend,
+    the daemon's, and the values that do not depend on the run, pinned."""
+    from .conftest import start_upstream
+
+    pinned = json.loads((Path(__file__).parents[1] / "fixtures" / "status-json-keys.json")
+                        .read_text())
+    remote = start_upstream("fake-remote")
+    try:
+        cfg = env.home / "config.toml"
+        cfg.write_text(cfg.read_text() + f'\n[models.remote]\nname = "fake-remote"\n'
+                                          f'url = "{remote.url}"\n')
+        assert env.run("up", "--timeout", "60").returncode == 0
+        s = env.status()
+    finally:
+        env.run("down")
+        remote.stop()
+    assert sorted(s) == pinned["top"] and sorted(s["daemon"]) == pinned["daemon"]
+    coder, url = s["backends"]["coder"], s["backends"]["remote"]
+    assert sorted(coder) == pinned["managed"] and sorted(url) == pinned["url"]
+    assert {k: coder[k] for k in ("name", "aliases", "state", "managed", "port", "start",
+                                  "group", "swap", "idle_stop_s", "restarts", "in_flight",
+                                  "queued", "resting", "max_model_len", "alive", "fim")} == {
+        "name": "fake-coder", "aliases": ["coder"], "state": "RUNNING", "managed": True,
+        "port": env.ports[1], "start": "always", "group": None, "swap": None,
+        "idle_stop_s": 900.0, "restarts": 0, "in_flight": 0, "queued": 0, "resting": False,
+        "max_model_len": 4096, "alive": True, "fim": None}
+    assert {k: url[k] for k in ("name", "state", "managed", "port", "pid", "start",
+                                "idle_stop_s", "url", "alive", "planned_bytes")} == {
+        "name": "fake-remote", "state": "RUNNING", "managed": False, "port": None,
+        "pid": None, "start": None, "idle_stop_s": None, "url": remote.url, "alive": True,
+        "planned_bytes": 0}
