@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import config as cfgmod
 from . import engine, fim, gpu, hub, keys, procs, state, usage
@@ -52,6 +53,13 @@ def fim_family(m: cfgmod.ModelConfig, folder: Path | None) -> str | None:
     return fim.detect(hub.special_tokens(folder)) if folder else None
 
 
+def devices_of(p: Any) -> tuple[str, ...]:
+    """The devices a backend's start profiles and holds: its cards, or the CPU."""
+    if p.device == "cuda":
+        return tuple(f"cuda:{i}" for i in p.devices) or ("cuda:0",)
+    return ("cpu",)
+
+
 def build_backends(cfg: cfgmod.Config, on_change: Callable[[], None]
                    ) -> tuple[list[Backend], str]:
     """The config, read straight down: survey (readings, folders, plans) → argv → backend."""
@@ -64,7 +72,7 @@ def build_backends(cfg: cfgmod.Config, on_change: Callable[[], None]
         p, folder = s.plans[m.key], s.folders[m.key]
         b = ManagedBackend(m, engine.command(cfg, m, p, str(folder or m.source)),
                            cfgmod.logs_dir() / f"{m.key}.log", planned_bytes=p.planned_bytes,
-                           planned_kv_tokens=p.kv_tokens,
+                           planned_kv_tokens=p.kv_tokens, devices=devices_of(p),
                            expected_start_s=state.previous_start(start_key(m)),
                            fim=fim_family(m, folder), on_change=on_change)
         if folder is None:
@@ -120,8 +128,9 @@ class Daemon:
         self.report()
         from .stack import status_report
 
-        supervisor = Supervisor(self.backends, drain_seconds=self.cfg.proxy.drain_seconds)
-        proxy = Proxy(self.backends, self.cfg.proxy, status=status_report, control=supervisor,
+        supervisor = Supervisor(self.backends, drain_seconds=self.cfg.proxy.drain_seconds,
+                                max_queue=self.cfg.proxy.max_queue_per_model)
+        proxy = Proxy(self.backends, self.cfg.proxy, supervisor, status=status_report,
                       keys_path=keys.path())
         server = uvicorn.Server(uvicorn_config(proxy, host, port, self.cfg.proxy.drain_seconds))
 
@@ -136,8 +145,8 @@ class Daemon:
             # a second), and the usage tally written to SQLite, off the request path.
             while True:
                 await asyncio.sleep(1.0)
-                proxy.reload_keys()
-                await asyncio.to_thread(usage.write, proxy.tally.take())
+                proxy.callers.reload()
+                await asyncio.to_thread(usage.write, proxy.ledger.tally.take())
 
         async def report_in_flight() -> None:
             # States are reported as they change; requests in flight (and the time of the
@@ -172,7 +181,7 @@ class Daemon:
             await asyncio.gather(starter, reporter, keeper, return_exceptions=True)
             await supervisor.stop()
             await proxy.aclose()
-            usage.write(proxy.tally.take())
+            usage.write(proxy.ledger.tally.take())
         return EXIT_FAILED if self.error else EXIT_OK
 
 
@@ -196,7 +205,10 @@ def serve_proxy_forever(backends, proxy_cfg: cfgmod.ProxyConfig, keys_path: Path
 
     from .proxy import Proxy
 
-    proxy = Proxy(backends, proxy_cfg, keys_path=keys_path)
+    backends = list(backends)
+    proxy = Proxy(backends, proxy_cfg, Supervisor(backends,
+                                                  max_queue=proxy_cfg.max_queue_per_model),
+                  keys_path=keys_path)
     server = uvicorn.Server(uvicorn_config(proxy, proxy_cfg.host, proxy_cfg.port,
                                            proxy_cfg.drain_seconds))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -37,6 +37,28 @@ class State(StrEnum):
     ORPHANED = "ORPHANED"  # status only: alive, but its daemon is gone
 
 
+# Every change of state a backend may make (llama-swap's `isValidTransition`): a change
+# not listed here is a bug, and `Backend._to` refuses it loudly. Staying in a state with
+# a new reason (STOPPED → STOPPED "swapped out…") is always allowed.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.STARTING, State.FATAL, State.STOPPING}),
+    State.STARTING: frozenset({State.RUNNING, State.BACKOFF, State.FATAL, State.STOPPING,
+                               State.STOPPED}),
+    State.RUNNING: frozenset({State.BACKOFF, State.FATAL, State.SLEEPING, State.STOPPING,
+                              State.STOPPED}),
+    State.BACKOFF: frozenset({State.STARTING, State.RUNNING, State.FATAL, State.STOPPING,
+                              State.STOPPED}),
+    State.SLEEPING: frozenset({State.RUNNING, State.STOPPING, State.STOPPED}),
+    State.FATAL: frozenset({State.STOPPING, State.STOPPED}),
+    State.STOPPING: frozenset({State.STOPPED}),
+    State.ORPHANED: frozenset(),  # status only: never a backend's own state
+}
+
+
+def allowed(old: State, new: State) -> bool:
+    return new == old or new in TRANSITIONS[old]
+
+
 # Where `up` stops waiting: every backend is serving or has given up.
 SETTLED = frozenset({State.RUNNING, State.FATAL})
 # Not serving yet, but on the way (`up` on a stack in these says it is still starting).
@@ -44,8 +66,9 @@ ON_THE_WAY = frozenset({State.STARTING, State.BACKOFF, State.STOPPED})
 
 
 class NotServing(Exception):
-    """A request for a model that cannot answer now: what the proxy tells the client
-    (the HTTP status, OpenAI's error code, and when to come back, if ever)."""
+    """A request for a model that cannot answer now (failed, stopped, starting, its queue
+    full): what the proxy tells the client (the HTTP status, OpenAI's error code, and
+    when to come back, if ever). The supervisor words every one of them."""
 
     def __init__(self, status: int, message: str, code: str,
                  retry_after: float | None = None) -> None:

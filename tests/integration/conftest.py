@@ -11,8 +11,9 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ import uvicorn
 
 from llmctl import config
 from llmctl.proxy import Proxy
+from llmctl.supervisor import Supervisor
 
 FAKE = Path(__file__).resolve().parents[1] / "fakes" / "upstream.py"
 KEY = "sk-test-key"
@@ -81,19 +83,26 @@ def upstream():
 
 @dataclass
 class FakeBackend:
-    """What the proxy needs of a backend (supervisor.Backend has the same shape)."""
+    """What the proxy reads of a backend (`proxy.models.Routable`) and what the supervisor's
+    admission keeps on it (supervisor.Backend has the same shape), in a state the test sets."""
 
     model: config.ModelConfig
     fim: str | None = None
     state: str = "RUNNING"
-    in_flight: int = 0
     reason: str | None = None
+    served: dict[str, Any] = field(default_factory=dict)
+    demandable: bool = False  # a request may not start it
+    in_flight: int = 0
+    queued: int = 0
+    draining: bool = False
+    last_request_at: float | None = None
 
 
 class ProxyServer:
     def __init__(self, backends, proxy_cfg: config.ProxyConfig) -> None:
         self.backends = backends
-        self.app = Proxy(backends, proxy_cfg)
+        self.supervisor = Supervisor(backends, max_queue=proxy_cfg.max_queue_per_model)
+        self.app = Proxy(backends, proxy_cfg, self.supervisor)
         self.port = proxy_cfg.port
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", lifespan="off"))

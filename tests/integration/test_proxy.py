@@ -347,7 +347,7 @@ def test_raw_garbage_on_the_socket_does_not_break_the_proxy(proxy):
 def test_one_log_line_per_request_with_tokens_and_never_the_key(proxy, caplog):
     import logging
 
-    from llmctl.proxy import fingerprint
+    from llmctl.proxy.callers import fingerprint
 
     caplog.set_level(logging.INFO, logger="llmctl.proxy")
     httpx.post(proxy.url + "/v1/chat/completions", json=chat(max_tokens=3),

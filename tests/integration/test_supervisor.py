@@ -16,7 +16,7 @@ from llmctl import config
 from llmctl import procs as st
 from llmctl.engine import Command
 from llmctl.lifecycle import State
-from llmctl.supervisor import ManagedBackend, Policy
+from llmctl.supervisor import DeviceGate, ManagedBackend, Policy
 
 from .conftest import FAKE, free_port
 
@@ -76,7 +76,7 @@ def test_sigkill_of_the_server_reaps_its_group_and_restarts(tmp_path):
     async def body():
         assert await b.start()
         old = b.pid
-        watch = asyncio.create_task(b.watch())
+        watch = asyncio.create_task(b.watch(DeviceGate()))
         os.kill(old, signal.SIGKILL)
         # The orphaned grandchild must be gone before the new server starts.
         assert await until(lambda: b.pid != old, 10)
@@ -120,7 +120,7 @@ def test_a_hung_server_is_detected_by_health_checks_and_restarted(tmp_path):
     async def body():
         assert await b.start()
         old = b.pid
-        watch = asyncio.create_task(b.watch())
+        watch = asyncio.create_task(b.watch(DeviceGate()))
         import httpx
 
         async with httpx.AsyncClient() as c:
@@ -140,7 +140,7 @@ def test_crash_loop_ends_fatal_with_a_reason(tmp_path):
 
     async def body():
         assert await b.start()
-        await asyncio.wait_for(b.watch(), 30)
+        await asyncio.wait_for(b.watch(DeviceGate()), 30)
         assert b.state == FATAL
         assert seen.count(BACKOFF) == 2 and seen.count(RUNNING) == 3
         assert "restarts in a row failed" in b.reason

@@ -46,7 +46,8 @@ port, upstream = int(sys.argv[1]), sys.argv[2]
 keys = Path(sys.argv[3]) if len(sys.argv) > 3 else None
 m = config.ModelConfig(key="bench", name="bench", url=upstream)
 class B:
-    model, state, in_flight, reason, fim = m, "RUNNING", 0, None, "starcoder"
+    model, state, reason, fim, served = m, "RUNNING", None, "starcoder", {{}}
+    in_flight, queued, draining, demandable, last_request_at = 0, 0, False, False, None
 serve_proxy_forever([B()], config.ProxyConfig(port=port, api_keys=({KEY!r},),
                                               max_queue_per_model=100000), keys_path=keys)
 """

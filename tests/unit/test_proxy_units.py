@@ -1,4 +1,6 @@
-from llmctl.proxy import _usage, fingerprint, ipaddress_is_loopback
+from llmctl.proxy.api import ipaddress_is_loopback
+from llmctl.proxy.callers import fingerprint
+from llmctl.proxy.stream import usage as _usage
 
 
 def test_loopback_detection():
@@ -26,8 +28,9 @@ def test_metrics_from_another_machine_need_the_key():
 
     from llmctl import config
     from llmctl.proxy import Proxy
+    from llmctl.supervisor import Supervisor
 
-    app = Proxy([], config.ProxyConfig(api_keys=("sk-k",)))
+    app = Proxy([], config.ProxyConfig(api_keys=("sk-k",)), Supervisor([]))
 
     async def get(client_host, headers=None):
         t = httpx.ASGITransport(app=app, client=(client_host, 5000))

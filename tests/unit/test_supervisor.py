@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from llmctl import config
 from llmctl.engine import Command
 from llmctl.lifecycle import NotServing, State
-from llmctl.supervisor import ManagedBackend, Policy, Supervisor
+from llmctl.supervisor import DeviceGate, ManagedBackend, Policy, Supervisor
 
 
 class FakeClock:
@@ -61,6 +62,8 @@ class World:
     procs: list[FakeProc] = field(default_factory=list)
     reaped: list[int] = field(default_factory=list)
     events: list[tuple[str, int]] = field(default_factory=list)  # ("spawn" | "reap", pid)
+    log: Path | None = None  # where the spawned servers write …
+    says: list[str] = field(default_factory=list)  # … what each one says, in turn
 
     def popen(self, argv, **kw) -> FakeProc:
         if not self.script:
@@ -69,6 +72,9 @@ class World:
         p = FakeProc(100 + len(self.procs), self.clock.now, life, code, self.clock, hung)
         self.procs.append(p)
         self.events.append(("spawn", p.pid))
+        if self.log is not None and self.says:
+            with open(self.log, "a") as f:
+                f.write(self.says.pop(0) + "\n")
         return p
 
     def port_free(self, port: int) -> bool:
@@ -91,13 +97,16 @@ class World:
         return httpx.Response(200, json={})
 
 
-def make(tmp_path, script, **policy) -> tuple[ManagedBackend, World, list]:
-    clock = FakeClock()
-    world = World(clock, list(script))
-    m = config.ModelConfig(key="coder", name="fake", source="/x", port=9)
+def make(tmp_path, script, *, key: str = "coder", clock: FakeClock | None = None,
+         devices: tuple[str, ...] = ("cpu",), **policy) -> tuple[ManagedBackend, World, list]:
+    clock = clock or FakeClock()
+    world = World(clock, list(script), log=tmp_path / f"{key}.log")
+    m = config.ModelConfig(key=key, name="fake" if key == "coder" else key, source="/x",
+                           port=9)
     events: list[tuple[float, State, str | None]] = []
-    b = ManagedBackend(m, Command(("vllm",), {}), tmp_path / "coder.log",
+    b = ManagedBackend(m, Command(("vllm",), {}), tmp_path / f"{key}.log",
                        policy=Policy(**policy), popen=world.popen, procs=world, clock=clock,
+                       devices=devices,
                        http=httpx.AsyncClient(transport=httpx.MockTransport(lambda r: world.answer(r))))
     b.on_change = lambda: events.append((clock.now, b.state, b.reason))
     return b, world, events
@@ -112,10 +121,17 @@ async def until(pred) -> None:
     raise AssertionError("the state machine never got there")
 
 
+async def served(sup: Supervisor, b, wait: float = 600) -> None:
+    """One request through the admission: admitted (the model started first when at rest),
+    then done."""
+    async with sup.admit(b, wait):
+        pass
+
+
 def run(b: ManagedBackend) -> None:
     async def go() -> None:
         if await b.start():
-            await asyncio.wait_for(b.watch(), 30)  # fake time: this takes milliseconds
+            await asyncio.wait_for(b.watch(DeviceGate()), 30)  # fake time: this takes milliseconds
     asyncio.run(go())
 
 
@@ -162,7 +178,7 @@ def test_missed_health_checks_count_as_dead(tmp_path):
         assert await b.start()
         world.procs[0].hung = True
         t0 = b.clock.now
-        watch = asyncio.create_task(b.watch())
+        watch = asyncio.create_task(b.watch(DeviceGate()))
         await until(lambda: b.restarts == 1 and b.state == State.RUNNING)
         assert b.last_exit == "stopped answering /health (3 checks)"
         # Three intervals of watching, then the 1 s backoff, then the new start.
@@ -199,7 +215,7 @@ def test_a_restart_that_dies_while_starting_backs_off_instead(tmp_path):
 
     async def go() -> None:
         assert await b.start()
-        watch = asyncio.create_task(b.watch())
+        watch = asyncio.create_task(b.watch(DeviceGate()))
         await until(lambda: b.restarts == 2 and b.state == State.RUNNING)
         await b.stop()
         await asyncio.wait_for(watch, 10)
@@ -231,6 +247,8 @@ def member(tmp_path, clock, key: str, start: str):
 
     def answer(r: httpx.Request) -> httpx.Response:
         calls.append(r.url.path)
+        if r.url.path == "/wake_up":
+            clock.now += 2.5  # waking takes 2.5 s of fake time
         return world.answer(r)
 
     m = config.ModelConfig(key=key, name=key, source="/x", port=9, start=start, group="g",
@@ -253,21 +271,24 @@ def test_a_sleep_group_swaps_by_sleeping_and_waking_not_restarting(tmp_path):
     async def go() -> None:
         await sup.run()
         assert (a.state, b.state, b.resting) == (State.RUNNING, State.STOPPED, True)
-        a.in_flight = 1  # a request under way on a
-        first = asyncio.create_task(sup.demand(b))
+        on_a = sup.admit(a)
+        await on_a.__aenter__()  # a request under way on a
+        assert a.in_flight == 1
+        first = asyncio.create_task(served(sup, b))
         await until(lambda: a.draining)
         assert b.state == State.STOPPED  # nothing starts while a drains
-        a.in_flight = 0
+        await on_a.__aexit__(None, None, None)
         await asyncio.wait_for(first, 10)
+        assert (a.in_flight, b.in_flight, b.queued) == (0, 0, 0)
         assert a.state == State.SLEEPING and calls_a.count("/sleep") == 1
         assert b.state == State.RUNNING and a.resting and not b.resting
         # a was asleep before b was spawned: never both awake.
         assert order.index(("a", State.SLEEPING)) < order.index(("b", State.STARTING))
         # Back to a: b sleeps, a wakes in its old process.
-        await asyncio.wait_for(sup.demand(a), 10)
+        await asyncio.wait_for(served(sup, a), 10)
         assert a.state == State.RUNNING and calls_a.count("/wake_up") == 1
         assert len(world_a.procs) == 1 and b.state == State.SLEEPING
-        assert a.last_wake_s is not None
+        assert a.last_wake_s == 2.5
         await sup.stop()
 
     asyncio.run(go())
@@ -284,9 +305,9 @@ def test_a_sleeping_member_that_cannot_wake_starts_afresh(tmp_path):
 
     async def go() -> None:
         await sup.run()
-        await asyncio.wait_for(sup.demand(b), 10)
+        await asyncio.wait_for(served(sup, b), 10)
         assert a.state == State.SLEEPING
-        await asyncio.wait_for(sup.demand(a), 10)
+        await asyncio.wait_for(served(sup, a), 10)
         assert a.state == State.RUNNING and len(world_a.procs) == 2  # a new process
         assert world_a.reaped == [world_a.procs[0].pid]
         await sup.stop()
@@ -300,12 +321,114 @@ def test_demand_refuses_what_a_request_may_not_start(tmp_path):
 
     async def go() -> None:
         with pytest.raises(NotServing) as e:
-            await sup.demand(always)  # an always-on model, stopped: a request does not start it
+            await served(sup, always)  # an always-on model, stopped: a request does not start it
         assert e.value.status == 503 and e.value.code == "model_not_ready"
+        assert e.value.retry_after == 10
         always.fail("weights missing")
         with pytest.raises(NotServing) as e:
-            await sup.demand(always)
-        assert e.value.code == "model_failed" and "llmctl start coder" in e.value.message
+            await served(sup, always)
+        assert e.value.code == "model_failed" and e.value.retry_after is None
+        assert e.value.message == ("model 'fake' has failed: weights missing; `llmctl start "
+                                   "coder` tries again")
+        assert always.in_flight == 0  # a refusal leaves nothing counted
 
     asyncio.run(go())
     assert world.procs == []
+
+
+# ── starts that nothing disturbs ──
+
+@pytest.mark.parametrize("b_devices, waits", [(("cuda:0",), True), (("cuda:1",), False)])
+def test_a_crash_restart_waits_for_a_start_on_the_same_card_only(tmp_path, b_devices, waits):
+    """A runs on cuda:0 and dies 10 s in, while B's start (100 s of profiling and loading)
+    is under way. On the same card, A's reap and restart wait until B is RUNNING: vLLM
+    would charge the memory A frees or takes to B's KV cache. On another card they don't."""
+    clock = FakeClock()
+    a, world_a, events_a = make(tmp_path, [(10, 1, False), (None, 0, False)], key="a",
+                                clock=clock, devices=("cuda:0",))
+    b, world_b, events_b = make(tmp_path, [(None, 0, False)], key="b", clock=clock,
+                                devices=b_devices)
+    answer_b = world_b.answer
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        if clock.now < world_b.procs[-1].born + 100:
+            raise httpx.ConnectError("still loading", request=request)
+        return answer_b(request)
+
+    world_b.answer = slow
+    sup = Supervisor([a, b], clock=clock)
+
+    async def go() -> None:
+        await sup.run()
+        await until(lambda: a.restarts == 1 and a.state == State.RUNNING)
+        await sup.stop()
+
+    asyncio.run(go())
+    crashed = next(t for t, s, _ in events_a if s == State.BACKOFF)
+    restarted = next(t for t, s, _ in events_a if s == State.STARTING and t > crashed)
+    b_ready = next(t for t, s, _ in events_b if s == State.RUNNING)
+    b_started = next(t for t, s, _ in events_b if s == State.STARTING)
+    assert b_started < crashed < b_ready  # A died while B was starting
+    # Its group is reaped and it starts again only after B's start, on the same card.
+    assert (restarted >= b_ready) is waits
+    assert world_a.events == [("spawn", 100), ("reap", 100), ("spawn", 101), ("reap", 101)]
+
+
+def test_a_start_that_died_of_the_profiling_race_is_tried_once_more(tmp_path):
+    race = ("AssertionError: Error in memory profiling. Initial free memory 20.1 GiB, current "
+            "free memory 21.3 GiB. This happens when other processes sharing the same "
+            "container release GPU memory while vLLM is profiling during initialization.")
+    b, world, events = make(tmp_path, [(0.0, 1, False), (None, 0, False)])
+    world.says = [race, "INFO loading weights"]
+
+    async def go() -> None:
+        assert await b.start()
+
+    asyncio.run(go())
+    assert b.state == State.RUNNING and len(world.procs) == 2 and b.restarts == 0
+    assert world.reaped == [world.procs[0].pid]
+    assert [s for _, s, _ in events if s == State.FATAL] == []
+
+
+def test_a_second_profiling_race_in_one_start_is_fatal_with_its_cause(tmp_path):
+    race = "AssertionError: Error in memory profiling. Initial free memory 20.1 GiB"
+    b, world, events = make(tmp_path, [(0.0, 1, False), (0.0, 1, False), (None, 0, False)])
+    world.says = [race, race]
+    asyncio.run(b.start())
+    assert b.state == State.FATAL and len(world.procs) == 2
+    assert "another process freed GPU memory on the card" in b.reason
+
+
+def test_every_state_change_is_one_the_table_allows(tmp_path):
+    from llmctl.lifecycle import TRANSITIONS
+
+    b, world, events = make(tmp_path, [(10, 1, False)] + [(5, 1, False)] * 10, max_restarts=2)
+    run(b)
+    seen = [State.STOPPED] + [s for _, s, _ in events]
+    for old, new in zip(seen, seen[1:], strict=False):
+        assert new == old or new in TRANSITIONS[old], (old, new)
+    with pytest.raises(RuntimeError, match="FATAL → RUNNING is not a transition"):
+        b._to(State.RUNNING)
+
+
+def test_admission_counts_what_waits_and_refuses_a_full_queue(tmp_path):
+    b, world, _ = make(tmp_path, [(None, 0, False)])
+    sup = Supervisor([b], clock=b.clock, max_queue=2)
+
+    async def go() -> None:
+        assert await b.start()
+        first, second = sup.admit(b), sup.admit(b)
+        await first.__aenter__()
+        await second.__aenter__()
+        assert b.in_flight == 2 and b.last_request_at == b.clock.now
+        with pytest.raises(NotServing) as e:
+            await served(sup, b)
+        assert (e.value.status, e.value.code, e.value.retry_after) == (429, "queue_full", 1)
+        assert e.value.message == "model 'fake' has 2 requests queued; try again shortly"
+        await first.__aexit__(None, None, None)
+        b.clock.now += 7
+        await second.__aexit__(None, None, None)
+        assert b.in_flight == 0 and b.last_request_at == b.clock.now
+        await sup.stop()
+
+    asyncio.run(go())

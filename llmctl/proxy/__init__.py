@@ -1,0 +1,19 @@
+"""The request path, a room per step: who is calling (callers), forwarding (body → route
+→ admit → exchange), the stream (the exchange and its filters), and the FastAPI side
+(health, ready, metrics, models, control, the web page); `Proxy` (app) joins them.
+
+May import: proxy.app. Measured with tests/perf/bench_proxy.py (numbers in CHANGELOG.md).
+
+    app.py       Proxy: request ids, dispatch, CORS            → api, forward, callers, metrics
+    callers.py   config and named keys, checked and reloaded   → keys, limits
+    forward.py   POST /v1/*: Route, limits, admit, exchange     → models, stream
+    stream.py    Exchange: upstream call, splice, usage, /infill filters, the books
+    api.py       FastAPI: /health /ready /metrics /v1/models /api/status, start/stop, web
+    models.py    Routable and Control (what the proxy reads and asks), lookup by name
+    metrics.py   Prometheus series, the usage tally, the page's totals
+    answers.py   the error shape, refusals, a backend's error in that shape
+"""
+
+from .app import Proxy
+
+__all__ = ["Proxy"]

@@ -1,0 +1,167 @@
+"""The FastAPI side: everything that is not forwarded. /health, /ready, /metrics, the model
+list, /api/status, starting and stopping models by hand, and the web page.
+
+May import: lifecycle, usage, proxy.answers, proxy.callers, proxy.metrics, proxy.models
+(and fastapi, prometheus_client). "Who is calling" is one dependency (`caller`), so
+each handler names what it needs instead of repeating the key check.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the handlers' annotations
+# at run time, and `Who` (a dependency made inside `build`) must be an object, not a name.
+import asyncio
+import ipaddress
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..lifecycle import NotServing, State
+from ..usage import summary as usage_summary
+from .answers import Refused, error_body
+from .callers import Caller, Callers
+from .metrics import Ledger
+from .models import Control, Models, Routable
+
+
+def error(status: int, message: str, *, headers: dict[str, str] | None = None,
+          **kw: Any) -> JSONResponse:
+    return JSONResponse(error_body(status, message, **kw), status_code=status, headers=headers)
+
+
+def ipaddress_is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.removeprefix("::ffff:")).is_loopback
+    except ValueError:
+        return False
+
+
+def entry(b: Routable) -> dict[str, Any]:
+    """A model as /v1/models lists it: what the server said of itself (vLLM: root,
+    max_model_len), then llmctl's own."""
+    return {**b.served,
+            "id": b.model.name, "object": "model", "created": 0, "owned_by": "llmctl",
+            "aliases": list(b.model.names[1:]), "state": str(b.state),
+            "start": b.model.start if b.model.managed else None,
+            "group": b.model.group or None, "fim": b.fim}
+
+
+def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger, web: bool,
+          status: Callable[[], dict[str, Any]] | None) -> FastAPI:
+    api = FastAPI(title="llmctl", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @api.exception_handler(Refused)
+    async def _refused(request: Request, r: Refused) -> JSONResponse:
+        return error(r.status, r.message, code=r.code, param=r.param)
+
+    @api.exception_handler(NotServing)
+    async def _not_serving(request: Request, e: NotServing) -> JSONResponse:
+        return error(e.status, e.message, code=e.code)
+
+    def who(request: Request) -> Caller:
+        """The one key check of this side: raises Refused(401)."""
+        return callers.check(request.headers.get("authorization", "").encode("latin-1")
+                             or None)
+
+    Who = Annotated[Caller, Depends(who)]
+
+    def local(request: Request) -> bool:
+        return ipaddress_is_loopback(request.client.host if request.client else "")
+
+    @api.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @api.get("/ready")
+    async def ready() -> JSONResponse:
+        states = models.states()
+        ok = any(s == State.RUNNING for s in states.values())
+        return JSONResponse({"ready": ok, "models": states}, status_code=200 if ok else 503)
+
+    @api.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        # Open to scrapers on this machine; from elsewhere (host = "0.0.0.0") it takes a key.
+        if not local(request):
+            who(request)
+        return Response(generate_latest(ledger.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/api/status")
+    async def api_status(c: Who) -> JSONResponse:
+        data = await asyncio.to_thread(status) if status else {"backends": {}}
+        if callers.keys_path is not None:  # usage per key: a named key sees its own
+            used = await asyncio.to_thread(usage_summary)
+            data = {**data, "usage": used if c.admin else
+                    {k: v for k, v in used.items() if k == c.name}}
+        if c.allowed is not None:  # a key limited to some models sees only those
+            mine = {b.model.key for b in models.all if c.may_use(b)}
+            data = {**data, "backends": {k: v for k, v in data.get("backends", {}).items()
+                                         if k in mine}}
+        return JSONResponse({**data, "proxy_counters": dict(ledger.counters)})
+
+    if web:
+        _web_routes(api)
+
+    @api.post("/api/models/{name:path}/{action}")
+    async def control_model(name: str, action: str, request: Request) -> JSONResponse:
+        # `llmctl start|stop MODEL`: from this machine only, with a key when keys are set.
+        if not local(request):
+            return error(403, "models are started and stopped from the machine that "
+                         "runs llmctl", code="forbidden")
+        c = who(request)
+        if not c.admin:
+            return error(403, f"the key '{c.name}' may not start or stop models; the "
+                         "config's api_keys may", code="forbidden")
+        if action not in ("start", "stop"):
+            return error(404, f"no action {action!r}; start or stop", code="not_found")
+        b = models.find(name)
+        if action == "start":
+            control.start_by_hand(b)
+        else:
+            await control.stop_by_hand(b)
+        return JSONResponse({"model": b.model.name, "state": str(b.state)},
+                            status_code=202 if action == "start" else 200)
+
+    @api.get("/v1/models")
+    async def list_models(c: Who) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [entry(b) for b in models.all
+                                                        if c.may_use(b)]})
+
+    @api.get("/v1/models/{name:path}")
+    async def one_model(name: str, c: Who) -> JSONResponse:
+        # What the openai SDK's models.retrieve() asks; a name or an alias.
+        return JSONResponse(entry(models.find(name, c)))
+
+    return api
+
+
+def _web_routes(api: FastAPI) -> None:
+    """The page: three files from the package's web/ folder, named here one by one, so
+    no path from a request ever reaches the filesystem."""
+    from importlib.resources import files
+
+    web = files("llmctl") / "web"
+    pages = {"/": ("index.html", "text/html; charset=utf-8"),
+             "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+             "/static/app.css": ("app.css", "text/css; charset=utf-8")}
+    body = {route: (web / name).read_bytes() for route, (name, _) in pages.items()}
+    headers = {
+        "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                   "connect-src 'self'; img-src 'self' blob: data:; "
+                                   "base-uri 'none'; form-action 'none'; "
+                                   "frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY", "Cache-Control": "no-cache"}
+
+    def serve(route: str) -> Any:
+        async def page() -> Response:
+            return Response(body[route], media_type=pages[route][1], headers=headers)
+        return page
+
+    for route in pages:
+        api.add_api_route(route, serve(route), methods=["GET"], include_in_schema=False)

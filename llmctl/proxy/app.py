@@ -1,0 +1,105 @@
+"""`Proxy`, the whole ASGI app: names each request once (X-Request-ID), then hands it to
+the forwarding path or the FastAPI side; CORS around both when origins are configured.
+
+May import: clock, config, proxy.answers, proxy.api, proxy.callers, proxy.forward,
+proxy.metrics, proxy.models. Built complete by its constructor from the backends, the
+proxy's config and the supervisor (`control`); tests pass plain objects for backends
+and a `Supervisor` over them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+from ..clock import Clock
+from ..config import ProxyConfig
+from .answers import error_body, send_json
+from .api import build
+from .callers import Callers
+from .forward import ROOT_ROUTES, Forwarder
+from .metrics import Ledger
+from .models import Control, Models, Routable
+
+log = logging.getLogger("llmctl.proxy")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_NOT_OPTIONS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}  # OPTIONS: CORS preflights
+
+
+def request_id(scope: Scope) -> str:
+    for k, v in scope["headers"]:
+        if k == b"x-request-id":
+            value = v.decode("latin-1")
+            return value if _REQUEST_ID.match(value) else uuid.uuid4().hex
+    return uuid.uuid4().hex
+
+
+def _stamped(send: Send, rid: str) -> Send:
+    """`send`, adding X-Request-ID to the response's headers (for answers made by FastAPI
+    or the CORS middleware; the forwarding path adds it itself, with no wrapper per chunk)."""
+    header = (b"x-request-id", rid.encode())
+
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), header]
+        await send(message)
+
+    return send_with_id
+
+
+class Proxy:
+    """The ASGI app: `POST /v1/*` on a bare fast path, the rest through FastAPI."""
+
+    def __init__(self, backends: Iterable[Routable], cfg: ProxyConfig, control: Control, *,
+                 status: Callable[[], dict[str, Any]] | None = None,
+                 keys_path: Path | None = None, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or Clock()
+        self.models = Models(backends)
+        self.callers = Callers(cfg.api_keys, keys_path, self.models.all, self.clock)
+        self.ledger = Ledger()
+        self.forwarder = Forwarder(cfg, self.models, self.callers, control, self.ledger,
+                                   self.clock)
+        api: Any = build(models=self.models, callers=self.callers, control=control,
+                         ledger=self.ledger, web=cfg.web, status=status)
+        forward: Any = self.forwarder
+        if cfg.cors_origins:
+            from starlette.middleware.cors import CORSMiddleware
+
+            cors = {"allow_origins": list(cfg.cors_origins), "allow_methods": ["*"],
+                    "allow_headers": ["*"], "expose_headers": ["x-request-id"]}
+            # Preflights are OPTIONS: they take the API path and are answered by CORS there.
+            api, forward = CORSMiddleware(api, **cors), CORSMiddleware(forward, **cors)
+        self._api, self._forward = api, forward
+        if self.callers.open:
+            log.warning("no API keys configured: the proxy accepts every request")
+
+    async def aclose(self) -> None:
+        await self.forwarder.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._api(scope, receive, send)
+            return
+        rid = request_id(scope)
+        scope.setdefault("state", {})["request_id"] = rid
+        path, method = scope["path"], scope["method"]
+        forwarded = path.startswith("/v1/") or path in ROOT_ROUTES
+        models = path == "/v1/models" or path.startswith("/v1/models/")
+        if method == "POST" and forwarded and not models:
+            await self._forward(scope, receive, send)
+        elif forwarded and method in _NOT_OPTIONS and (method != "GET" or not models) and \
+                (method != "POST" or models):
+            # A route that exists, asked with the wrong method: 405 and what it takes.
+            allow = b"GET" if models else b"POST"
+            await send_json(send, 405, error_body(
+                405, f"{path} takes {allow.decode()}, not {method}", code="method_not_allowed"),
+                [(b"allow", allow), (b"x-request-id", rid.encode())])
+        else:
+            await self._api(scope, receive, _stamped(send, rid))

@@ -1,0 +1,58 @@
+"""What every request is written into: the proxy's Prometheus series, the usage tally per
+key and model, and two totals for the web page's charts.
+
+May import: usage (and prometheus_client).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..usage import Tally
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("llmctl_requests", "Proxied requests by model and status",
+                                ["model", "status"], registry=self.registry)
+        self.latency = Histogram("llmctl_request_duration_seconds", "Request duration",
+                                 ["model"], registry=self.registry,
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60,
+                                          120, 300))
+        self.ttfb = Histogram("llmctl_time_to_first_byte_seconds",
+                              "Time from request to first upstream byte", ["model"],
+                              registry=self.registry,
+                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5,
+                                       10, 30))
+        self.in_flight = Gauge("llmctl_requests_in_flight", "Requests being served", ["model"],
+                               registry=self.registry)
+        self.upstream_errors = Counter("llmctl_upstream_errors", "Failures reaching a backend",
+                                       ["model", "kind"], registry=self.registry)
+        # Per key: its name (never the key), "admin" for the config's keys.
+        self.key_requests = Counter("llmctl_key_requests", "Requests by key, model and status",
+                                    ["key", "model", "status"], registry=self.registry)
+        self.key_tokens = Counter("llmctl_key_tokens", "Tokens by key, model and kind",
+                                  ["key", "model", "kind"], registry=self.registry)
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def child(self, metric: str, *labels: str) -> Any:
+        """Cached label children: `labels()` costs microseconds on every request otherwise."""
+        key = (metric, *labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = getattr(self, metric).labels(*labels)
+        return c
+
+
+class Ledger:
+    """The books of one proxy: metrics, the usage tally (written to SQLite by the daemon),
+    and the totals behind the web page's requests/s and tokens/s."""
+
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+        self.tally = Tally()
+        # Two integers, no lock needed: the event loop is the only writer.
+        self.counters = {"requests": 0, "tokens": 0}
