@@ -185,3 +185,41 @@ aliases = ["autocomplete"]
     finally:
         llmctl(home, "down", timeout=120)
         router.stop()
+
+
+SCALE_OUT = Path(__file__).resolve().parents[2] / "docs" / "scale-out.md"
+
+
+def test_scale_out_md_says_what_the_code_does(home, tmp_path):
+    """docs/scale-out.md's export commands run as written; its TOML is a valid config; its
+    figures are the code's."""
+    import re
+    import shlex
+
+    from llmctl import export
+
+    doc = SCALE_OUT.read_text()
+    blocks = re.findall(r"```(\w*)\n(.*?)```", doc, re.S)
+    commands = []
+    for _, body in blocks:
+        for line in body.replace("\\\n", " ").splitlines():
+            if "llmctl export" in line:
+                commands.append(shlex.split(line.split("llmctl ", 1)[1].split("#")[0]))
+    assert len(commands) == 2, commands
+    for n, argv in enumerate(commands):
+        out = tmp_path / f"run{n}"
+        out.mkdir()
+        r = llmctl(home, *argv, cwd=out)
+        assert r.returncode == 0, (argv, r.stderr)
+        assert (out / "llmctl-proxy.toml").exists()
+    toml = [body for kind, body in blocks if kind == "toml"]
+    assert len(toml) == 1
+    big = config.parse(tomllib.loads(toml[0].replace("…", "sk-x"))).models[0]
+    assert big.url and big.api_key == "sk-x"
+    doc = " ".join(doc.split())  # the figures, wherever the lines break
+    assert f"{export.CPUS_PER_GPU} CPUs per GPU" in doc
+    assert f"weights plus {export.HOST_MEMORY_EXTRA_GIB} GiB, at least " \
+           f"{export.HOST_MEMORY_MIN_GIB} GiB" in doc
+    assert f"at least {export.DISK_MIN_GIB} GiB ({export.UNKNOWN_DISK_GIB} GiB when" in doc
+    assert f"at most {export.NAME_LIMIT} characters" in doc
+    assert f"`Qwen/Qwen2.5` → `{export.dns_label('Qwen/Qwen2.5')}`" in doc
