@@ -410,13 +410,22 @@ def _export(target: str, path: Path | None, assume: str | None, output: Path | N
     ui = _ui()
     for w in e.warnings:
         ui.say(f"warning: {w}")
+    def write(where: Path, data: str, mode: int) -> None:
+        try:
+            write_atomic(where, data, mode, parents=False)  # a typo in a folder: an error
+        except OSError as err:
+            raise UsageError(f"{where}: cannot write it ({err.strerror})",
+                             "check that its folder exists and is writable") from None
+
     if output:
-        write_atomic(output, text, 0o644)
+        write(output, text, 0o644)
+    if e.front is not None and front_path is not None:
+        write(front_path, export.front_toml(e.front, source), 0o600)  # it holds keys
+    if output:
         ui.ok(f"wrote {output}: {len(e.models)} model(s) for {target}")
     else:
         ui.text(text)
     if e.front is not None and front_path is not None:
-        cfgmod.write_private(front_path, export.front_toml(e.front, source))
         ui.ok(f"wrote {front_path}: llmctl in front of the cluster ({e.router_url})")
     flag = f" -c {path}" if path else ""
     for step in export.next_steps(e, manifests=str(output or "FILE"), config_flag=flag,

@@ -128,8 +128,24 @@ def test_kserve_manifests_on_stdout_and_talk_on_stderr(home):
 def test_errors_are_one_line_and_a_hint(home, tmp_path):
     r = llmctl(home, "export", "kserve", "--assume", "lots")
     assert r.returncode == 2 and r.stderr.startswith("error: cannot read --assume")
+    # A plan for this machine that fails (here: on CPU, by construction) points at --assume.
+    shutil.copytree(FIXTURES / "models" / "SmolLM2-135M-Instruct",
+                    home / "models" / "HuggingFaceTB--SmolLM2-135M-Instruct")
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('[engine]\ndevice = "cpu"\n[models.tiny]\nname = "tiny"\n'
+                    'source = "HuggingFaceTB/SmolLM2-135M-Instruct"\nport = 8000\n'
+                    'max_model_len = 10000000\nmemory = 0.0001\n')
+    r = llmctl(home, "export", "kserve", "-c", str(tiny))
+    assert r.returncode == 1 and r.stderr.startswith("error: tiny: a 1 GiB KV cache holds")
+    assert r.stderr.rstrip().endswith("; or plan for the cluster's GPUs: --assume 1x80GiB (its "
+                                      "card, and how many)"), r.stderr
     r = llmctl(home, "export", "kserve", "--router-url", "gateway:80")
     assert r.returncode == 2 and "--router-url 'gateway:80': an http(s) URL" in r.stderr
+    r = llmctl(home, "export", "kserve", "--assume", "2x80GiB", "-o",
+               str(tmp_path / "no-such-folder" / "m.yaml"))
+    assert r.returncode == 2 and r.stderr.splitlines()[-2:] == [
+        f"error: {tmp_path / 'no-such-folder' / 'm.yaml'}: cannot write it (No such file or "
+        "directory)", "hint: check that its folder exists and is writable"]
     url_only = tmp_path / "url.toml"
     url_only.write_text('[models.r]\nname = "r"\nurl = "http://127.0.0.1:9"\n')
     r = llmctl(home, "export", "production-stack", "-c", str(url_only))
