@@ -392,7 +392,11 @@ def _export(target: str, path: Path | None, assume: str | None, output: Path | N
         if front_path.exists() and not force:
             raise UsageError(f"{front_path} already exists",
                              "pass --force to replace it, or --proxy-config NEW.toml")
-    cfg = cfgmod.load(path, device=gpu.assumed(assume).device if assume else gpu.detect_device)
+    # The file's keys only: LLMCTL_API_KEY is a key of this shell, not one to write into
+    # the front config or to hand to a cluster.
+    env = {k: v for k, v in os.environ.items() if k != "LLMCTL_API_KEY"}
+    cfg = cfgmod.load(path, device=gpu.assumed(assume).device if assume else gpu.detect_device,
+                      env=env)
     try:
         s = survey(cfg, assume=assume, ask_hub=True)
     except PlanError as e:

@@ -27,12 +27,13 @@ KEY = "sk-export-test-key-0123456789"
 CODER = "TheBloke/deepseek-coder-33B-instruct-AWQ"
 
 
-def llmctl(home: Path, *args: str, cwd: Path | None = None, timeout: float = 60
-           ) -> subprocess.CompletedProcess[str]:
+def llmctl(home: Path, *args: str, cwd: Path | None = None, timeout: float = 60,
+           **more_env: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LLMCTL_HOME": str(home), "HF_HUB_OFFLINE": "1", "NO_COLOR": "1",
            "COLUMNS": "200"}
     for name in ("LLMCTL_CONFIG", "LLMCTL_API_KEY"):
         env.pop(name, None)
+    env.update(more_env)
     return subprocess.run([sys.executable, "-m", "llmctl", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -101,6 +102,13 @@ def test_production_stack_values_and_the_front_config_as_files(home, tmp_path):
          "http://vllm-router-service.default.svc.cluster.local", KEY, "none")]
     # (the general's tokenizer here has no FIM tokens: "auto" would mean none; it says so)
     assert front.proxy.port == 8080 and front.proxy.api_keys == (KEY,)
+
+    # A key of the shell (LLMCTL_API_KEY) is not written into a file, nor handed to the cluster.
+    shell = llmctl(home, "export", "production-stack", "--assume", "1x96GiB",
+                   "--proxy-config", "shell.toml", cwd=out, LLMCTL_API_KEY="sk-shell-only-key")
+    assert shell.returncode == 0, shell.stderr
+    assert tomllib.loads((out / "shell.toml").read_text())["proxy"]["api_keys"] == [KEY]
+    assert "sk-shell-only-key" not in (out / "shell.toml").read_text() + shell.stdout
 
     again = llmctl(home, "export", "production-stack", "-o", "values.yaml", "--proxy", cwd=out)
     assert again.returncode == 2 and "llmctl-proxy.toml already exists" in again.stderr
