@@ -471,10 +471,6 @@ def build(target: str, cfg: Config, plan: Plan, opts: Options | None = None) -> 
     return BUILDERS[target](cfg, plan, opts or Options())
 
 
-def default_router(target: str, namespace: str = "default") -> str:
-    return PS_ROUTER.format(namespace=namespace) if target == "production-stack" else KS_GATEWAY
-
-
 # ── what the user runs next ──────────────────────────────────────────────────
 
 
