@@ -505,6 +505,38 @@ class Spec:
                              "add --max-concurrency 64 (or --request-rate N)")
 
 
+@dataclass(frozen=True)
+class Options:
+    """`llmctl bench`'s options that need parsing, parsed and checked before anything is
+    asked of a server."""
+
+    endpoint: str
+    percentiles: tuple[float, ...]
+    sweep: tuple[float, ...]
+    sweep_rates: bool
+
+    @staticmethod
+    def parse(endpoint: str, percentiles: str, sweep: str | None, *, max_concurrency: int | None,
+              rate: float, burstiness: float, seed: int, duration: float | None) -> Options:
+        if endpoint not in ("completions", "chat"):
+            raise UsageError(f"--endpoint {endpoint!r}: completions or chat")
+        try:
+            pcts = tuple(float(x) for x in percentiles.split(",") if x.strip())
+        except ValueError:
+            raise UsageError(f"--percentiles {percentiles!r}: numbers, like 50,90,99") from None
+        values: tuple[float, ...] = ()
+        rates = bool(sweep and sweep.startswith("rate="))
+        if sweep:
+            try:
+                values = tuple(float(x) for x in sweep.removeprefix("rate=").split(","))
+            except ValueError:
+                raise UsageError(f"--sweep {sweep!r}: 1,4,16,64 or rate=1,2,4") from None
+        # The rest of the checks are Spec's: made once here on an empty load.
+        Spec(Target("", ""), [], max_concurrency, rate, burstiness, seed, duration, pcts, {},
+             values, rates)
+        return Options(endpoint, pcts, values, rates)
+
+
 @dataclass
 class Run:
     label: str  # "" for a single run; "c=4", "rate=2", "direct", "proxy"

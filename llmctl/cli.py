@@ -80,9 +80,21 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 def _load(path: Path | None) -> cfgmod.Config:
-    from .gpu import detect_device
+    from .stack import load_config
 
-    return cfgmod.load(path, device=detect_device)
+    return load_config(path)
+
+
+def _client_key(cfg: cfgmod.Config, given: str | None = None) -> str | None:
+    """The key a command of ours sends: the one given (--api-key, LLMCTL_API_KEY), else the
+    config's first."""
+    return given or (cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None)
+
+
+def _default_model(cfg: cfgmod.Config) -> cfgmod.ModelConfig | None:
+    """What chat and bench talk to when no --model is given: the general model."""
+    return next((m for m in cfg.models if m.key == "general"), None) or \
+        (cfg.models[0] if cfg.models else None)
 
 
 def _ui():
@@ -118,9 +130,11 @@ def config_import(
     what was mapped and what was ignored."""
     if not env_file.is_file():
         raise UsageError(f"{env_file}: no such file", "pass the stack's .env (or .env.example)")
-    cfg, mapped, ignored = cfgmod.import_env(env_file)
+    from . import envfile
+
+    cfg, mapped, ignored = envfile.import_env(env_file)
     target = path or cfgmod.config_path()
-    cfgmod.write_imported(cfg, target, env_file, force=force)
+    envfile.write_imported(cfg, target, env_file, force=force)
     ui = _ui()
     for line in mapped:
         ui.say(f"  mapped  {line}")
@@ -236,9 +250,9 @@ def models_cmd(
             configured.setdefault(_store_key(m.source), []).append(m.key)
     served: dict[str, list[str]] = {}
     running = state.running_stack()
-    for key, b in ((running or {}).get("backends") or {}).items():
-        if b.get("source") and b.get("state") == "RUNNING":
-            served.setdefault(_store_key(b["source"]), []).append(key)
+    for key, b in (running.backends if running else {}).items():
+        if b.source and b.state == "RUNNING":
+            served.setdefault(_store_key(b.source), []).append(key)
     rows = hub.inventory(configured, served, verify=verify)
     if as_json:
         _ui().data({"models": rows, "total_bytes": sum(int(r["bytes"]) for r in rows)})
@@ -268,9 +282,9 @@ def rm(
     source = _store_key(match[0].source if match else model)
     users = [m.key for m in cfg.models if m.managed and _store_key(m.source) == source]
     running = state.running_stack()
-    serving = [k for k, b in ((running or {}).get("backends") or {}).items()
-               if b.get("source") and _store_key(b["source"]) == source
-               and (b.get("state") not in ("STOPPED", "FATAL") or b.get("resting"))]
+    serving = [k for k, b in (running.backends if running else {}).items()
+               if b.source and _store_key(b.source) == source
+               and (b.state not in ("STOPPED", "FATAL") or b.resting)]
     # (an on-demand model at rest is in use too: its next request starts it)
     if serving:
         raise StackError(f"{source} is in use by the running stack ({', '.join(serving)})",
@@ -312,7 +326,8 @@ def plan(
     cfg = cfgmod.load(path, device=gpu.assumed(assume).device if assume else gpu.detect_device)
     s = survey(cfg, assume=assume, ask_hub=True)
     running = None if assume else state.running_stack()
-    data = s.as_dict(running)
+    data = s.as_dict({k: getattr(b, "kv_tokens_reported", None)
+                      for k, b in running.backends.items()} if running else None)
     if as_json:
         _ui().data(data)
     else:
@@ -614,42 +629,16 @@ def up(
         "--no-pull", help="Fail instead of downloading a model that is not pulled.")] = False,
 ) -> None:
     """Start the stack: pull what is missing, start the daemon, wait until the models are ready."""
-    from . import hub, stack, state
-    from .engine import python_for
+    from . import stack, state
 
     ui = _ui()
     t_begin = time.monotonic()
-    if state.daemon_alive():
-        if restart:
-            for line in stack.down(timeout=60):
-                ui.note(line)
-        else:
-            _already_up(ui, path, state.read_stack() or {})
-            return
-    for line in stack.clean_leftovers():
-        ui.note(line)
-    cfg = _load(path)
-    if cfg.path is None and path is None:
-        # First run: write the starter file so the key survives restarts and can be read back.
-        from .gpu import detect_device
-
-        target = cfgmod.config_path()
-        cfgmod.init(target, detect_device())
-        ui.ok(f"wrote a starter config with a new API key to {target}")
-        cfg = _load(target)
-    for m in cfg.models:
-        if m.managed and hub.resolve(m.source) is None:
-            if no_pull:
-                from .errors import ModelError
-
-                raise ModelError(f"{m.source} ({m.key}) is not pulled, or its pull was "
-                                 "interrupted", f"run `llmctl pull {m.key}`, or drop --no-pull")
-            with ui.PullProgress() as progress:
-                hub.pull(m.source, python=python_for(cfg), say=ui.say, progress=progress)
-    from .survey import survey
-
-    survey(cfg)  # a plan that cannot fit fails here, as one line, before anything starts
-    stack.check_ports(cfg)
+    running = state.running_stack()
+    if running is not None and not restart:
+        _already_up(ui, path, running)
+        return
+    cfg = stack.prepare(path, restart=restart, no_pull=no_pull, say=ui.note,
+                        pull_progress=ui.PullProgress)
     if foreground:
         from .daemon import run
 
@@ -660,7 +649,6 @@ def up(
     prep = t0 - t_begin  # pulling, preparing the demo weights, planning
     ui.say(f"starting {len(cfg.models)} backend(s); daemon pid {proc.pid}, logs in "
            f"{cfgmod.logs_dir()}")
-
     try:
         with ui.StartProgress() as progress:
             result = stack.wait_ready(proc, timeout, progress.update)
@@ -671,37 +659,24 @@ def up(
         ui.ok("stopped: no process of this stack is left, its ports are free")
         raise typer.Exit(130) from None
     elapsed = time.monotonic() - t0
-    if result.message and not result.stack.get("backends"):
+    if result.message and not result.stack.backends:
         tail = _tail(cfgmod.logs_dir() / "daemon.log", 8) + _tail(cfgmod.logs_dir() / "daemon.out", 8)
         raise StackError(f"the daemon failed: {result.message}",
-                          "daemon log:\n  " + "\n  ".join(tail) if tail else None)
-    from .lifecycle import State
-
-    backends = result.stack.get("backends") or {}
-    # Failed backends, and on a timeout the ones still starting: their last log lines.
-    for key, b in backends.items():
-        if key not in result.failed and (result.ok or b.get("state") == State.RUNNING
-                                         or b.get("resting")):
-            continue
-        from .logs import likely_cause
-
-        tail = _tail(Path(b["log"])) if b.get("log") else []
-        why = b.get("reason") or b.get("last_exit") or f"still {b.get('state')}"
-        ui.fail(f"{key} failed: {why}" if key in result.failed else f"{key}: {why}")
-        cause = likely_cause(tail)
-        if cause and cause not in why:
-            ui.say(f"  likely cause: {cause}")
-        for line in tail:
+                         "daemon log:\n  " + "\n  ".join(tail) if tail else None)
+    for f in result.failures:  # failed backends, and on a timeout those still starting
+        ui.fail(f"{f.key} failed: {f.why}" if f.failed else f"{f.key}: {f.why}")
+        if f.cause:
+            ui.say(f"  likely cause: {f.cause}")
+        for line in f.tail:
             ui.note("  " + line)
     if not result.ok:
         msg = result.message or f"{len(result.failed)} backend(s) failed"
         raise StackError(msg, "the proxy keeps serving the ready models; `llmctl logs NAME` "
-                          "shows a backend's log, `llmctl down` stops everything")
-    names = ", ".join(b["name"] for b in backends.values() if not b.get("resting"))
-    resting = ", ".join(b["name"] for b in backends.values() if b.get("resting"))
+                         "shows a backend's log, `llmctl down` stops everything")
     took = f"ready in {elapsed:.0f} s" + (f" (+{prep:.0f} s preparing weights and the plan "
                                           "before that)" if prep >= 2 else "")
-    ui.ok(f"{took}: {cfg.proxy_url}/v1  (models: {names}"
+    resting = ", ".join(result.resting)
+    ui.ok(f"{took}: {cfg.proxy_url}/v1  (models: {', '.join(result.serving)}"
           + (f"; on demand: {resting}" if resting else "") + ")")
     ui.say(f"  try:  echo 'Write a haiku about GPUs' | llmctl chat\n"
            f"        curl {cfg.proxy_url}/v1/chat/completions -H \"Authorization: Bearer "
@@ -709,26 +684,26 @@ def up(
            f"\"{cfg.models[0].name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'")
 
 
-def _already_up(ui: Any, path: Path | None, running: dict[str, Any]) -> None:
+def _already_up(ui: Any, path: Path | None, running: Any) -> None:
     from .lifecycle import ON_THE_WAY
 
-    starting = [k for k, b in (running.get("backends") or {}).items()
-                if b.get("state") in ON_THE_WAY and not b.get("resting")]
+    starting = [k for k, b in running.backends.items()
+                if b.state in ON_THE_WAY and not b.resting]
     if starting:
         ui.ok(f"a stack is already starting ({', '.join(starting)} not ready yet): proxy at "
-              f"{running.get('proxy_url', '?')}; `llmctl status` shows progress")
+              f"{running.proxy_url or '?'}; `llmctl status` shows progress")
     else:
-        ui.ok(f"already up: proxy at {running.get('proxy_url', '?')} "
+        ui.ok(f"already up: proxy at {running.proxy_url or '?'} "
               "(`llmctl status` for details)")
     try:
         cfg = _load(path)
     except LlmctlError:
         return
-    if running.get("config_digest") in (None, cfgmod.digest(cfg)):
+    if running.config_digest in (None, cfgmod.digest(cfg)):
         return
     import difflib
 
-    diff = difflib.unified_diff(str(running.get("config_toml", "")).splitlines(),
+    diff = difflib.unified_diff(str(running.config_toml or "").splitlines(),
                                 cfgmod.to_toml(cfg).splitlines(), "running", "config file",
                                 lineterm="", n=0)
     ui.say("the config file differs from the running stack:")
@@ -774,8 +749,8 @@ def check(
     cfg = _load(path)
     rows = [] if url else checks.install(cfg)
     running = state.running_stack()
-    target = url or (running or {}).get("proxy_url")
-    key = api_key or (cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None)
+    target = url or (running.proxy_url if running else None)
+    key = _client_key(cfg, api_key)
     if target:
         rows += checks.stack(target, key)
     else:
@@ -795,13 +770,13 @@ ModelArg = Annotated[str, typer.Argument(help="A model's key, name or alias.",
                                          show_default=False)]
 
 
-def _running_for_control(path: Path | None) -> tuple[dict[str, Any], cfgmod.Config]:
+def _running_for_control(path: Path | None) -> tuple[Any, cfgmod.Config]:
     from . import state
 
     running = state.running_stack()
     if running is None:
         raise StackError("the stack is not running", "start it with `llmctl up`")
-    cfg_path = path or (Path(running["config_path"]) if running.get("config_path") else None)
+    cfg_path = path or (Path(running.config_path) if running.config_path else None)
     return running, _load(cfg_path)
 
 
@@ -820,8 +795,7 @@ def start_cmd(
 
     running, cfg = _running_for_control(path)
     key = stack.backend_key(running, model)
-    stack.control(running, key, "start", cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None,
-                  timeout=30)
+    stack.control(running, key, "start", _client_key(cfg), timeout=30)
     ui = _ui()
     if no_wait:
         ui.ok(f"{key}: starting (`llmctl status` shows progress)")
@@ -829,15 +803,15 @@ def start_cmd(
     t0 = time.monotonic()
     try:
         with ui.StartProgress() as progress:
-            b = stack.wait_backend(key, lambda b: b.get("state") in (State.RUNNING, State.FATAL),
+            b = stack.wait_backend(key, lambda b: b.state in (State.RUNNING, State.FATAL),
                                    timeout, progress.update)
     except KeyboardInterrupt:
         ui.say(f"stopped waiting; {key} goes on starting (`llmctl stop {key}` stops it)")
         raise typer.Exit(130) from None
-    if b.get("state") == State.FATAL:
-        raise StackError(f"{key} failed to start: {b.get('reason')}",
+    if b.state == State.FATAL:
+        raise StackError(f"{key} failed to start: {b.reason}",
                          f"`llmctl logs {key}` shows its log")
-    ui.ok(f"{key} ({b['name']}) answers, after {time.monotonic() - t0:.0f} s")
+    ui.ok(f"{key} ({b.name}) answers, after {time.monotonic() - t0:.0f} s")
 
 
 @app.command("stop")
@@ -849,10 +823,9 @@ def stop_cmd(model: ModelArg, path: ConfigOpt = None) -> None:
 
     running, cfg = _running_for_control(path)
     key = stack.backend_key(running, model)
-    stack.control(running, key, "stop", cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None,
-                  timeout=cfg.proxy.drain_seconds + 120)
-    b = (state.running_stack() or running)["backends"][key]  # written before the answer
-    _ui().ok(f"{key}: {b.get('state')}" + (f" — {b['reason']}" if b.get("reason") else ""))
+    stack.control(running, key, "stop", _client_key(cfg), timeout=cfg.proxy.drain_seconds + 120)
+    b = (state.running_stack() or running).backends[key]  # written before the answer
+    _ui().ok(f"{key}: {b.state}" + (f" — {b.reason}" if b.reason else ""))
 
 
 @app.command()
@@ -951,21 +924,10 @@ def bench(
     from . import bench as b
 
     ui = _ui()
-    if endpoint not in ("completions", "chat"):
-        raise UsageError(f"--endpoint {endpoint!r}: completions or chat")
-    try:
-        pcts = tuple(float(x) for x in percentiles.split(",") if x.strip())
-    except ValueError:
-        raise UsageError(f"--percentiles {percentiles!r}: numbers, like 50,90,99") from None
-    sweep_values: tuple[float, ...] = ()
-    sweep_rates = bool(sweep and sweep.startswith("rate="))
-    if sweep:
-        try:
-            sweep_values = tuple(float(x) for x in sweep.removeprefix("rate=").split(","))
-        except ValueError:
-            raise UsageError(f"--sweep {sweep!r}: 1,4,16,64 or rate=1,2,4") from None
-    b.Spec(b.Target("", ""), [], max_concurrency, request_rate, burstiness, seed, duration,
-           pcts, {}, sweep_values, sweep_rates)  # options checked before anything is asked
+    opts = b.Options.parse(endpoint, percentiles, sweep, max_concurrency=max_concurrency,
+                           rate=request_rate, burstiness=burstiness, seed=seed,
+                           duration=duration)
+    pcts = opts.percentiles
     target, direct, tok_folder = _bench_targets(url, api_key, model, endpoint, ignore_eos,
                                                 tokenizer, compare_direct, path)
     b.check(target)
@@ -979,7 +941,7 @@ def bench(
     else:
         raise UsageError(f"--dataset {dataset!r}: random or sharegpt")
     spec = b.Spec(target, requests, max_concurrency, request_rate, burstiness, seed, duration,
-                  pcts, b.parse_goodput(goodput or []), sweep_values, sweep_rates, direct, tok)
+                  pcts, b.parse_goodput(goodput or []), opts.sweep, opts.sweep_rates, direct, tok)
 
     async def go() -> list[b.Run]:
         stop = asyncio.Event()
@@ -1018,23 +980,19 @@ def _bench_targets(url: str | None, api_key: str | None, model: str | None, endp
     running = state.running_stack()
     if running is None:
         raise StackError("the stack is not running", "start it with `llmctl up`, or pass --url")
-    pick = ([m for m in cfg.models if model in m.names] if model else
-            [m for m in cfg.models if m.key == "general"] or list(cfg.models))
-    if not pick:
-        known = ", ".join(m.name for m in cfg.models)
+    m = next((x for x in cfg.models if model in x.names), None) if model else _default_model(cfg)
+    if m is None:
+        known = ", ".join(x.name for x in cfg.models)
         raise UsageError(f"no configured model is named {model!r}", f"known: {known}")
-    m = pick[0]
-    key = api_key or (cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None)
-    target = b.Target(running.get("proxy_url", cfg.proxy_url) + "/v1", m.name, key, endpoint,
-                      ignore_eos)
+    target = b.Target((running.proxy_url or cfg.proxy_url) + "/v1", m.name,
+                      _client_key(cfg, api_key), endpoint, ignore_eos)
     direct = None
     if compare_direct:
-        backend = (running.get("backends") or {}).get(m.key) or {}
-        if not backend.get("url"):
+        backend = running.backends.get(m.key)
+        if backend is None or not backend.url:
             raise StackError(f"{m.key} has no backend URL in the running stack")
         # The backend itself: no key (vLLM's own port is loopback-only, unauthenticated).
-        direct = b.Target(backend["url"].rstrip("/") + "/v1", m.name, None, endpoint,
-                          ignore_eos)
+        direct = b.Target(backend.url.rstrip("/") + "/v1", m.name, None, endpoint, ignore_eos)
     if tokenizer is None and m.managed:
         from .hub import resolve
 
@@ -1083,11 +1041,10 @@ def chat(
 
     cfg = _load(path)
     running = state.running_stack()
-    base = url or (running or {}).get("proxy_url") or cfg.proxy_url
-    key = api_key or (cfg.proxy.api_keys[0] if cfg.proxy.api_keys else None)
+    base = url or (running.proxy_url if running else None) or cfg.proxy_url
+    key = _client_key(cfg, api_key)
     if model is None:
-        pick = [m for m in cfg.models if m.key == "general"] or list(cfg.models)
-        model = pick[0].name if pick else None
+        model = m.name if (m := _default_model(cfg)) else None
     if not model:
         raise UsageError("no model to chat with", "pass --model NAME")
     params: dict[str, Any] = {"max_tokens": max_tokens}

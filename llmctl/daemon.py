@@ -1,6 +1,6 @@
 """The daemon: one event loop running the supervisor and the proxy; signals; drain.
 
-May import: config, engine, errors, fim, gpu, hub, keys, procs, proxy, stack, state,
+May import: config, engine, errors, fim, gpu, hub, keys, procs, proxy, report, stack, state,
 supervisor, survey, usage.
 Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached;
 it logs to logs/daemon.log, rotated, and anything printed lands in logs/daemon.out)
@@ -28,6 +28,7 @@ from typing import Any
 from . import config as cfgmod
 from . import engine, fim, gpu, hub, keys, procs, state, usage
 from .errors import LlmctlError
+from .report import StackReport
 from .supervisor import Backend, ManagedBackend, RemoteBackend, Supervisor
 from .survey import survey
 
@@ -103,15 +104,13 @@ class Daemon:
         self.report()
 
     def report(self) -> None:
-        state.write_stack({
-            "pid": os.getpid(), "started_at": self.started_at, "device": self.device,
-            "boot_id": self.boot_id,
-            "proxy_url": self.cfg.proxy_url,
-            "config_path": str(self.cfg.path) if self.cfg.path else None,
-            "log": str(cfgmod.logs_dir() / "daemon.log"), "error": self.error,
-            "config_digest": self.digest, "config_toml": self.toml,
-            "backends": {b.key: b.snapshot() for b in self.backends},
-        })
+        state.write_stack(StackReport(
+            pid=os.getpid(), started_at=self.started_at, device=self.device,
+            boot_id=self.boot_id, proxy_url=self.cfg.proxy_url,
+            config_path=str(self.cfg.path) if self.cfg.path else None,
+            log=str(cfgmod.logs_dir() / "daemon.log"), error=self.error,
+            config_digest=self.digest, config_toml=self.toml,
+            backends={b.key: b.snapshot() for b in self.backends}))
 
     async def serve(self) -> int:
         import uvicorn
@@ -130,7 +129,8 @@ class Daemon:
 
         supervisor = Supervisor(self.backends, drain_seconds=self.cfg.proxy.drain_seconds,
                                 max_queue=self.cfg.proxy.max_queue_per_model)
-        proxy = Proxy(self.backends, self.cfg.proxy, supervisor, status=status_report,
+        proxy = Proxy(self.backends, self.cfg.proxy, supervisor,
+                      status=lambda: status_report().as_dict(),
                       keys_path=keys.path())
         server = uvicorn.Server(uvicorn_config(proxy, host, port, self.cfg.proxy.drain_seconds))
 
@@ -259,7 +259,7 @@ def run(config_path: Path | None, *, foreground: bool = False) -> int:
         return rc
     except LlmctlError as e:
         log.error("%s", e.message)
-        state.write_stack({"pid": os.getpid(), "error": e.message, "backends": {}})
+        state.write_stack(StackReport(pid=os.getpid(), error=e.message))
         return EXIT_FAILED
     finally:
         if clean:

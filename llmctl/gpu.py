@@ -145,6 +145,25 @@ def read(nvml: Any = None) -> Readings:
     return Readings(gpus, int(vm.total), int(vm.available), cores, driver, cuda)
 
 
+def without(r: Readings, pids: set[int], rss_bytes: int = 0) -> Readings:
+    """The readings as if `pids` (a running stack of ours) were not there: their GPU memory
+    free again, their resident memory available again. `plan` and `up --restart` plan the
+    config for the machine it will run on, not around the stack it replaces."""
+    import dataclasses
+
+    if not pids and not rss_bytes:
+        return r
+    gpus = []
+    for g in r.gpus:
+        mine = sum(p.used_bytes for p in g.processes if p.pid in pids)
+        gpus.append(dataclasses.replace(
+            g, free_bytes=min(g.total_bytes, g.free_bytes + mine),
+            used_bytes=max(0, g.used_bytes - mine),
+            processes=tuple(p for p in g.processes if p.pid not in pids)))
+    return dataclasses.replace(r, gpus=tuple(gpus), ram_available_bytes=min(
+        r.ram_total_bytes, r.ram_available_bytes + rss_bytes))
+
+
 def detect_device() -> str:
     """'cuda' when NVML sees a GPU, else 'cpu'."""
     return "cuda" if read_gpus() else "cpu"

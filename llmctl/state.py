@@ -1,6 +1,6 @@
 """Files under state/: what the daemon is running, written so readers never see half a file.
 
-May import: config, files. `stack.json` is the daemon's report (pids, process groups,
+May import: config, files, report. `stack.json` is the daemon's report (pids, process groups,
 ports, states); `daemon.lock` is held by a live daemon for its whole life, so
 `status` can tell a live daemon from a stale file without trusting pids alone;
 `starts.json` remembers how long each model's last start took. Processes and ports
@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import state_dir
 from .files import write_atomic
+from .report import StackReport
 
 STACK = "stack.json"
 LOCK = "daemon.lock"
@@ -38,19 +39,19 @@ def read_json(p: Path) -> Any | None:
         return None
 
 
-def read_stack() -> dict[str, Any] | None:
+def read_stack() -> StackReport | None:
     data = read_json(path(STACK))
-    return data if isinstance(data, dict) else None
+    return StackReport.from_dict(data) if isinstance(data, dict) else None
 
 
-def running_stack() -> dict[str, Any] | None:
+def running_stack() -> StackReport | None:
     """The live daemon's report; None when no daemon holds the lock (a dead one's file
     is not a running stack)."""
     return read_stack() if daemon_alive() else None
 
 
-def write_stack(data: dict[str, Any]) -> None:
-    write_json(path(STACK), data)
+def write_stack(report: StackReport) -> None:
+    write_json(path(STACK), report.as_dict())
 
 
 def clear_stack() -> None:

@@ -1,7 +1,7 @@
 """Backends: the vLLM servers llmctl starts and the `url =` servers it only checks; and the
 supervisor, which starts, stops and swaps them and admits every request.
 
-May import: clock, config, engine, lifecycle, logs, procs. Runs inside the daemon's event
+May import: clock, config, engine, lifecycle, logs, procs, report. Runs inside the daemon's event
 loop.
 
 States are supervisord's (lifecycle.py draws them). RUNNING means `/health`
@@ -50,6 +50,7 @@ from .logs import (
     phase_of,
     this_start,
 )
+from .report import BackendReport, ManagedReport
 
 log = logging.getLogger("llmctl.supervisor")
 
@@ -188,26 +189,26 @@ class Backend:
         if self._state == State.FATAL:
             self._to(State.STOPPED, reason)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"name": self.model.name, "aliases": list(self.model.names[1:]),
-                "state": str(self.state), "managed": self.model.managed, "url": self.url,
-                "source": self.model.source or None, "fim": self.fim,
-                "port": None, "pid": None, "pgid": None, "started_at": None,
-                "ready_at": self.ready_at, "restarts": 0, "last_exit": None,
-                "reason": self.reason, "log": None, "planned_bytes": 0,
-                "in_flight": self.in_flight, "phase": None, "last_start_s": None,
-                "expected_start_s": None,
-                "start": self.model.start if self.model.managed else None,
-                "group": self.model.group or None,
-                "swap": self.model.swap if self.model.group else None,
-                "idle_stop_s": self.model.idle_seconds if self.model.managed else None,
-                "last_request_at": self.last_request_at, "stops_at": self.stops_at(),
-                "queued": self.queued, "resting": self.resting,
-                # The served context length and weights, as the server says (vLLM's
-                # /v1/models), else as configured: what `vllm bench serve` and others need.
-                "max_model_len": self.served.get("max_model_len")
-                or (self.model.max_model_len if self.model.managed else None),
-                "weights": self.served.get("root"), "tokenizer": self.served.get("root")}
+    def _fields(self) -> dict[str, Any]:
+        """What every backend reports (see `report.BackendReport`)."""
+        return dict(
+            name=self.model.name, aliases=list(self.model.names[1:]), state=str(self.state),
+            managed=self.model.managed, url=self.url, source=self.model.source or None,
+            fim=self.fim, ready_at=self.ready_at, reason=self.reason,
+            in_flight=self.in_flight, queued=self.queued, resting=self.resting,
+            start=self.model.start if self.model.managed else None,
+            group=self.model.group or None,
+            swap=self.model.swap if self.model.group else None,
+            idle_stop_s=self.model.idle_seconds if self.model.managed else None,
+            last_request_at=self.last_request_at, stops_at=self.stops_at(),
+            # The served context length and weights, as the server says (vLLM's
+            # /v1/models), else as configured: what `vllm bench serve` and others need.
+            max_model_len=self.served.get("max_model_len")
+            or (self.model.max_model_len if self.model.managed else None),
+            weights=self.served.get("root"), tokenizer=self.served.get("root"))
+
+    def snapshot(self) -> BackendReport:
+        return BackendReport(**self._fields())
 
     async def learn(self) -> None:
         """What the server says of the model in its /v1/models (vLLM: `root`, the weights
@@ -319,21 +320,22 @@ class ManagedBackend(Backend):
             return None
         return self.proc.pid
 
-    def snapshot(self) -> dict[str, Any]:
-        return {**super().snapshot(), "port": self.model.port,
-                "pid": self.pid, "pgid": self.pid,  # start_new_session: the pid leads its group
-                "pgid_start": self.pgid_start,
-                "started_at": self.started_at, "restarts": self.restarts,
-                "last_exit": self.last_exit, "log": str(self.log_path),
-                "planned_bytes": self.planned_bytes,
-                "kv_tokens_planned": self.planned_kv_tokens,
-                "kv_tokens_reported": self.reported_kv[0] if self.reported_kv else None,
-                "concurrency_reported": self.reported_kv[1] if self.reported_kv else None,
-                "phase": self.phase if self.state == State.STARTING else None,
-                "last_start_s": self.last_start_s, "expected_start_s": self.expected_start_s,
-                "last_wake_s": self.last_wake_s,
-                "weights": self._arg("--model"),
-                "tokenizer": self._arg("--tokenizer") or self._arg("--model")}
+    def snapshot(self) -> ManagedReport:
+        return ManagedReport(**{
+            **self._fields(), "port": self.model.port,
+            "pid": self.pid, "pgid": self.pid,  # start_new_session: the pid leads its group
+            "pgid_start": self.pgid_start,
+            "started_at": self.started_at, "restarts": self.restarts,
+            "last_exit": self.last_exit, "log": str(self.log_path),
+            "planned_bytes": self.planned_bytes,
+            "kv_tokens_planned": self.planned_kv_tokens,
+            "kv_tokens_reported": self.reported_kv[0] if self.reported_kv else None,
+            "concurrency_reported": self.reported_kv[1] if self.reported_kv else None,
+            "phase": self.phase if self.state == State.STARTING else None,
+            "last_start_s": self.last_start_s, "expected_start_s": self.expected_start_s,
+            "last_wake_s": self.last_wake_s,
+            "weights": self._arg("--model"),
+            "tokenizer": self._arg("--tokenizer") or self._arg("--model")})
 
     def _arg(self, flag: str) -> str | None:
         """A flag's value in the server's command line (the last one wins, as in argparse)."""

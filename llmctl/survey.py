@@ -29,12 +29,13 @@ class Survey:
     def plans(self) -> dict[str, plan.BackendPlan]:
         return self.plan.backends
 
-    def as_dict(self, running: dict[str, Any] | None = None) -> dict[str, Any]:
-        """`llmctl plan --json` (docs/planner.md documents every field). `running` is a
-        live stack's report: what vLLM said of its KV cache goes beside the plan."""
+    def as_dict(self, reported: dict[str, int | None] | None = None) -> dict[str, Any]:
+        """`llmctl plan --json` (docs/planner.md documents every field). `reported` is what
+        a live stack's vLLM servers said of their KV caches (tokens, by model key): it goes
+        beside the plan."""
         r, p = self.readings, self.plan
         cards = {c.gpu.index: c for c in p.cards}
-        live = (running or {}).get("backends") or {}
+        reported = reported or {}
         models = {}
         for key, b in p.backends.items():
             d = dataclasses.asdict(b)
@@ -44,9 +45,9 @@ class Survey:
             d["concurrency"] = b.concurrency
             f = self.facts.get(key)
             d["facts"] = {**dataclasses.asdict(f), "quant_text": f.quant_text} if f else None
-            reported = live.get(key, {}).get("kv_tokens_reported")
-            d["kv_tokens_reported"] = reported
-            diff = plan.kv_difference(b.kv_tokens, reported)
+            said = reported.get(key)
+            d["kv_tokens_reported"] = said
+            diff = plan.kv_difference(b.kv_tokens, said)
             d["kv_difference"] = round(diff, 4) if diff is not None else None
             m = self.models.get(key)
             d["start"] = m.start if m else "always"
@@ -73,10 +74,15 @@ class Survey:
         }
 
 
-def survey(cfg: Config, *, assume: str | None = None, ask_hub: bool = False) -> Survey:
+def survey(cfg: Config, *, assume: str | None = None, ask_hub: bool = False,
+           own: tuple[set[int], int] | None = None) -> Survey:
     """Read (or, with `assume`, make up) the machine, read each model's facts from its
-    folder (or, with `ask_hub`, from hub metadata when it is not downloaded), and plan."""
+    folder (or, with `ask_hub`, from hub metadata when it is not downloaded), and plan.
+    `own` is a running stack's (pids, resident bytes): planned as if it were not there,
+    so one config gets one plan whether or not its stack is up."""
     readings = gpu.assumed(assume) if assume else gpu.read()
+    if own is not None and not assume:
+        readings = gpu.without(readings, *own)
     device = readings.device if assume else plan.device_for(cfg, readings)
     folders = {m.key: hub.resolve(m.source) for m in cfg.models if m.managed}
     facts: dict[str, hub.ModelFacts | None] = {}

@@ -1,6 +1,6 @@
 """The only rich importer: consoles, tables, errors. stdout is data, stderr is talk.
 
-May import: errors, lifecycle, plan. Respects NO_COLOR (rich does).
+May import: errors, lifecycle, plan, report. Respects NO_COLOR (rich does).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .lifecycle import State
 from .plan import KV_TOLERANCE, cores_spec, kv_difference
+from .report import BackendReport, StackReport, StackStatus
 
 # Memory used beyond the plan by less than this is normal (allocator slack, the
 # tokenizer, Python objects): `status` says nothing of it.
@@ -74,58 +75,58 @@ def _age(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def show_status(st: dict[str, Any], *, as_json: bool) -> None:
+def show_status(st: StackStatus, *, as_json: bool) -> None:
     """`status`: what was cleaned on stderr, then the data as JSON or a table."""
-    for line in st.get("cleaned") or []:
+    for line in st.cleaned:
         note(line)
     if as_json:
-        data(st)
+        data(st.as_dict())
     else:
         status_table(st)
 
 
-def status_table(st: dict[str, Any]) -> None:
-    d = st["daemon"]
-    if d["running"]:
-        out.print(f"daemon  running (pid {d['pid']}, up {_age(d['uptime_s'])})  "
-                  f"proxy {st['proxy_url']}  device {st['device']}")
+def status_table(st: StackStatus, console: Console | None = None) -> None:
+    con = console or out
+    d = st.daemon
+    if d.running:
+        con.print(f"daemon  running (pid {d.pid}, up {_age(d.uptime_s)})  "
+                  f"proxy {st.proxy_url}  device {st.device}")
     else:
-        out.print("daemon  not running" + (f"  (last error: {d['error']})" if d.get("error") else ""))
-    if st["backends"]:
+        con.print("daemon  not running" + (f"  (last error: {d.error})" if d.error else ""))
+    if st.backends:
         rows = []
         import time
 
         now = time.time()
-        demand = any(b.get("start") == "on-demand" or b.get("group")
-                     for b in st["backends"].values())
-        for key, b in st["backends"].items():
-            color = STATE_COLORS.get(b["state"], "")
-            state = str(b["state"])
-            if b.get("resting") and state == State.STOPPED:
+        demand = any(s.report.start == "on-demand" or s.report.group
+                     for s in st.backends.values())
+        for key, s in st.backends.items():
+            b = s.report
+            color = STATE_COLORS.get(b.state, "")
+            state = str(b.state)
+            if b.resting and state == State.STOPPED:
                 state += " (on demand)"
-            last = b.get("last_request_at")
+            last = b.last_request_at
+            planned = getattr(b, "kv_tokens_planned", None)
+            reported = getattr(b, "kv_tokens_reported", None)
             row = {
-                "MODEL": key, "NAME": b.get("name") or "-",
+                "MODEL": key, "NAME": b.name or "-",
                 "STATE": (state, color),
-                "PORT": str(b.get("port") or b.get("url") or "-"),
-                "CONTEXT": f"{b['max_model_len']:,}" if b.get("max_model_len") else "-",
-                "MEMORY": _bytes(b.get("gpu_bytes") if b.get("gpu_bytes") is not None
-                                 else b.get("rss_bytes")),
-                "UPTIME": _age(b.get("uptime_s")), "IN FLIGHT": str(b.get("in_flight", 0)),
+                "PORT": str(b.port or b.url or "-"),
+                "CONTEXT": f"{b.max_model_len:,}" if b.max_model_len else "-",
+                "MEMORY": _bytes(s.used_bytes),
+                "UPTIME": _age(s.uptime_s), "IN FLIGHT": str(b.in_flight),
                 "LAST REQUEST": f"{_age(max(now - last, 0))} ago" if last else "-"}
             if demand:
-                stops = b.get("stops_at")
-                row["IDLE STOP"] = f"in {_age(max(stops - now, 0))}" if stops else "-"
+                row["IDLE STOP"] = f"in {_age(max(b.stops_at - now, 0))}" if b.stops_at else "-"
             rows.append({
                 **row,
-                "PID": str(b.get("pid") or "-"), "RESTARTS": str(b.get("restarts", 0)),
-                "PLANNED": _bytes(b.get("planned_bytes")),
-                "KV TOKENS": f"{b['kv_tokens_planned']:,}" if b.get("kv_tokens_planned") else "-",
-                "VLLM KV": _kv_cell(b.get("kv_tokens_reported"),
-                                    kv_difference(b.get("kv_tokens_planned"),
-                                                  b.get("kv_tokens_reported"))),
-                "FIM": b.get("fim") or "-", "WEIGHTS": _escape(b.get("weights") or "-")})
-        shown = _fit(rows, out.size.width)
+                "PID": str(b.pid or "-"), "RESTARTS": str(b.restarts),
+                "PLANNED": _bytes(b.planned_bytes),
+                "KV TOKENS": f"{planned:,}" if planned else "-",
+                "VLLM KV": _kv_cell(reported, kv_difference(planned, reported)),
+                "FIM": b.fim or "-", "WEIGHTS": _escape(b.weights or "-")})
+        shown = _fit(rows, con.size.width)
         t = Table(box=None, pad_edge=False)
         for col in shown:
             t.add_column(col, no_wrap=True)
@@ -137,30 +138,32 @@ def status_table(st: dict[str, Any]) -> None:
                     v = f"[{v[1]}]{v[0]}[/{v[1]}]" if v[1] else v[0]
                 cells.append(v)
             t.add_row(*cells)
-        out.print(t)
+        con.print(t)
         hidden = [c for c in rows[0] if c not in shown]
         if hidden:
-            out.print(f"[dim]({len(hidden)} more columns in a wider terminal, or "
+            con.print(f"[dim]({len(hidden)} more columns in a wider terminal, or "
                       "`llmctl status --json`)[/dim]")
-        for key, b in st["backends"].items():
-            used = b.get("gpu_bytes") if b.get("gpu_bytes") is not None else b.get("rss_bytes")
-            if used and b.get("planned_bytes") and used > b["planned_bytes"] * (1 + USED_MARGIN):
-                out.print(f"  {key}: uses {_bytes(used)}, "
-                          f"{used / b['planned_bytes'] - 1:.0%} more than the planned "
-                          f"{_bytes(b['planned_bytes'])} (over the {USED_MARGIN:.0%} margin): "
+        for key, s in st.backends.items():
+            b, used = s.report, s.used_bytes
+            if used and b.planned_bytes and used > b.planned_bytes * (1 + USED_MARGIN):
+                con.print(f"  {key}: uses {_bytes(used)}, "
+                          f"{used / b.planned_bytes - 1:.0%} more than the planned "
+                          f"{_bytes(b.planned_bytes)} (over the {USED_MARGIN:.0%} margin): "
                           "`llmctl plan` shows what the plan counted", soft_wrap=True)
-            diff = kv_difference(b.get("kv_tokens_planned"), b.get("kv_tokens_reported"))
+            planned = getattr(b, "kv_tokens_planned", None)
+            reported = getattr(b, "kv_tokens_reported", None)
+            diff = kv_difference(planned, reported)
             if diff is not None and abs(diff) > KV_TOLERANCE:
-                out.print(f"  {key}: vLLM reports {b['kv_tokens_reported']:,} KV tokens, "
+                con.print(f"  {key}: vLLM reports {reported:,} KV tokens, "
                           f"{abs(diff):.0%} {'below' if diff < 0 else 'above'} the planned "
-                          f"{b['kv_tokens_planned']:,}", soft_wrap=True)
-            if b.get("reason") and b["state"] != State.RUNNING:
-                out.print(f"  {key}: {_escape(b['reason'])}")
-            for line in b.get("log_tail") or []:
-                out.print(f"    [dim]{_escape(line)}[/dim]")
-    if st["leftovers"]:
-        out.print(f"[red]left over from a dead daemon:[/red] process groups "
-                  f"{', '.join(map(str, st['leftovers']))} — `llmctl down` cleans them")
+                          f"{planned:,}", soft_wrap=True)
+            if b.reason and b.state != State.RUNNING:
+                con.print(f"  {key}: {_escape(b.reason)}")
+            for line in s.log_tail or []:
+                con.print(f"    [dim]{_escape(line)}[/dim]")
+    if st.leftovers:
+        con.print(f"[red]left over from a dead daemon:[/red] process groups "
+                  f"{', '.join(map(str, st.leftovers))} — `llmctl down` cleans them")
 
 
 def _fit(rows: list[dict[str, Any]], width: int) -> list[str]:
@@ -622,29 +625,29 @@ class StartProgress(_LiveView):
         self.seen: dict[str, tuple[Any, ...]] = {}
 
     @staticmethod
-    def _line(key: str, b: dict[str, Any]) -> tuple[str, str]:
+    def _line(key: str, b: BackendReport) -> tuple[str, str]:
         import time
 
-        state = b.get("state") or "?"
+        state = b.state or "?"
         detail = ""
-        if b.get("resting"):
-            detail = b.get("reason") or "on demand: its first request starts it"
-        elif state == State.STOPPED and not b.get("reason"):
+        if b.resting:
+            detail = b.reason or "on demand: its first request starts it"
+        elif state == State.STOPPED and not b.reason:
             # Not started yet: vLLM sizes its memory at start, so servers start one by one.
             state, detail = "QUEUED", "starts when the one before it is ready"
         elif state == State.STARTING:
-            elapsed = time.time() - b["started_at"] if b.get("started_at") else 0
-            est = b.get("expected_start_s")
-            detail = f"{b.get('phase') or 'starting'}  {elapsed:.0f}s" + (
+            elapsed = time.time() - b.started_at if b.started_at else 0
+            est = b.expected_start_s
+            detail = f"{b.phase or 'starting'}  {elapsed:.0f}s" + (
                 f" (last start took {est:.0f}s)" if est else "")
-        elif state == State.RUNNING and b.get("last_start_s"):
-            detail = f"ready in {b['last_start_s']:.0f}s"
-        elif b.get("reason"):
-            detail = b["reason"]
+        elif state == State.RUNNING and b.last_start_s:
+            detail = f"ready in {b.last_start_s:.0f}s"
+        elif b.reason:
+            detail = b.reason
         return state, detail
 
-    def update(self, stack: dict[str, Any]) -> None:
-        backends = stack.get("backends") or {}
+    def update(self, stack: StackReport) -> None:
+        backends = stack.backends
         if self.live is not None:
             t = Table(box=None, show_header=False, pad_edge=False)
             for key, b in backends.items():
@@ -654,7 +657,7 @@ class StartProgress(_LiveView):
             self.live.update(t)
             return
         for key, b in backends.items():
-            sig = (b.get("state"), b.get("phase"), b.get("reason"))
+            sig = (b.state, b.phase, b.reason)
             if self.seen.get(key) != sig:
                 self.seen[key] = sig
                 state, detail = self._line(key, b)

@@ -27,6 +27,13 @@ FAKE = Path(__file__).resolve().parents[1] / "fakes" / "upstream.py"
 KEY = "sk-test-key"
 
 
+def interruptible() -> None:
+    """`preexec_fn` for a child a test sends SIGINT: a suite started from a background job
+    (`cmd &` in a script) hands its children SIGINT ignored, and Python keeps it so, so the
+    child's Ctrl-C handling never runs. The default first: Python then installs its own."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,11 +105,29 @@ class FakeBackend:
     last_request_at: float | None = None
 
 
+class FakeClock:
+    """Time the test sets: what the proxy's limits and expiries read."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
 class ProxyServer:
-    def __init__(self, backends, proxy_cfg: config.ProxyConfig) -> None:
+    def __init__(self, backends, proxy_cfg: config.ProxyConfig, *, clock=None,
+                 keys_path: Path | None = None) -> None:
         self.backends = backends
         self.supervisor = Supervisor(backends, max_queue=proxy_cfg.max_queue_per_model)
-        self.app = Proxy(backends, proxy_cfg, self.supervisor)
+        self.app = Proxy(backends, proxy_cfg, self.supervisor, clock=clock, keys_path=keys_path)
         self.port = proxy_cfg.port
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", lifespan="off"))
@@ -141,9 +166,9 @@ def model_for(up: Upstream | None, key: str = "coder", name: str | None = None,
 def make_proxy():
     servers = []
 
-    def make(backends, **proxy_kw) -> ProxyServer:
+    def make(backends, *, clock=None, keys_path=None, **proxy_kw) -> ProxyServer:
         cfg = config.ProxyConfig(port=free_port(), api_keys=(KEY, "sk-second"), **proxy_kw)
-        s = ProxyServer(backends, cfg).__enter__()
+        s = ProxyServer(backends, cfg, clock=clock, keys_path=keys_path).__enter__()
         servers.append(s)
         return s
 

@@ -13,6 +13,7 @@ import pytest
 
 from llmctl import procs
 
+from .conftest import interruptible
 from .test_cli_stack import Env
 
 
@@ -44,7 +45,8 @@ def test_up_says_which_model_is_queued_and_ends_with_one_line(tmp_path):
 def test_ctrl_c_during_up_shows_the_stop_and_confirms(tmp_path):
     e = Env(tmp_path, coder_args='["--startup-delay", "30", "--child"]')
     p = subprocess.Popen([sys.executable, "-m", "llmctl", "up", "--timeout", "120"], env=e.env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=interruptible)
     deadline = time.monotonic() + 30
     while not (pgid := ((e.status().get("backends") or {}).get("coder") or {}).get("pgid")):
         assert time.monotonic() < deadline and p.poll() is None  # the coder is starting

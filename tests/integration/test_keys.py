@@ -82,14 +82,12 @@ def test_requests_per_minute_hit_and_recovered_with_openai_headers(kenv):
         client.chat.completions.create(model="fake-general", max_tokens=2,
                                        messages=[{"role": "user", "content": "hi"}])
     assert int(e.value.response.headers["retry-after"]) >= 1
-    time.sleep(wait + 0.2)
-    ok = kenv.ask(key)
-    assert ok.status_code == 200 and ok.headers["x-ratelimit-limit-requests"] == "30"
+    # (The refill at Retry-After is checked exactly, in fake time, in test_limits.py.)
     # Another key is not touched by alice's limit.
     assert kenv.ask(KEY).status_code == 200
     # Every request of alice's is counted, and the refusals are her errors (401s before
     # the key reached the daemon were nobody's).
-    ok_n, refused_n = codes.count(200) + 2, codes.count(429) + 2
+    ok_n, refused_n = codes.count(200) + 1, codes.count(429) + 2
     u = kenv.until(lambda: (x := kenv.usage("alice"))["total"]["requests"] == ok_n + refused_n
                    and x)
     assert u["total"]["errors"] == refused_n
@@ -102,10 +100,7 @@ def test_tokens_per_minute_count_the_answer_and_recover(kenv):
     r = kenv.ask(key)
     assert r.status_code == 429 and "6000 tokens per minute" in r.json()["error"]["message"]
     assert r.headers["x-ratelimit-remaining-tokens"] == "0"
-    wait = int(r.headers["retry-after"])
-    assert 1 <= wait <= 2
-    time.sleep(wait + 0.2)
-    assert kenv.ask(key).status_code == 200
+    assert 1 <= int(r.headers["retry-after"]) <= 2  # the refill: test_limits.py, fake time
 
 
 def test_concurrency_limit(kenv):
@@ -113,7 +108,8 @@ def test_concurrency_limit(kenv):
     kenv.until(lambda: kenv.ask(key).status_code == 200)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(kenv.ask, key, max_tokens=10, token_delay=0.1)  # ~1 s
-        time.sleep(0.4)
+        kenv.until(lambda: 'llmctl_requests_in_flight{model="fake-general"} 1.0' in httpx.get(
+            kenv.url + "/metrics").text)  # carol's first request is in flight
         r = kenv.ask(key)
         assert r.status_code == 429 and "in flight" in r.json()["error"]["message"]
         assert slow.result().status_code == 200

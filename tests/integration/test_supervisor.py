@@ -18,19 +18,20 @@ from llmctl.engine import Command
 from llmctl.lifecycle import State
 from llmctl.supervisor import DeviceGate, ManagedBackend, Policy
 
-from .conftest import FAKE, free_port
+from .conftest import FAKE, FakeClock, free_port
 
 BACKOFF, FATAL, RUNNING, STOPPED = State.BACKOFF, State.FATAL, State.RUNNING, State.STOPPED
 
 
-def backend(tmp_path, *fake_args: str, port: int | None = None, **policy) -> ManagedBackend:
+def backend(tmp_path, *fake_args: str, port: int | None = None, clock=None,
+            **policy) -> ManagedBackend:
     port = port or free_port()
     m = config.ModelConfig(key="coder", name="fake", source="/x", port=port)
     cmd = Command((sys.executable, str(FAKE), "--port", str(port), "--served-model-name",
                    "fake", *fake_args), {})
     policy.setdefault("health_interval", 0.3)
     policy.setdefault("stop_grace", 3.0)
-    return ManagedBackend(m, cmd, tmp_path / "coder.log", policy=Policy(**policy))
+    return ManagedBackend(m, cmd, tmp_path / "coder.log", policy=Policy(**policy), clock=clock)
 
 
 async def until(pred, timeout: float) -> bool:
@@ -102,12 +103,15 @@ def test_exit_during_the_first_start_is_fatal_with_the_log_tail_reason(tmp_path)
 
 
 def test_never_healthy_is_fatal_after_the_start_timeout(tmp_path):
-    b = backend(tmp_path, "--never-healthy", "--child", start_timeout=2.0)
+    # A real server that never turns healthy, in fake time: the start checks every 0.5 s
+    # and gives up at the first check past its 2 s timeout.
+    clock = FakeClock()
+    b = backend(tmp_path, "--never-healthy", "--child", start_timeout=2.0, clock=clock)
 
     async def body():
-        t0 = time.monotonic()
+        t0 = clock.now
         assert not await b.start()
-        assert 2.0 <= time.monotonic() - t0 < 10
+        assert clock.now - t0 == 2.5
         assert b.state == FATAL and "not healthy after 2 s" in b.reason
         assert st.group_pids(b.pid) == []
 

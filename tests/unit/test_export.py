@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmctl import config, export
+from llmctl import config, envfile, export
 from llmctl.errors import ConfigError
 from llmctl.gpu import assumed
 from llmctl.hub import facts
@@ -59,7 +59,7 @@ def both(cfg: config.Config, p, **opts) -> dict[str, export.Export]:
 
 @pytest.fixture
 def old_stack() -> config.Config:
-    cfg, _, _ = config.import_env(OLD_ENV)
+    cfg, _, _ = envfile.import_env(OLD_ENV)
     return cfg
 
 

@@ -46,12 +46,17 @@ def test_a_group_is_signalled_only_when_it_is_still_ours():
     import os
 
     from llmctl import procs
+    from llmctl.report import ManagedReport, StackReport
     from llmctl.stack import ours
 
     me = os.getpid()
-    here = {"boot_id": procs.boot_id()}
-    assert ours(here, {"pgid": me, "pgid_start": procs.start_ticks(me)})
-    assert ours(here, {"pgid": 999_999_999, "pgid_start": 5})  # leader gone: its children
-    assert not ours(here, {"pgid": me, "pgid_start": procs.start_ticks(me) + 1})  # reused
-    assert not ours({"boot_id": "another-boot"}, {"pgid": me, "pgid_start": None})
-    assert not ours(here, {"pgid": None})
+    here = StackReport(boot_id=procs.boot_id())
+
+    def group(pgid, start):
+        return ManagedReport("m", pgid=pgid, pgid_start=start)
+
+    assert ours(here, group(me, procs.start_ticks(me)))
+    assert ours(here, group(999_999_999, 5))  # leader gone: its children
+    assert not ours(here, group(me, procs.start_ticks(me) + 1))  # reused
+    assert not ours(StackReport(boot_id="another-boot"), group(me, None))
+    assert not ours(here, group(None, None))

@@ -6,24 +6,20 @@ import pytest
 from rich.console import Console
 
 from llmctl import ui
+from llmctl.report import BackendStatus, DaemonStatus, ManagedReport, StackStatus
 
 
 def render(backends: dict, width: int = 200) -> str:
     buf = io.StringIO()
-    old = ui.out
-    ui.out = Console(file=buf, width=width, no_color=True, highlight=False)
-    try:
-        ui.status_table({"daemon": {"running": True, "pid": 1, "uptime_s": 5},
-                         "proxy_url": "http://127.0.0.1:8080", "device": "cpu",
-                         "backends": backends, "leftovers": []})
-    finally:
-        ui.out = old
+    ui.status_table(StackStatus(DaemonStatus(True, 1, 5), "http://127.0.0.1:8080", "cpu",
+                                backends), Console(file=buf, width=width, no_color=True,
+                                                   highlight=False))
     return buf.getvalue()
 
 
-def row(used: int, planned: int) -> dict:
-    return {"name": "m", "state": "RUNNING", "port": 8000, "rss_bytes": used,
-            "planned_bytes": planned}
+def row(used: int, planned: int) -> BackendStatus:
+    return BackendStatus(ManagedReport("m", "RUNNING", port=8000, planned_bytes=planned),
+                         True, rss_bytes=used)
 
 
 GIB = 2**30
