@@ -595,7 +595,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(name: KeyName) -> None:
-    """Remove a key: it stops working within a second, also in a running stack."""
+    """Remove a key: it stops working at once, also in a running stack."""
     from . import keys
 
     keys.revoke(name)

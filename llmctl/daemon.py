@@ -140,25 +140,24 @@ class Daemon:
                 await asyncio.sleep(0.05)
             await supervisor.run()
 
-        async def housekeeping() -> None:
-            # The key file, read again when it changed (`llmctl keys add` takes effect within
-            # a second), and the usage tally written to SQLite, off the request path.
-            while True:
-                await asyncio.sleep(1.0)
-                proxy.callers.reload()
-                await asyncio.to_thread(usage.write, proxy.ledger.tally.take())
+        async def write_usage() -> None:
+            # The usage tally to SQLite, off the request path. A write that fails (the
+            # file locked by a reader, no descriptors left) keeps its batch for the next.
+            batch = proxy.ledger.tally.take()
+            try:
+                await asyncio.to_thread(usage.write, batch)
+            except BaseException:
+                proxy.ledger.tally.put_back(batch)
+                raise
 
-        async def report_in_flight() -> None:
+        async def report_in_flight(last: list) -> None:
             # States are reported as they change; requests in flight (and the time of the
             # last one, for idle stops) change per request, so they are written at most
             # once a second, and only when they moved.
-            last = None
-            while True:
-                await asyncio.sleep(1.0)
-                now = [(b.in_flight, b.queued, b.last_request_at) for b in self.backends]
-                if now != last:
-                    last = now
-                    self.report()
+            now = [(b.in_flight, b.queued, b.last_request_at) for b in self.backends]
+            if now != last[0]:
+                last[0] = now
+                self.report()
 
         # uvicorn turns SIGINT/SIGTERM into "stop accepting, drain, return", then raises the
         # signal again with the handler it found: make that one harmless, or the default
@@ -166,8 +165,9 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: None)
         starter = asyncio.create_task(start_backends())
-        reporter = asyncio.create_task(report_in_flight())
-        keeper = asyncio.create_task(housekeeping())
+        reporter = asyncio.create_task(every(1.0, "the in-flight report",
+                                             lambda last=[None]: report_in_flight(last)))
+        keeper = asyncio.create_task(every(1.0, "the usage write", write_usage))
         log.info("proxy on %s; device %s", self.cfg.proxy_url, self.device)
         try:
             await server.serve()
@@ -181,8 +181,33 @@ class Daemon:
             await asyncio.gather(starter, reporter, keeper, return_exceptions=True)
             await supervisor.stop()
             await proxy.aclose()
-            usage.write(proxy.ledger.tally.take())
+            try:
+                usage.write(proxy.ledger.tally.take(), timeout=10)
+            except Exception as e:  # the last batch is lost, but say so
+                log.error("usage of the last second not written: %s", e)
         return EXIT_FAILED if self.error else EXIT_OK
+
+
+async def every(seconds: float, what: str, job: Callable[[], Any], *,
+                sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+    """Run `job` every `seconds` for good: a failure is logged (once until it changes or
+    recovers, so a lasting one does not flood the log) and the next round tries again."""
+    failing: str | None = None
+    while True:
+        await sleep(seconds)
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            text = f"{type(e).__name__}: {e}"
+            if text != failing:
+                log.error("%s failed (%s); trying again every %gs", what, text, seconds)
+                failing = text
+        else:
+            if failing:
+                log.info("%s works again", what)
+                failing = None
 
 
 def uvicorn_config(app, host: str, port: int, drain_seconds: float = 10.0):

@@ -53,18 +53,32 @@ class Tally:
         out, self.pending = self.pending, {}
         return out
 
+    def put_back(self, batch: dict[tuple[str, str], list[float]]) -> None:
+        """A batch that could not be written joins what came since, for the next write."""
+        for (key, model), r in batch.items():
+            row = self.pending.setdefault((key, model), [0, 0, 0, 0, 0.0])
+            for i in range(4):
+                row[i] += r[i]
+            row[4] = max(row[4], r[4])
 
-def _connect(p: Path) -> sqlite3.Connection:
+
+# How long a write waits for another reader's lock before it gives up (the batch is kept
+# and written next time): short, so the writer's thread is never stuck for long.
+LOCK_WAIT_S = 2.0
+
+
+def _connect(p: Path, timeout: float = LOCK_WAIT_S) -> sqlite3.Connection:
     p.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(p, timeout=10)
+    db = sqlite3.connect(p, timeout=timeout)
     db.execute(_SCHEMA)
     return db
 
 
-def write(batch: dict[tuple[str, str], list[float]], p: Path | None = None) -> None:
+def write(batch: dict[tuple[str, str], list[float]], p: Path | None = None,
+          timeout: float = LOCK_WAIT_S) -> None:
     if not batch:
         return
-    db = _connect(p or path())
+    db = _connect(p or path(), timeout)
     try:
         with db:
             db.executemany(

@@ -1,5 +1,8 @@
 """Who is calling: the config's admin keys and the named keys of `keys.toml`, checked per
-request, and the named keys read again when the file changes.
+request, and the named keys read again when the file changed: each check looks at the
+file's identity (one `stat`, about a microsecond), so a key works the moment `llmctl keys
+add` prints it and is refused the moment `revoke` returns, and no background job stands
+between a change and the check.
 
 May import: clock, keys, limits, proxy.answers. Config keys are compared with `hmac.compare_digest`
 against every key (no early exit); named keys are looked up by their SHA-256, so what a
@@ -62,7 +65,8 @@ class Callers:
         self._config = [k.encode() for k in api_keys]
         self._admins = [Caller(keymod.ADMIN, admin=True, log=fingerprint(k)) for k in api_keys]
         self._named: dict[str, Caller] = {}  # digest → caller
-        self._seen: tuple[float, int] | None = None
+        self._seen: tuple[int, ...] | None = None
+        self._complained: tuple[str, float] | None = None
         self.reload()
 
     @property
@@ -82,17 +86,24 @@ class Callers:
             return False
         try:
             st = self.keys_path.stat()
-            seen: tuple[float, int] | None = (st.st_mtime, st.st_size)
+            # `keys` replaces the file (a new inode); size and times catch an edit in place.
+            seen: tuple[int, ...] | None = (st.st_ino, st.st_size, st.st_mtime_ns,
+                                            st.st_ctime_ns)
         except FileNotFoundError:
             seen = None
+        except OSError as e:  # e.g. no file descriptors left: keep the keys we have
+            self._complain(f"{self.keys_path}: {e}; keeping the keys read before")
+            return False
         if seen == self._seen:
             return False
         try:
             found = keymod.load(self.keys_path) if seen else {}
-        except Exception as e:  # a broken file: keep serving with the keys we have
-            log.error("%s: %s; keeping the keys read before", self.keys_path, e)
+        except Exception as e:  # a broken or unreadable file: keep the keys we have, and
+            # try again on the next request (a read can fail for a moment)
+            self._complain(f"{getattr(e, 'message', e)}; keeping the keys read before")
             return False
         self._seen = seen
+        self._complained = None
         old = {c.name: c for c in self._named.values()}
         now = self.clock.monotonic()
         named = {}
@@ -112,8 +123,18 @@ class Callers:
         log.info("named keys: %s", ", ".join(c.name for c in named.values()) or "none")
         return True
 
+    def _complain(self, message: str) -> None:
+        """Log a problem with the key file once a minute, not once a request."""
+        now = self.clock.monotonic()
+        if self._complained and self._complained[0] == message and \
+                now - self._complained[1] < 60:
+            return
+        self._complained = (message, now)
+        log.error("%s", message)
+
     def check(self, header: bytes | None) -> Caller:
         """Who is calling; raises Refused(401) for a missing, wrong or expired key."""
+        self.reload()
         if self.open:
             return ANYONE
         if not header:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import sqlite3
 import time
 
 import httpx
 import openai
 import pytest
+
+from llmctl import usage
 
 from .conftest import start_upstream
 from .test_cli_stack import KEY, Env
@@ -30,7 +33,7 @@ class KeyEnv(Env):
                                 "messages": [{"role": "user", "content": "hi"}], **body})
 
     def until(self, ok, timeout: float = 5.0):
-        """Changes to the key file reach the daemon within a second."""
+        """What the daemon writes off the request path (usage) lands within a second or two."""
         deadline = time.monotonic() + timeout
         while not (result := ok()):
             assert time.monotonic() < deadline
@@ -40,6 +43,10 @@ class KeyEnv(Env):
     def usage(self, name: str) -> dict:
         rows = json.loads(self.run("keys", "list", "--json").stdout)["keys"]
         return next(r for r in rows if r["name"] == name)
+
+    def requests(self, name: str) -> int:
+        """A key's requests written to usage.db so far (0 before the first write)."""
+        return (self.usage(name)["total"] or {}).get("requests", 0)
 
 
 @pytest.fixture
@@ -57,7 +64,7 @@ def kenv(tmp_path):
 
 def test_a_new_key_works_at_once_and_the_config_key_still_does(kenv):
     key = kenv.add("alice")
-    kenv.until(lambda: kenv.ask(key).status_code == 200)
+    assert kenv.ask(key).status_code == 200  # no wait: live the moment `add` printed it
     assert kenv.ask(KEY).status_code == 200
     assert kenv.ask("sk-llmctl-not-a-key").status_code == 401
 
@@ -141,10 +148,10 @@ def test_revoke_rotate_and_expiry_while_running(kenv):
     r = kenv.run("keys", "rotate", "frank")
     assert r.returncode == 0, r.stderr
     new = r.stdout.strip()
-    kenv.until(lambda: kenv.ask(key).status_code == 401)
+    assert kenv.ask(key).status_code == 401  # refused the moment `rotate` returned
     assert kenv.ask(new).status_code == 200
     assert kenv.run("keys", "revoke", "frank").returncode == 0
-    kenv.until(lambda: kenv.ask(new).status_code == 401)
+    assert kenv.ask(new).status_code == 401
     short = kenv.add("gina", "--expires", "2s")
     kenv.until(lambda: kenv.ask(short).status_code == 200)
     r = kenv.until(lambda: (x := kenv.ask(short)).status_code == 401 and x)
@@ -186,3 +193,31 @@ def test_usage_is_counted_streamed_or_not_and_survives_a_restart(kenv):
     assert kenv.run("up", "--timeout", "30").returncode == 0
     kenv.until(lambda: kenv.ask(key).status_code == 200)
     kenv.until(lambda: kenv.usage("hana")["total"]["requests"] == 4)
+
+
+def test_keys_stay_live_and_usage_is_kept_while_the_usage_file_is_locked(kenv):
+    """Another reader holding usage.db locked (longer than a write waits) neither stops key
+    changes nor the usage writes after it: the failure is logged, the batch kept."""
+    key = kenv.add("ivan")
+    assert kenv.ask(key).status_code == 200
+    kenv.until(lambda: kenv.requests("ivan") == 1)
+    db = sqlite3.connect(kenv.home / "state" / "usage.db", timeout=0, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        assert kenv.ask(key).status_code == 200
+        time.sleep(4.5)  # two writes wait 2 s each and fail
+        later = kenv.add("judy")
+        assert kenv.ask(later).status_code == 200  # added while the writer is stuck
+        assert kenv.run("keys", "revoke", "ivan").returncode == 0
+        assert kenv.ask(key).status_code == 401
+    finally:
+        db.rollback()
+        db.close()
+    # The requests made while it was locked are written once the lock is gone.
+    kenv.until(lambda: kenv.requests("judy") == 1, timeout=10)
+    # ivan's second request (the 401 after the revoke is nobody's), though revoked since.
+    assert usage.summary(kenv.home / "state" / "usage.db")["ivan"]["total"]["requests"] == 2
+    log = (kenv.home / "logs" / "daemon.log").read_text()
+    assert "the usage write failed (OperationalError: database is locked)" in log
+    assert log.count("the usage write failed") == 1  # once, not once a second
+    assert "the usage write works again" in log
