@@ -2,11 +2,14 @@
 
 May import: nothing of the package. A bucket holds up to N units and refills at N per
 minute, so a key may burst its whole minute at once and then gets a steady N/60 per
-second. Requests take one unit when admitted; tokens are spent after the answer, when
-its `usage` is known, and may leave the bucket below zero: the next request then
-waits until it refills (so a key cannot run far past its budget, though one answer
-may overshoot it). Over a limit the proxy answers 429 with Retry-After and the
-`x-ratelimit-*` headers OpenAI's clients read.
+second. Requests take one unit when admitted. Tokens are reserved when a request is
+admitted — the output it asks for (`max_tokens`, capped at the model's context), so
+parallel requests cannot together run past the budget — and settled after the answer
+by what its `usage` says it used, which may leave the bucket below zero: the next
+request then waits until it refills. A request is always admitted into an untouched
+(full) window, whatever it reserves, so a budget below an agent's default `max_tokens`
+still lets it work, one request at a time. Over a limit the proxy answers 429 with
+Retry-After and the `x-ratelimit-*` headers OpenAI's clients read.
 """
 
 from __future__ import annotations
@@ -32,8 +35,13 @@ class Bucket:
         return 0.0 if self.level >= n else (n - self.level) / self.rate
 
     def take(self, now: float, n: float = 1.0) -> None:
+        """Spend `n` units (a negative `n` gives back, never above the capacity)."""
         self._refill(now)
-        self.level -= n
+        self.level = min(self.capacity, self.level - n)
+
+    def full(self, now: float) -> bool:
+        self._refill(now)
+        return self.level >= self.capacity
 
     def remaining(self, now: float) -> int:
         self._refill(now)
@@ -61,23 +69,31 @@ class Limits:
         self.max_concurrent = max_concurrent
         self.in_flight = 0
 
-    def admit(self, now: float) -> tuple[str, float] | None:
-        """Take a request, or say which limit refuses it and for how long."""
+    def admit(self, now: float, reserve: int = 0) -> tuple[str, float] | None:
+        """Take a request and reserve `reserve` tokens for it, or say which limit refuses
+        it and for how long."""
         if self.max_concurrent and self.in_flight >= self.max_concurrent:
             return (f"{self.in_flight} requests in flight, the most this key may have", 1.0)
         if self.requests is not None and (w := self.requests.wait(now)) > 0:
             return (f"{int(self.requests.capacity)} requests per minute", w)
-        if self.tokens is not None and (w := self.tokens.wait(now, 1.0)) > 0:
-            return (f"{int(self.tokens.capacity)} tokens per minute", w)
+        if self.tokens is not None and not self.tokens.full(now) and \
+                (w := self.tokens.wait(now, max(1.0, reserve))) > 0:
+            # A full window admits anything: waiting until it is full is always enough.
+            return (f"{int(self.tokens.capacity)} tokens per minute"
+                    + (f" (this request may use {reserve})" if reserve > 1 else ""),
+                    min(w, self.tokens.full_in(now)))
         if self.requests is not None:
             self.requests.take(now)
+        if self.tokens is not None and reserve:
+            self.tokens.take(now, reserve)
         self.in_flight += 1
         return None
 
-    def done(self, now: float, tokens: int) -> None:
+    def done(self, now: float, tokens: int, reserved: int = 0) -> None:
+        """The request ended having used `tokens`: its reservation is settled."""
         self.in_flight -= 1
-        if self.tokens is not None and tokens:
-            self.tokens.take(now, tokens)
+        if self.tokens is not None and tokens != reserved:
+            self.tokens.take(now, tokens - reserved)
 
     def headers(self, now: float) -> list[tuple[bytes, bytes]]:
         out = []

@@ -54,6 +54,35 @@ def prefer_wait(scope: Scope) -> float | None:
     return None
 
 
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def lax_bool(v: Any) -> bool | None:
+    """A flag as vLLM's request models read it (pydantic's lax bool: `1`, `"true"`,
+    `"Yes"`…), so the proxy sees what the backend will; None: not a bool at all."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int | float) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str):
+        low = v.lower()
+        return True if low in _TRUE else False if low in _FALSE else None
+    return None
+
+
+def requested_output(data: dict[str, Any], context: int | None) -> int:
+    """The tokens a request may generate, as its tpm reservation: what it asks for
+    (capped at the model's context), or the whole context when it asks for no limit."""
+    for k in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        v = data.get(k)
+        if isinstance(v, str) and v.isdigit():
+            v = int(v)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return min(v, context) if context else v
+    return context or 0
+
+
 @dataclass(slots=True)
 class Route:
     """Where a request goes and what it carries there."""
@@ -63,6 +92,7 @@ class Route:
     path: str  # the backend's route (/infill and `suffix` requests become /v1/completions)
     answer: InfillAnswer | None = None  # turns the answer back into /infill's shape
     strip_usage: bool = False  # the stream's usage chunk was asked for here: take it out
+    reserve: int = 0  # tokens held against the key's tpm until the answer's usage is known
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -119,7 +149,8 @@ class Forwarder:
             route = self.route(body, path, caller)
             routed = route.backend.model.name
             limits = caller.limits
-            if limits is not None and (over := limits.admit(self.clock.monotonic())):
+            if limits is not None and (over := limits.admit(self.clock.monotonic(),
+                                                            route.reserve)):
                 what, wait = over
                 raise Refused(429, f"rate limit of the key '{caller.name}': {what}; try "
                               f"again in {math.ceil(wait)} s", "rate_limit_exceeded",
@@ -143,7 +174,8 @@ class Forwarder:
         gauge = books.metrics.child("in_flight", name)
         gauge.inc()
         ex = Exchange(name, rid, caller, t0, pool=self.pool(), ledger=books, clock=self.clock,
-                      limits=limits, strip=route.strip_usage, answer=route.answer)
+                      limits=limits, strip=route.strip_usage, answer=route.answer,
+                      reserved=route.reserve)
         asked = prefer_wait(scope)
         wait = self.cfg.request_timeout if asked is None else min(asked,
                                                                   self.cfg.request_timeout)
@@ -214,21 +246,30 @@ class Forwarder:
             raise Refused(400, "'model' is required and must be a string", "missing_model",
                           param="model")
         b = self.models.find(model, caller)
+        reserve = 0
+        if caller.limits is not None and caller.limits.tokens is not None:
+            reserve = requested_output(data, b.served.get("max_model_len") or (
+                b.model.max_model_len if b.model.managed else None))
         if path == "/infill" or (path == "/v1/completions" and data.get("suffix") is not None):
-            return self._fim(b, data, path)
+            route = self._fim(b, data, path)
+            route.reserve = reserve
+            return route
         rewrite = model != b.model.name  # an alias: the backend knows only the served name
         data["model"] = b.model.name
         added = False
-        if self.callers.counting and data.get("stream") is True:
-            # Tokens are counted from `usage`, which a stream carries only when asked for.
+        if self.callers.counting and lax_bool(data.get("stream")):
+            # Tokens are counted from `usage`, which a stream carries only when asked for;
+            # the flags are written back as plain booleans, so what vLLM reads (it takes
+            # `"true"` and `1` too) is what the proxy decided on.
             opts = data.get("stream_options")
-            if not (isinstance(opts, dict) and opts.get("include_usage")):
-                data["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
-                                          "include_usage": True}
-                added = rewrite = True
+            opts = opts if isinstance(opts, dict) else {}
+            added = lax_bool(opts.get("include_usage")) is not True
+            data["stream"] = True
+            data["stream_options"] = {**opts, "include_usage": True}
+            rewrite = True
         if rewrite:
             body = json.dumps(data).encode()
-        return Route(b, body, path, None, added)
+        return Route(b, body, path, None, added, reserve)
 
     def _fim(self, b: Routable, data: dict[str, Any], path: str) -> Route:
         """Render the model's FIM template into a plain completion (vLLM refuses `suffix`)."""

@@ -136,20 +136,27 @@ class Exchange:
 
     def __init__(self, name: str, rid: str, caller: Caller, t0: float, *, pool: Pool,
                  ledger: Ledger, clock: Clock, limits: Limits | None = None,
-                 strip: bool = False, answer: InfillAnswer | None = None) -> None:
+                 strip: bool = False, answer: InfillAnswer | None = None,
+                 reserved: int = 0) -> None:
         self.name, self.rid, self.caller, self.t0 = name, rid, caller, t0
         self.pool, self.ledger, self.clock = pool, ledger, clock
         self.limits = limits  # the key's limits that admitted it, told when it ends
         self.strip = strip  # take out the usage chunk llmctl asked for
         self.answer = answer  # turns the answer into another API's shape; None: as it is
+        self.reserved = reserved  # tokens the limits hold for it until `finish`
         self.status = 0
         self.ttfb: float | None = None
         self.tokens: tuple[int, int] | None = None
+        # For an answer that ends with no `usage` (the client hung up, the stream was
+        # cut): the prompt's size in bytes and the SSE events that reached the client.
+        self.sent_body = 0
+        self.events = 0
 
     async def run(self, base: str, path: bytes, body: bytes,
                   headers: list[tuple[bytes, bytes]], id_header: list[tuple[bytes, bytes]],
                   send: Send) -> None:
         name, m = self.name, self.ledger.metrics
+        self.sent_body = len(body)
         try:
             resp = await self.pool.post(base, path, headers, body)
         except UpstreamTimeout:
@@ -193,6 +200,7 @@ class Exchange:
                     m.child("ttfb", name).observe(self.ttfb)
                     first = False
                 prev, last = last, chunk  # `usage` comes at the end; keep only the tail
+                self.events += chunk.count(b"data: {")
                 if stripper is not None and not (chunk := stripper.feed(chunk)):
                     continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -240,6 +248,7 @@ class Exchange:
                 self.ttfb = time.perf_counter() - self.t0
                 self.ledger.metrics.child("ttfb", self.name).observe(self.ttfb)
             tail[0], tail[1] = tail[1], data
+            self.events += data.count(b"data: {")
             if transport.is_closing():
                 return False  # the client left: the disconnect watch cancels this exchange
             transport.write(b"%x\r\n%b\r\n" % (len(data), data))
@@ -264,6 +273,7 @@ class Exchange:
                 if self.ttfb is None:
                     self.ttfb = time.perf_counter() - self.t0
                 tail = (tail + chunk)[-4096:]
+                self.events += chunk.count(b"data: {")
                 if out := answer.feed(chunk):
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             await send({"type": "http.response.body", "body": answer.close()})
@@ -279,9 +289,15 @@ class Exchange:
         dt = time.perf_counter() - self.t0
         m.child("requests", name, str(self.status)).inc()
         c = self.caller
+        estimated = self.tokens is None and self.sent_body > 0 and \
+            (self.status == 499 or self.events > 0)
+        if estimated:
+            # No `usage` came (a cut stream, a client that left): charge what went out —
+            # about 4 bytes a prompt token, and a token per event the client received.
+            self.tokens = (self.sent_body // 4, self.events)
         prompt_n, completion_n = self.tokens or (0, 0)
         if self.limits is not None:
-            self.limits.done(self.clock.monotonic(), prompt_n + completion_n)
+            self.limits.done(self.clock.monotonic(), prompt_n + completion_n, self.reserved)
         if c is not ANYONE:
             books.tally.add(c.name, name, not 200 <= self.status < 400, prompt_n,
                             completion_n, self.clock.time())
@@ -294,6 +310,8 @@ class Exchange:
             books.counters["tokens"] += self.tokens[1]
         m.child("latency", name).observe(dt)
         prompt, completion = self.tokens or ("-", "-")
+        if estimated:
+            prompt, completion = f"~{prompt}", f"~{completion}"
         log.info("id=%s key=%s model=%s status=%s ttfb_ms=%s ms=%.1f prompt_tokens=%s "
                  "completion_tokens=%s", self.rid, c.log, name, self.status,
                  f"{self.ttfb * 1000:.1f}" if self.ttfb is not None else "-", dt * 1000,

@@ -58,6 +58,13 @@ async def models(request: Request) -> Response:
         "max_model_len": ARGS.max_model_len}]})
 
 
+def flag(v) -> bool:
+    """A boolean field as vLLM's pydantic request models read it (lax: "true", 1, "yes")."""
+    from pydantic import TypeAdapter
+
+    return bool(v is not None and TypeAdapter(bool).validate_python(v))
+
+
 def _chunk(i: int, chat: bool, model: str) -> bytes:
     if chat:
         choice = {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}
@@ -90,7 +97,7 @@ async def complete(request: Request) -> Response:
     delay = float(body.get("token_delay", ARGS.token_delay))
     first_delay = float(body.get("first_delay", ARGS.first_delay))
     STATS["running"] += 1
-    if body.get("stream"):
+    if flag(body.get("stream")):
         async def gen():
             done = False
             try:
@@ -100,7 +107,7 @@ async def complete(request: Request) -> Response:
                     if delay:
                         await asyncio.sleep(delay)
                     yield _chunk(i, chat, ARGS.name)
-                if (body.get("stream_options") or {}).get("include_usage"):
+                if flag((body.get("stream_options") or {}).get("include_usage")):
                     # Like vLLM: a last chunk with no choices and the usage.
                     yield b"data: " + json.dumps({
                         "id": "x", "object": "chat.completion.chunk" if chat else

@@ -4,12 +4,15 @@ refill is checked exactly, without waiting for a second to pass."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
+
 import httpx
 import pytest
 
 from llmctl import keys
 
-from .conftest import FakeBackend, FakeClock, model_for
+from .conftest import KEY, FakeBackend, FakeClock, model_for
 
 
 def chat(**kw):
@@ -60,12 +63,66 @@ def test_tokens_per_minute_spent_after_the_answer_then_refilled(limited):
     r = ask(proxy, key)
     assert r.status_code == 429 and "6000 tokens per minute" in r.json()["error"]["message"]
     assert r.headers["x-ratelimit-remaining-tokens"] == "0"
-    # 93 tokens over, and one more is needed: 0.94 s of refill at 100 a second.
-    assert r.headers["retry-after"] == "1" and r.headers["retry-after-ms"] == "940"
-    clock.now += 0.93
+    # 93 tokens over, and the 2 it asks for are needed: 0.95 s of refill at 100 a second.
+    assert r.headers["retry-after"] == "1" and r.headers["retry-after-ms"] == "950"
+    clock.now += 0.94
     assert ask(proxy, key).status_code == 429
     clock.now += 0.02
     assert ask(proxy, key).status_code == 200
+
+
+def test_parallel_requests_cannot_overshoot_tpm_together(limited):
+    """Each request holds what it asks for while it runs: 20 at once against tpm=50 get one
+    answer (an untouched window admits one, whatever it asks), not 20 × 110 tokens."""
+    clock, make = limited
+    key, proxy = make(tpm=50)
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(lambda _: ask(proxy, key, max_tokens=107, token_delay=0.01)
+                              .status_code, range(20)))
+    assert sorted(codes) == [200] + [429] * 19
+    r = ask(proxy, key, max_tokens=107)
+    assert "(this request may use 107)" in r.json()["error"]["message"]
+    clock.now += 140  # -60 → 50 takes 132 s: then an agent's 32,000 still gets its turn
+    assert ask(proxy, key, max_tokens=32000).status_code == 200
+
+
+def key_tokens(proxy, kind: str) -> float:
+    text = httpx.get(proxy.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    line = f'llmctl_key_tokens_total{{key="alice",kind="{kind}",model="fake-coder"}} '
+    return next((float(x.split()[-1]) for x in text.splitlines() if x.startswith(line)), 0.0)
+
+
+@pytest.mark.parametrize("flags", [{"stream": "true"}, {"stream": 1},
+                                   {"stream": True, "stream_options": {"include_usage": "false"}},
+                                   {"stream": "yes", "stream_options": {"include_usage": 0}}])
+def test_usage_is_counted_whatever_spelling_of_stream_vllm_accepts(limited, flags):
+    clock, make = limited
+    key, proxy = make(tpm=6000)
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", timeout=30,
+                      json=chat(max_tokens=4, **flags),
+                      headers={"Authorization": f"Bearer {key}"}) as r:
+        body = r.read().decode()
+    assert body.count("tok") == 4 and '"usage"' not in body  # not asked for: taken out
+    assert key_tokens(proxy, "completion") == 4 and key_tokens(proxy, "prompt") == 3
+
+
+def test_a_stream_cut_before_its_usage_is_charged_for_what_was_sent(limited):
+    clock, make = limited
+    key, proxy = make(tpm=6000)
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", timeout=30,
+                      json=chat(max_tokens=500, stream=True, token_delay=0.02),
+                      headers={"Authorization": f"Bearer {key}"}) as r:
+        got = 0
+        for line in r.iter_lines():
+            got += line.startswith("data: {")
+            if got == 10:
+                break  # the client hangs up
+    deadline = time.monotonic() + 10
+    while key_tokens(proxy, "completion") == 0:
+        assert time.monotonic() < deadline, "a cut stream was charged nothing"
+        time.sleep(0.05)
+    assert 10 <= key_tokens(proxy, "completion") < 100  # the events sent, not the 500 asked
+    assert key_tokens(proxy, "prompt") > 0  # ~4 bytes a token of what was sent
 
 
 def test_an_expired_key_is_refused_from_the_second_it_expires(limited, tmp_path):

@@ -1,5 +1,7 @@
 """The per-key limiter in fake time: every figure exact."""
 
+import pytest
+
 from llmctl.limits import Bucket, Limits, span
 
 
@@ -50,3 +52,26 @@ def test_openai_header_names_and_reset_format():
     assert h[b"x-ratelimit-reset-requests"] == b"6s"
     assert h[b"x-ratelimit-remaining-tokens"] == b"60" and h[b"x-ratelimit-reset-tokens"] == b"24s"
     assert [span(0.02), span(1), span(360)] == ["20ms", "1s", "6m0s"]
+
+
+def test_tokens_are_reserved_so_parallel_requests_cannot_overshoot_together():
+    """20 requests at once asking 107 tokens each against tpm=50: one is admitted (into the
+    untouched window), the rest wait for the refill, not 20 x 107 tokens."""
+    lim = Limits(rpm=0, tpm=50, max_concurrent=0, now=0.0)
+    results = [lim.admit(0.0, reserve=107) for _ in range(20)]
+    assert results[0] is None and all(r is not None for r in results[1:])
+    what, wait = results[1]
+    assert what == "50 tokens per minute (this request may use 107)"
+    assert wait == pytest.approx(107 / (50 / 60))  # at most until full again: -57 → 50
+    lim.done(1.0, 20, reserved=107)  # it used 20: 87 come back
+    assert lim.tokens.remaining(1.0) == 30  # 50 - 20, plus 1 s of refill, capped
+    assert lim.admit(1.0, reserve=30) is None
+
+
+def test_a_full_window_admits_a_request_larger_than_the_budget():
+    lim = Limits(rpm=0, tpm=1000, max_concurrent=0, now=0.0)
+    assert lim.admit(0.0, reserve=32000) is None  # an agent's default max_tokens
+    lim.done(0.0, 1500, reserved=32000)
+    what, wait = lim.admit(0.0, reserve=32000)
+    assert wait == pytest.approx(90.0)  # from -500 to full at 1000 a minute; then admitted
+    assert lim.admit(90.0, reserve=32000) is None
