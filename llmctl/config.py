@@ -130,6 +130,9 @@ class ProxyConfig:
                                         "`LLMCTL_API_KEY` adds one; empty: no auth (a warning "
                                         "is logged)")
     cors_origins: tuple[str, ...] = setting((), "origins a browser page may call the API from")
+    open_metrics: bool = setting(False, "serve /metrics without a key, to anyone who can reach "
+                                 "the port (a scraper with no key); otherwise it takes an "
+                                 "admin key")
     web: bool = setting(True, "serve the web page (chat and live status) at /")
     max_body_bytes: int = setting(10_000_000, "larger request bodies get 413", ge=1)
     max_queue_per_model: int = setting(100, "requests in flight per model before 429 + "

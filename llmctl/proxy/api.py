@@ -38,6 +38,30 @@ def ipaddress_is_loopback(host: str) -> bool:
         return False
 
 
+# Headers a reverse proxy adds: a request that carries one came from wherever the relay's
+# client is, whatever address it arrived from.
+RELAYED = ("forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host")
+
+# What a named key sees of /api/status: each of its models' state and figures, not the
+# daemon's pid, log paths, ports, upstream URLs or the proxy-wide counters.
+PUBLIC_FIELDS = frozenset({
+    "name", "aliases", "state", "phase", "managed", "fim", "group", "start", "swap",
+    "in_flight", "queued", "max_model_len", "kv_tokens_planned", "kv_tokens_reported",
+    "planned_bytes", "gpu_bytes", "rss_bytes", "uptime_s", "restarts", "resting",
+    "started_at", "ready_at", "last_request_at", "stops_at", "idle_stop_s",
+    "expected_start_s", "last_start_s", "concurrency_reported", "alive"})
+
+
+def redacted(data: dict[str, Any], mine: set[str] | None) -> dict[str, Any]:
+    """/api/status as a named key sees it (`mine`: the models it may use; None: all)."""
+    daemon = data.get("daemon") or {}
+    return {"device": data.get("device"),
+            "daemon": {k: daemon.get(k) for k in ("running", "uptime_s")},
+            "backends": {k: {f: v for f, v in b.items() if f in PUBLIC_FIELDS}
+                         for k, b in (data.get("backends") or {}).items()
+                         if mine is None or k in mine}}
+
+
 def entry(b: Routable) -> dict[str, Any]:
     """A model as /v1/models lists it: what the server said of itself (vLLM: root,
     max_model_len), then llmctl's own."""
@@ -49,12 +73,14 @@ def entry(b: Routable) -> dict[str, Any]:
 
 
 def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger, web: bool,
-          status: Callable[[], dict[str, Any]] | None) -> FastAPI:
+          status: Callable[[], dict[str, Any]] | None, open_metrics: bool = False) -> FastAPI:
     api = FastAPI(title="llmctl", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None),
+                     code=code)
 
     @api.exception_handler(Refused)
     async def _refused(request: Request, r: Refused) -> JSONResponse:
@@ -66,8 +92,11 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
 
     def who(request: Request) -> Caller:
         """The one key check of this side: raises Refused(401)."""
-        return callers.check(request.headers.get("authorization", "").encode("latin-1")
-                             or None)
+        sent = request.headers.getlist("authorization")
+        if len(sent) > 1:
+            raise Refused(400, "more than one Authorization header; send one",
+                          "invalid_request")
+        return callers.check(sent[0].encode("latin-1") if sent else None)
 
     Who = Annotated[Caller, Depends(who)]
 
@@ -86,22 +115,29 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
 
     @api.get("/metrics")
     async def metrics(request: Request) -> Response:
-        # Open to scrapers on this machine; from elsewhere (host = "0.0.0.0") it takes a key.
-        if not local(request):
-            who(request)
+        # An admin key, unless the config opens it: "from this machine" proves nothing
+        # behind a reverse proxy on the same host (every client is loopback there).
+        if not open_metrics:
+            c = who(request)
+            if not c.admin:
+                raise Refused(403, f"the key '{c.name}' may not read /metrics; the config's "
+                              "api_keys may (or set `open_metrics = true` in [proxy])",
+                              "forbidden")
         return Response(generate_latest(ledger.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/api/status")
     async def api_status(c: Who) -> JSONResponse:
         data = await asyncio.to_thread(status) if status else {"backends": {}}
-        if callers.keys_path is not None:  # usage per key: a named key sees its own
-            used = await asyncio.to_thread(usage_summary)
-            data = {**data, "usage": used if c.admin else
-                    {k: v for k, v in used.items() if k == c.name}}
-        if c.allowed is not None:  # a key limited to some models sees only those
-            mine = {b.model.key for b in models.all if c.may_use(b)}
-            data = {**data, "backends": {k: v for k, v in data.get("backends", {}).items()
-                                         if k in mine}}
+        used = await asyncio.to_thread(usage_summary) if callers.keys_path is not None else None
+        if not c.admin:
+            mine = None if c.allowed is None else \
+                {b.model.key for b in models.all if c.may_use(b)}
+            data = redacted(data, mine)
+            if used is not None:  # usage per key: a named key sees its own
+                data["usage"] = {k: v for k, v in used.items() if k == c.name}
+            return JSONResponse(data)
+        if used is not None:
+            data = {**data, "usage": used}
         return JSONResponse({**data, "proxy_counters": dict(ledger.counters)})
 
     if web:
@@ -109,11 +145,14 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
 
     @api.post("/api/models/{name:path}/{action}")
     async def control_model(name: str, action: str, request: Request) -> JSONResponse:
-        # `llmctl start|stop MODEL`: from this machine only, with a key when keys are set.
-        if not local(request):
-            return error(403, "models are started and stopped from the machine that "
-                         "runs llmctl", code="forbidden")
+        # `llmctl start|stop MODEL`: with an admin key; with no keys at all, only from this
+        # machine and not through a relay (a same-host reverse proxy makes everyone local).
         c = who(request)
+        if callers.open and (not local(request)
+                             or any(h in request.headers for h in RELAYED)):
+            return error(403, "with no api_keys set, models are started and stopped only "
+                         "from the machine that runs llmctl; set api_keys to do it from "
+                         "elsewhere", code="forbidden")
         if not c.admin:
             return error(403, f"the key '{c.name}' may not start or stop models; the "
                          "config's api_keys may", code="forbidden")

@@ -30,6 +30,13 @@ from .models import Control, Models, Routable
 log = logging.getLogger("llmctl.proxy")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _NOT_OPTIONS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}  # OPTIONS: CORS preflights
+_SAFE = {"GET", "HEAD", "OPTIONS"}
+# The POST routes vLLM serves under /v1 (and the proxy's /v1/models): a GET there is a 405
+# that names the method; any other path is a 404.
+KNOWN = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                   "/v1/responses", "/v1/messages", "/v1/messages/count_tokens",
+                   "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/score",
+                   "/v1/rerank", "/v1/pooling", "/v1/classify", *ROOT_ROUTES})
 
 
 def request_id(scope: Scope) -> str:
@@ -67,7 +74,8 @@ class Proxy:
         self.forwarder = Forwarder(cfg, self.models, self.callers, control, self.ledger,
                                    self.clock)
         api: Any = build(models=self.models, callers=self.callers, control=control,
-                         ledger=self.ledger, web=cfg.web, status=status)
+                         ledger=self.ledger, web=cfg.web, status=status,
+                         open_metrics=cfg.open_metrics)
         forward: Any = self.forwarder
         if cfg.cors_origins:
             from starlette.middleware.cors import CORSMiddleware
@@ -77,11 +85,24 @@ class Proxy:
             # Preflights are OPTIONS: they take the API path and are answered by CORS there.
             api, forward = CORSMiddleware(api, **cors), CORSMiddleware(forward, **cors)
         self._api, self._forward = api, forward
+        self._origins = {o.encode() for o in cfg.cors_origins}
         if self.callers.open:
             log.warning("no API keys configured: the proxy accepts every request")
 
     async def aclose(self) -> None:
         await self.forwarder.aclose()
+
+    def _same_site(self, scope: Scope) -> bool:
+        """No `Origin` (not a browser), this proxy's own origin, or one the config allows."""
+        origin = host = None
+        for k, v in scope["headers"]:
+            if k == b"origin":
+                origin = v
+            elif k == b"host":
+                host = v
+        if origin is None or origin in self._origins:
+            return True
+        return host is not None and origin in (b"http://" + host, b"https://" + host)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,10 +113,16 @@ class Proxy:
         path, method = scope["path"], scope["method"]
         forwarded = path.startswith("/v1/") or path in ROOT_ROUTES
         models = path == "/v1/models" or path.startswith("/v1/models/")
-        if method == "POST" and forwarded and not models:
+        if method not in _SAFE and not self._same_site(scope):
+            # A page on another site may post `text/plain` with no preflight: without keys
+            # it would be served (CSRF). Browsers always say where such a post comes from.
+            await send_json(send, 403, error_body(
+                403, "a request from another site's page; add its origin to cors_origins "
+                "in [proxy] to allow it", code="cross_origin"), [(b"x-request-id", rid.encode())])
+        elif method == "POST" and forwarded and not models:
             await self._forward(scope, receive, send)
         elif forwarded and method in _NOT_OPTIONS and (method != "GET" or not models) and \
-                (method != "POST" or models):
+                (method != "POST" or models) and (models or path in KNOWN):
             # A route that exists, asked with the wrong method: 405 and what it takes.
             allow = b"GET" if models else b"POST"
             await send_json(send, 405, error_body(

@@ -129,11 +129,12 @@ class Forwarder:
         id_header = [(b"x-request-id", rid.encode())]
         path = scope["path"]
         auth = None
+        twice = False
         up_headers = [(b"x-request-id", rid.encode())]
         typed = False
         for k, v in scope["headers"]:
             if k == b"authorization":
-                auth = v
+                twice, auth = auth is not None, v
             elif k not in DROP_UP:
                 typed = typed or k == b"content-type"
                 up_headers.append((k, v))
@@ -142,8 +143,11 @@ class Forwarder:
         caller, routed = ANYONE, "-"
         books = self.ledger
         try:
+            if twice:  # which one counts would depend on who reads them: neither does
+                raise Refused(400, "more than one Authorization header; send one",
+                              "invalid_request")
             caller = self.callers.check(auth)
-            if not (PATH.match(path) or path in ROOT_ROUTES):  # NUL, `..` never reach a backend
+            if not (PATH.fullmatch(path) or path in ROOT_ROUTES):  # NUL, `..` never reach a backend
                 raise Refused(404, f"no route {path!r}", "not_found")
             body = await self._read_body(receive, scope)
             route = self.route(body, path, caller)
@@ -237,6 +241,8 @@ class Forwarder:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise Refused(400, "request body is not valid JSON", "invalid_json") from None
+        except RecursionError:
+            raise Refused(400, "request body is nested too deeply", "invalid_json") from None
         if not isinstance(data, dict):
             raise Refused(400, "request body must be a JSON object", "invalid_json")
         if path == "/infill" and not data.get("model"):

@@ -102,6 +102,9 @@ class InfillAnswer:
         self.model, self.stream = model, stream
         self.content_type = b"text/event-stream" if stream else b"application/json"
         self.buf = b""
+        # The last event (stop: true) is held until the stream ends, so the usage chunk
+        # that follows it joins it: one `stop: true` event, as llama.cpp sends.
+        self.final: dict[str, Any] | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         self.buf += chunk
@@ -111,19 +114,32 @@ class InfillAnswer:
         out = []
         for ev in events:
             data = ev.strip().removeprefix(b"data:").strip()
-            if not data or data == b"[DONE]":
+            if data == b"[DONE]":
+                out.append(self._flush())
+                continue
+            if not data:
                 continue
             try:
                 msg = json.loads(data)
             except ValueError:
                 continue
-            out.append(b"data: " + json.dumps(fim.infill_answer(msg, self.model)).encode()
-                       + b"\n\n")
+            answer = fim.infill_answer(msg, self.model)
+            if self.final is not None:  # after the stop: only the usage may come
+                self.final.update({k: v for k, v in answer.items()
+                                   if k.startswith("tokens_")})
+            elif answer["stop"]:
+                self.final = answer
+            else:
+                out.append(b"data: " + json.dumps(answer).encode() + b"\n\n")
         return b"".join(out)
+
+    def _flush(self) -> bytes:
+        final, self.final = self.final, None
+        return b"" if final is None else b"data: " + json.dumps(final).encode() + b"\n\n"
 
     def close(self) -> bytes:
         if self.stream:
-            return self.feed(b"\n\n")
+            return self.feed(b"\n\n") + self._flush()
         try:
             return json.dumps(fim.infill_answer(json.loads(self.buf), self.model)).encode()
         except ValueError:

@@ -263,7 +263,9 @@ async function refreshStatus() {
   if (!r.ok) { $("status-head").textContent = await errorText(r); return; }
   const s = await r.json();
   const d = s.daemon;
-  $("status-head").textContent = d.running ? `daemon up ${fmtAge(d.uptime_s)} · proxy ${s.proxy_url} · device ${s.device}` : "daemon not running";
+  // A named key's view has no proxy_url (admin keys see the daemon's details).
+  const where = s.proxy_url ? ` · proxy ${s.proxy_url}` : "";
+  $("status-head").textContent = d.running ? `daemon up ${fmtAge(d.uptime_s)}${where} · device ${s.device}` : "daemon not running";
   const tbody = $("backends").querySelector("tbody"); tbody.replaceChildren();
   for (const [k, b] of Object.entries(s.backends)) {
     const tr = document.createElement("tr");

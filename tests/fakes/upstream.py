@@ -65,12 +65,14 @@ def flag(v) -> bool:
     return bool(v is not None and TypeAdapter(bool).validate_python(v))
 
 
-def _chunk(i: int, chat: bool, model: str) -> bytes:
+def _chunk(i: int, chat: bool, model: str, last: bool = False) -> bytes:
+    # Like vLLM: the last token's chunk carries the finish reason.
+    reason = "length" if last else None
     if chat:
-        choice = {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}
+        choice = {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": reason}
         obj = "chat.completion.chunk"
     else:
-        choice = {"index": 0, "text": f"tok{i} ", "finish_reason": None}
+        choice = {"index": 0, "text": f"tok{i} ", "finish_reason": reason}
         obj = "text_completion"
     return b"data: " + json.dumps({"id": "x", "object": obj, "model": model,
                                    "choices": [choice]}).encode() + b"\n\n"
@@ -106,7 +108,7 @@ async def complete(request: Request) -> Response:
                 for i in range(n):
                     if delay:
                         await asyncio.sleep(delay)
-                    yield _chunk(i, chat, ARGS.name)
+                    yield _chunk(i, chat, ARGS.name, last=i == n - 1)
                 if flag((body.get("stream_options") or {}).get("include_usage")):
                     # Like vLLM: a last chunk with no choices and the usage.
                     yield b"data: " + json.dumps({

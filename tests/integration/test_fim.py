@@ -86,7 +86,9 @@ def test_infill_is_mapped_both_ways(proxy, upstream):
         assert r.headers["content-type"].startswith("text/event-stream")
         chunks = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: ")]
     assert "".join(c["content"] for c in chunks) == "tok0 tok1 tok2 "
-    assert chunks[-1]["stop"] is True
+    # One last event says stop (vLLM ends with a finish reason, then the usage: one event).
+    assert [c["stop"] for c in chunks] == [False, False, True]
+    assert chunks[-1]["tokens_predicted"] == 3
 
 
 def test_models_say_which_take_fim(proxy):

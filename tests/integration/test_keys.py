@@ -115,8 +115,9 @@ def test_concurrency_limit(kenv):
     kenv.until(lambda: kenv.ask(key).status_code == 200)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(kenv.ask, key, max_tokens=10, token_delay=0.1)  # ~1 s
+        # carol's first request is in flight:
         kenv.until(lambda: 'llmctl_requests_in_flight{model="fake-general"} 1.0' in httpx.get(
-            kenv.url + "/metrics").text)  # carol's first request is in flight
+            kenv.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text)
         r = kenv.ask(key)
         assert r.status_code == 429 and "in flight" in r.json()["error"]["message"]
         assert slow.result().status_code == 200
@@ -136,6 +137,14 @@ def test_a_key_limited_to_some_models_sees_only_those(kenv):
     assert httpx.get(kenv.url + "/v1/models/fake-coder", headers=h).status_code == 404
     status = httpx.get(kenv.url + "/api/status", headers=h).json()
     assert list(status["backends"]) == ["general"]
+    # A named key sees its models' states and figures, not the daemon's insides.
+    text = json.dumps(status)
+    for secret in ('"pid"', '"log"', '"url"', '"port"', "proxy_counters", '"proxy_url"',
+                   "127.0.0.1", str(kenv.home)):
+        assert secret not in text, secret
+    assert status["backends"]["general"]["state"] == "RUNNING"
+    full = httpx.get(kenv.url + "/api/status", headers={"Authorization": f"Bearer {KEY}"})
+    assert "proxy_counters" in full.json() and full.json()["daemon"]["pid"]
     # Starting and stopping models is for the config's keys.
     assert httpx.post(kenv.url + "/api/models/general/stop", headers=h).status_code == 403
     r = kenv.run("keys", "add", "eve", "--models", "nope")
@@ -180,7 +189,7 @@ def test_usage_is_counted_streamed_or_not_and_survives_a_restart(kenv):
     u = kenv.until(lambda: (x := kenv.usage("hana"))["total"] == want and x)
     assert u["today"] == want and u["last_used"]
     assert u["per_model"]["fake-coder"]["requests"] == 2
-    metrics = httpx.get(kenv.url + "/metrics").text
+    metrics = httpx.get(kenv.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     assert 'llmctl_key_requests_total{key="hana",model="fake-coder",status="200"} 2.0' in metrics
     assert 'llmctl_key_tokens_total{key="hana",kind="completion",model="fake-coder"} 5.0' \
         in metrics
