@@ -991,8 +991,11 @@ def _bench_targets(url: str | None, api_key: str | None, model: str | None, endp
         backend = running.backends.get(m.key)
         if backend is None or not backend.url:
             raise StackError(f"{m.key} has no backend URL in the running stack")
-        # The backend itself: no key (vLLM's own port is loopback-only, unauthenticated).
-        direct = b.Target(backend.url.rstrip("/") + "/v1", m.name, None, endpoint, ignore_eos)
+        # The backend itself, with the key of its current start (only the proxy and its
+        # user can read it).
+        direct = b.Target(backend.url.rstrip("/") + "/v1", m.name,
+                          state.backend_key(m.key) if m.managed else m.api_key or None,
+                          endpoint, ignore_eos)
     if tokenizer is None and m.managed:
         from .hub import resolve
 

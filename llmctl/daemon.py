@@ -1,6 +1,6 @@
 """The daemon: one event loop running the supervisor and the proxy; signals; drain.
 
-May import: config, engine, errors, fim, gpu, hub, keys, procs, proxy, report, stack, state,
+May import: config, engine, errors, files, fim, gpu, hub, keys, procs, proxy, report, stack, state,
 supervisor, survey, usage.
 Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached;
 it logs to logs/daemon.log, rotated, and anything printed lands in logs/daemon.out)
@@ -28,6 +28,7 @@ from typing import Any
 from . import config as cfgmod
 from . import engine, fim, gpu, hub, keys, procs, state, usage
 from .errors import LlmctlError
+from .files import private_dir
 from .report import StackReport
 from .supervisor import Backend, ManagedBackend, RemoteBackend, Supervisor
 from .survey import survey
@@ -92,6 +93,7 @@ class Daemon:
         self.digest = cfgmod.digest(cfg)
         self.toml = cfgmod.to_toml(cfg)  # masked: what `up` shows when the config changed
         self._recorded: dict[str, float] = {}
+        self._keys: dict[str, str] = {}
         self.boot_id = procs.boot_id()
 
     def changed(self) -> None:
@@ -104,6 +106,12 @@ class Daemon:
         self.report()
 
     def report(self) -> None:
+        keys_now = {b.key: b.upstream_auth.decode().removeprefix("Bearer ")
+                    for b in self.backends
+                    if isinstance(b, ManagedBackend) and b.upstream_auth}
+        if keys_now != self._keys:
+            self._keys = keys_now
+            state.write_json(state.path(state.BACKEND_KEYS), keys_now)
         state.write_stack(StackReport(
             pid=os.getpid(), started_at=self.started_at, device=self.device,
             boot_id=self.boot_id, proxy_url=self.cfg.proxy_url,
@@ -218,8 +226,10 @@ def uvicorn_config(app, host: str, port: int, drain_seconds: float = 10.0):
 
     # httptools parses HTTP/1.1 several times faster than h11; both ship with uvicorn[standard].
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    # log_config=None: uvicorn's own lines (a malformed request…) go to the daemon's
+    # rotated log, not to stderr, which is daemon.out when detached.
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                          lifespan="off", http=http, proxy_headers=False,
+                          lifespan="off", http=http, proxy_headers=False, log_config=None,
                           timeout_graceful_shutdown=max(1, round(drain_seconds)))
 
 
@@ -267,6 +277,11 @@ def _logging(foreground: bool) -> None:
 
 
 def run(config_path: Path | None, *, foreground: bool = False) -> int:
+    # Everything the daemon and its backends write (logs, usage.db, stack.json, caches) is
+    # its user's alone; and state/ and logs/ are folders only its user can enter.
+    os.umask(0o077)
+    private_dir(cfgmod.state_dir(), files=True)
+    private_dir(cfgmod.logs_dir(), files=True)
     _logging(foreground)
     # One line per health check would drown the request log.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .config import Config, ModelConfig
+from .config import Config, ModelConfig, state_dir
 from .plan import BackendPlan
 
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
@@ -21,6 +21,7 @@ ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 class Command:
     argv: tuple[str, ...]
     env: dict[str, str]  # added to the daemon's environment
+    cwd: str | None = None  # where it runs: llmctl's private state folder, never the user's
 
 
 def python_for(cfg: Config) -> str:
@@ -42,6 +43,9 @@ def command(cfg: Config, model: ModelConfig, plan: BackendPlan, model_path: str,
         # Weights are local by now: never let a backend stall on the hub at start.
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        # `python -m vllm…` would put the working folder first on sys.path: a `vllm/`
+        # there would run as the server. It runs in llmctl's own folder, and without it.
+        "PYTHONSAFEPATH": "1",
     }
     if plan.device == "cuda":
         argv += ["--gpu-memory-utilization", f"{plan.gpu_memory_utilization:.3f}"]
@@ -75,4 +79,4 @@ def command(cfg: Config, model: ModelConfig, plan: BackendPlan, model_path: str,
     argv += list(model.args)
     if base_env:
         env = {**base_env, **env}
-    return Command(tuple(argv), env)
+    return Command(tuple(argv), env, str(state_dir()))

@@ -17,9 +17,25 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from pathlib import Path
 
 PRIVATE = 0o600  # the default: llmctl's files are its user's business (keys, pids, usage)
+
+
+def private_dir(path: Path, *, files: bool = False) -> Path:
+    """`path` as a folder only its owner can enter (state, logs): made so, or narrowed;
+    with `files`, the files in it too (those an older llmctl left readable to others)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+    if files:
+        for f in path.iterdir():
+            with contextlib.suppress(OSError):
+                st = f.lstat()
+                if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                    os.chmod(f, st.st_mode & 0o700)
+    return path
 
 
 def write_atomic(path: Path, data: bytes | str, mode: int = PRIVATE, *,

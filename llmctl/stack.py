@@ -1,7 +1,7 @@
 """The stack as the CLI sees it: bring it up (config, pull, plan, ports, the daemon, the
 wait), read its state, stop it, clean up.
 
-May import: config, engine, errors, gpu, hub, lifecycle, logs, procs, report, state,
+May import: config, engine, errors, files, gpu, hub, lifecycle, logs, procs, report, state,
 survey (gpu, hub, engine and survey inside the functions that need them). Never imports
 the daemon, the proxy or vLLM: `status` and `down` must stay fast. Nothing here
 prints: what the user sees goes through the `say`/`progress` callables the CLI passes.
@@ -9,6 +9,7 @@ prints: what the user sees goes through the `say`/`progress` callables the CLI p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 from . import config as cfgmod
 from . import procs, state
 from .errors import ModelError, StackError, UsageError
+from .files import private_dir
 from .lifecycle import SETTLED, State
 from .logs import likely_cause, log_tail
 from .report import BackendReport, BackendStatus, DaemonStatus, StackReport, StackStatus
@@ -187,17 +189,34 @@ def prepare(path: Path | None, *, restart: bool, no_pull: bool, say: Say,
     return cfg
 
 
+# daemon.out catches only what the daemon prints outside its log (a crash, a warning from
+# a library): kept below this size by rotating it at each start.
+OUT_MAX_BYTES = 1 << 20
+
+
 def start_daemon(cfg: cfgmod.Config) -> subprocess.Popen[bytes]:
-    logs = cfgmod.logs_dir()
-    logs.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "llmctl.daemon"]
+    logs = private_dir(cfgmod.logs_dir())
+    home = private_dir(cfgmod.state_dir())
+    # -P and a private working folder: a `llmctl/` folder where `up` was typed must not
+    # run as the daemon (`python -m` puts the working folder first on sys.path).
+    argv = [sys.executable, "-P", "-m", "llmctl.daemon"]
     if cfg.path:
-        argv += ["--config", str(cfg.path)]
+        argv += ["--config", str(cfg.path.resolve())]
+    out_path = logs / "daemon.out"
+    with contextlib.suppress(OSError):
+        if out_path.stat().st_size > OUT_MAX_BYTES:
+            os.replace(out_path, logs / "daemon.out.1")
     # The daemon logs to daemon.log itself (rotated); this catches what it prints or a crash.
-    with open(logs / "daemon.out", "ab") as out:
+    fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    # Paths the daemon is told by the environment, made absolute for its other folder.
+    env = {**os.environ, **{k: str(Path(os.environ[k]).expanduser().resolve())
+                            for k in ("LLMCTL_HOME", "LLMCTL_CONFIG", "XDG_CONFIG_HOME",
+                                      "XDG_STATE_HOME", "XDG_CACHE_HOME", "HF_HOME")
+                            if os.environ.get(k)}}
+    with open(fd, "ab") as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                close_fds=True)
+                                close_fds=True, cwd=home, env=env)
 
 
 @dataclass

@@ -3,7 +3,8 @@
 May import: config, files, report. `stack.json` is the daemon's report (pids, process groups,
 ports, states); `daemon.lock` is held by a live daemon for its whole life, so
 `status` can tell a live daemon from a stale file without trusting pids alone;
-`starts.json` remembers how long each model's last start took. Processes and ports
+`starts.json` remembers how long each model's last start took; `backend-keys.json` holds
+each backend's key of its current start. Processes and ports
 are procs.py's business.
 """
 
@@ -22,6 +23,9 @@ from .report import StackReport
 STACK = "stack.json"
 LOCK = "daemon.lock"
 STARTS = "starts.json"
+# Each managed backend's key of its current start (0600, like every file here): for
+# `bench --compare-direct`, the one client that calls a backend past the proxy.
+BACKEND_KEYS = "backend-keys.json"
 
 
 def path(name: str) -> Path:
@@ -56,6 +60,13 @@ def write_stack(report: StackReport) -> None:
 
 def clear_stack() -> None:
     path(STACK).unlink(missing_ok=True)
+    path(BACKEND_KEYS).unlink(missing_ok=True)
+
+
+def backend_key(model_key: str) -> str | None:
+    """The running backend's key (its vLLM takes no request on /v1 without it)."""
+    data = read_json(path(BACKEND_KEYS))
+    return data.get(model_key) if isinstance(data, dict) else None
 
 
 class DaemonLock:

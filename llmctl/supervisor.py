@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -110,8 +111,11 @@ class Backend:
         self.on_change = on_change
         self.clock = clock or Clock()
         self._http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(self.policy.health_timeout, connect=2.0), trust_env=False,
-            headers={"Authorization": f"Bearer {model.api_key}"} if model.api_key else None)
+            timeout=httpx.Timeout(self.policy.health_timeout, connect=2.0), trust_env=False)
+        # The Bearer value the server takes: a `url` model's configured key, or the key a
+        # managed backend gets anew at each start (so only the proxy can call its /v1).
+        self.upstream_auth: bytes | None = \
+            b"Bearer " + model.api_key.encode() if model.api_key else None
         self._state = State.STOPPED
         self.reason: str | None = None  # why FATAL / BACKOFF, for `status`
         self.ready_at: float | None = None  # wall time of the last RUNNING
@@ -210,11 +214,14 @@ class Backend:
     def snapshot(self) -> BackendReport:
         return BackendReport(**self._fields())
 
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": self.upstream_auth.decode()} if self.upstream_auth else {}
+
     async def learn(self) -> None:
         """What the server says of the model in its /v1/models (vLLM: `root`, the weights
         it loaded, and `max_model_len`), for the proxy's /v1/models."""
         try:
-            r = await self._http.get(self.url + "/v1/models")
+            r = await self._http.get(self.url + "/v1/models", headers=self._auth())
             data = r.json().get("data") or []
         except (httpx.HTTPError, ValueError, AttributeError):
             return
@@ -251,7 +258,7 @@ class RemoteBackend(Backend):
         if await super().healthy():
             return True
         try:
-            r = await self._http.get(self.url + "/v1/models")
+            r = await self._http.get(self.url + "/v1/models", headers=self._auth())
         except httpx.HTTPError:
             return False
         return r.status_code < 500
@@ -533,10 +540,15 @@ class ManagedBackend(Backend):
         pump = LogPump(self.log_path)
         pump.write(f"\n{START_MARK} {' '.join(self.cmd.argv)}\n".encode())
         r, w = os.pipe()
+        # A key for this start alone (vLLM guards its /v1 routes with it): nobody else on
+        # the machine can skip the proxy's keys, limits and usage by calling the port.
+        key = secrets.token_urlsafe(32)
+        if self.cmd.cwd:
+            os.makedirs(self.cmd.cwd, mode=0o700, exist_ok=True)
         try:
             self.proc = self._popen(
-                list(self.cmd.argv), env={**os.environ, **self.cmd.env},
-                stdin=subprocess.DEVNULL, stdout=w, stderr=subprocess.STDOUT,
+                list(self.cmd.argv), env={**os.environ, **self.cmd.env, "VLLM_API_KEY": key},
+                cwd=self.cmd.cwd, stdin=subprocess.DEVNULL, stdout=w, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=procs_module.die_with_parent, close_fds=True)
         except BaseException:
             os.close(r)
@@ -545,6 +557,7 @@ class ManagedBackend(Backend):
         finally:
             os.close(w)
         pump.follow(r)
+        self.upstream_auth = b"Bearer " + key.encode()
         self.pgid_start = procs_module.start_ticks(self.proc.pid)
         self.started_at = self.clock.time()
         self.ready_at = None
@@ -552,8 +565,9 @@ class ManagedBackend(Backend):
     async def _warm_up(self) -> bool:
         """One one-token request: a server that passes /health can still fail its first request."""
         try:
-            r = await self._http.post(self.url + "/v1/completions", timeout=120.0, json={
-                "model": self.model.name, "prompt": "Hello", "max_tokens": 1})
+            r = await self._http.post(
+                self.url + "/v1/completions", timeout=120.0, headers=self._auth(),
+                json={"model": self.model.name, "prompt": "Hello", "max_tokens": 1})
         except httpx.HTTPError:
             return False
         return r.status_code == 200

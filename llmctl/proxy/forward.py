@@ -109,9 +109,6 @@ class Forwarder:
                  ledger: Ledger, clock: Clock) -> None:
         self.cfg, self.models, self.callers, self.control = cfg, models, callers, control
         self.ledger, self.clock = ledger, clock
-        # `url` models with an `api_key`: sent upstream in place of the client's key.
-        self._up_auth = {id(b): (b"authorization", b"Bearer " + b.model.api_key.encode())
-                         for b in models.all if b.model.api_key}
         self._pool: Pool | None = None
 
     def pool(self) -> Pool:
@@ -171,8 +168,6 @@ class Forwarder:
             return
         backend = route.backend
         name = backend.model.name
-        if self._up_auth and (up_auth := self._up_auth.get(id(backend))):
-            up_headers.append(up_auth)
         if limits is not None:
             id_header = [*limits.headers(self.clock.monotonic()), *id_header]
         gauge = books.metrics.child("in_flight", name)
@@ -205,6 +200,10 @@ class Forwarder:
                      send: Send) -> None:
         try:
             async with self.control.admit(route.backend, wait):
+                if (up_auth := route.backend.upstream_auth) is not None:
+                    # A managed backend's key of its current start (read once admitted: a
+                    # start it waited for made a new one), or a `url` model's `api_key`.
+                    up_headers.append((b"authorization", up_auth))
                 await ex.run(route.backend.model.upstream, route.path.encode(), route.body,
                              up_headers, id_header, send)
         except NotServing as e:

@@ -23,6 +23,7 @@ class Routable(Protocol):
     fim: str | None  # the FIM template family, or None when the model takes no FIM
     state: str
     served: dict[str, Any]  # what the server says of itself (vLLM: root, max_model_len)
+    upstream_auth: bytes | None  # the Authorization value the server takes, or None
 
 
 class Control(Protocol):

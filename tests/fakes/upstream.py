@@ -220,9 +220,17 @@ def main() -> None:
         Route("/control/{what}", control, methods=["GET", "POST"]),
     ])
 
+    key = os.environ.get("VLLM_API_KEY")  # as vLLM: a key guards the /v1 routes only
+
     async def counted(scope, receive, send) -> None:
         if scope["type"] == "http" and not scope["path"].startswith("/control/"):
             STATS["seen"] += 1
+            if key and scope["path"].startswith("/v1") and \
+                    (b"authorization", f"Bearer {key}".encode()) not in scope["headers"]:
+                STATS["unauthorized"] = STATS.get("unauthorized", 0) + 1
+                await JSONResponse({"error": "Unauthorized"}, status_code=401)(
+                    scope, receive, send)
+                return
         await app(scope, receive, send)
 
     uvicorn.run(counted, host="127.0.0.1", port=ARGS.port, log_level="warning", access_log=False)

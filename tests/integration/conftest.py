@@ -98,11 +98,16 @@ class FakeBackend:
     state: str = "RUNNING"
     reason: str | None = None
     served: dict[str, Any] = field(default_factory=dict)
+    upstream_auth: bytes | None = None
     demandable: bool = False  # a request may not start it
     in_flight: int = 0
     queued: int = 0
     draining: bool = False
     last_request_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.upstream_auth is None and self.model.api_key:  # as supervisor.Backend does
+            self.upstream_auth = b"Bearer " + self.model.api_key.encode()
 
 
 class FakeClock:

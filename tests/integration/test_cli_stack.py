@@ -73,9 +73,11 @@ args = {general_args}
         (self.home / "config.toml").write_text(text)
         self.url = f"http://127.0.0.1:{port}"
 
-    def run(self, *args: str, input: str | None = None, timeout: float = 60):
+    def run(self, *args: str, input: str | None = None, timeout: float = 60,
+            cwd: Path | None = None):
         return subprocess.run([sys.executable, "-m", "llmctl", *args], env=self.env,
-                              input=input, text=True, capture_output=True, timeout=timeout)
+                              input=input, text=True, capture_output=True, timeout=timeout,
+                              cwd=cwd)
 
     def status(self) -> dict:
         r = self.run("status", "--json")
@@ -407,3 +409,50 @@ def test_status_json_keeps_its_shape(env):
         "name": "fake-remote", "state": "RUNNING", "managed": False, "port": None,
         "pid": None, "start": None, "idle_stop_s": None, "url": remote.url, "alive": True,
         "planned_bytes": 0}
+
+
+def test_no_code_from_the_working_folder_and_backends_only_the_proxy_can_call(env, tmp_path):
+    """`up` typed in a folder holding `llmctl/` and `vllm/` packages: neither runs. Each
+    backend runs in llmctl's private folder, without the working folder on its path, and
+    takes /v1 requests only with the key of its start, which the proxy sends."""
+    here = tmp_path / "project"
+    marker = tmp_path / "planted-code-ran"
+    for pkg, mod in (("llmctl", "daemon"), ("vllm", "__main__")):
+        (here / pkg).mkdir(parents=True)
+        (here / pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'a').write('{pkg}')\n")
+        (here / pkg / f"{mod}.py").write_text("")
+    (env.home / "logs").mkdir()
+    (env.home / "logs" / "daemon.out").write_bytes(b"x" * (2 << 20))  # a big old one
+    # As a user types it: the `llmctl` script (python -m llmctl would itself be the
+    # planted package, as any `python -m` in that folder would).
+    r = subprocess.run([str(Path(sys.executable).parent / "llmctl"), "up", "--timeout", "60"],
+                       env=env.env, cwd=here, text=True, capture_output=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert not marker.exists(), marker.read_text()
+    s = env.status()
+    state = (env.home / "state").resolve()
+    for key, b in s["backends"].items():
+        pid = b["pid"]
+        assert Path(f"/proc/{pid}/cwd").resolve() == state
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"PYTHONSAFEPATH=1" in environ
+        assert any(e.startswith(b"VLLM_API_KEY=") and len(e) > 40 for e in environ)
+        # Past the proxy: refused. Through it: served.
+        direct = httpx.get(f"http://127.0.0.1:{b['port']}/v1/models", timeout=5)
+        assert direct.status_code == 401, key
+    daemon_pid = s["daemon"]["pid"]
+    assert Path(f"/proc/{daemon_pid}/cwd").resolve() == state
+    r = httpx.post(env.url + "/v1/chat/completions", timeout=30,
+                   headers={"Authorization": f"Bearer {KEY}"},
+                   json={"model": "fake-coder", "max_tokens": 2,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    # Only the user may read what the daemon keeps: folders 0700, files 0600.
+    for d in ("state", "logs"):
+        assert (env.home / d).stat().st_mode & 0o777 == 0o700, d
+        for f in (env.home / d).iterdir():
+            if f.is_file():
+                assert f.stat().st_mode & 0o077 == 0, f
+    # daemon.out was rotated at the start instead of growing for ever.
+    assert (env.home / "logs" / "daemon.out").stat().st_size < 1 << 20
+    assert (env.home / "logs" / "daemon.out.1").stat().st_size == 2 << 20

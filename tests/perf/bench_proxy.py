@@ -48,6 +48,7 @@ m = config.ModelConfig(key="bench", name="bench", url=upstream)
 class B:
     model, state, reason, fim, served = m, "RUNNING", None, "starcoder", {{}}
     in_flight, queued, draining, demandable, last_request_at = 0, 0, False, False, None
+    upstream_auth = None
 serve_proxy_forever([B()], config.ProxyConfig(port=port, api_keys=({KEY!r},),
                                               max_queue_per_model=100000), keys_path=keys)
 """
