@@ -19,7 +19,7 @@ import typer
 
 from . import __version__
 from . import config as cfgmod
-from .errors import ApiError, ConfigError, LlmctlError, StackError, UsageError
+from .errors import ApiError, ConfigError, ConflictError, LlmctlError, StackError, UsageError
 
 
 def _flags_take_no_value() -> None:
@@ -405,8 +405,8 @@ def _export(target: str, path: Path | None, assume: str | None, output: Path | N
     if proxy:
         front_path = proxy_config or (output.parent if output else Path(".")) / "llmctl-proxy.toml"
         if front_path.exists() and not force:
-            raise UsageError(f"{front_path} already exists",
-                             "pass --force to replace it, or --proxy-config NEW.toml")
+            raise ConflictError(f"{front_path} already exists",
+                                "pass --force to replace it, or --proxy-config NEW.toml")
     # The file's keys only: LLMCTL_API_KEY is a key of this shell, not one to write into
     # the front config or to hand to a cluster.
     env = {k: v for k, v in os.environ.items() if k != "LLMCTL_API_KEY"}
