@@ -166,3 +166,60 @@ def test_status_shows_every_column_at_200_and_counts_what_it_leaves_out(tmp_path
     narrow = llmctl(home, "status", columns=80).stdout
     fits(narrow, 80)
     assert re.search(r"\(\d+ more columns in a wider terminal", narrow)
+
+
+# ── help: a list, then the detail ──
+
+
+def command_paths() -> list[list[str]]:
+    import typer
+
+    from llmctl.cli import app
+
+    def walk(cmd, path):
+        for name, sub in sorted((getattr(cmd, "commands", None) or {}).items()):
+            yield [*path, name]
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def help_at_80(*path: str) -> str:
+    from typer.testing import CliRunner
+
+    from llmctl.cli import app
+
+    r = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80", "NO_COLOR": "1"})
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.mark.parametrize("group", [[], ["config"], ["keys"], ["service"], ["export"]],
+                         ids=lambda g: " ".join(g) or "llmctl")
+def test_the_command_list_is_one_line_per_command(group):
+    out = help_at_80(*group)
+    assert all(len(line) <= 80 for line in out.splitlines())
+    panel = out[out.index("─ Commands ─"):].splitlines()[1:]
+    rows = [line.strip("│ ") for line in panel[:panel.index(next(x for x in panel
+                                                                  if x.startswith("╰")))]]
+    names = sorted(p[-1] for p in command_paths() if p[:-1] == group)
+    # A line per command: each starts with its name (none is a summary's second line),
+    # and each summary is a whole sentence.
+    assert sorted(row.split()[0] for row in rows) == names, rows
+    assert all(row.endswith(".") for row in rows), rows
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=" ".join)
+def test_the_detail_of_each_command_is_not_broken_again_at_80_columns(path):
+    import inspect
+
+    import typer
+
+    from llmctl.cli import app
+
+    cmd = typer.main.get_command(app)
+    for name in path:
+        cmd = cmd.commands[name]
+    shown = {line.strip() for line in help_at_80(*path).splitlines()}
+    for line in inspect.cleandoc(cmd.help or "").splitlines():
+        assert line.strip() in shown or not line.strip(), line
