@@ -54,6 +54,11 @@ def test_figures_match_the_timing_the_server_was_given(timed, tmp_path):
     assert e2el <= res["median_e2el_ms"] / 1000 < e2el + 0.1
     # vLLM counts the requests active in each one-second bucket: all 12 fit in ~1.2 s.
     assert 4 <= res["max_concurrent_requests"] <= 12
+    # The true peak is the limit, and the report says which figure is which.
+    assert res["peak_in_flight_requests"] == 4
+    assert re.search(r"^Peak requests in flight +4$", r.stdout, re.M)
+    assert re.search(r"^Peak concurrent requests \(vLLM, per 1 s\) +"
+                     f"{res['max_concurrent_requests']}$", r.stdout, re.M)
     assert len(res["ttfts"]) == 12 and len(res["itls"][0]) == TOKENS - 1
     assert "Successful requests" in r.stdout and "Median TTFT (ms)" in r.stdout
 
