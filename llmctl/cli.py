@@ -1112,7 +1112,7 @@ def chat(
             session.model = session.check_model(model)  # before the first prompt, not after
         except ApiError as e:  # not up yet: say so, and stay open for when it is
             view.error(e.message, e.hint)
-        ui.note(f"chatting with {session.model} at {base} — /help for commands, Ctrl-D leaves")
+        ui.note(f"chatting with {session.model} at {base} — /help for commands, Ctrl-D or /exit leaves")
         chatmod.repl(session, chatmod.prompt_reader(cfgmod.state_dir() / "chat_history"), view)
     finally:
         client.close()
