@@ -171,6 +171,7 @@ def metrics(outcomes: list[Outcome], duration: float, percentiles: Sequence[floa
         "start_times": [o.start_time for o in outcomes],
         "errors": [o.error for o in outcomes],
         "max_output_tokens_per_s": peak_tokens, "max_concurrent_requests": peak_conc,
+        "peak_in_flight_requests": in_flight(ok),  # llmctl's own: the true peak
     }
     for name, xs in (("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)):
         result.update(_stats(name, xs, percentiles))
@@ -194,6 +195,20 @@ def _peaks(ok: list[Outcome]) -> tuple[float, int]:
         for s in range(int(o.start_time - t0), int(o.start_time + o.latency - t0) + 1):
             active[s] += 1
     return float(max(tokens)), max(active)
+
+
+def in_flight(ok: list[Outcome]) -> int:
+    """Most requests in flight at one moment, from each request's start and end. vLLM's
+    `max_concurrent_requests` counts the requests active in each one-second bucket, so
+    two that follow each other within a second both count: under --max-concurrency 4
+    it can say 8; this cannot exceed 4."""
+    edges = sorted([(o.start_time, 1) for o in ok] +
+                   [(o.start_time + o.latency, -1) for o in ok])  # an end sorts before a start
+    peak = now = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    return peak
 
 
 def load_result(path: Path) -> dict[str, Any]:

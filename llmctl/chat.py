@@ -23,9 +23,13 @@ HELP = """\
 /clear             forget the conversation
 /retry             ask the last question again
 /save FILE         write the conversation as Markdown
-/exit              leave (Ctrl-D or Ctrl-C at an empty prompt too)
+/exit              leave (Ctrl-D too)
 Enter sends; Alt-Enter (or Esc, Enter) starts a new line; pasted text keeps its lines.
-Ctrl-C during an answer stops it and keeps what arrived."""
+Ctrl-C during an answer stops it and keeps what arrived; at the prompt it clears the
+line and never leaves: a Ctrl-C meant for an answer that had just ended loses nothing."""
+
+LEAVE_HINT = "(Ctrl-D or /exit leaves the chat)"
+CUT = "*(cut short)*"  # how /save marks an answer that did not finish
 
 WAIT_STEP = 2.0  # seconds between tries while a model is starting
 
@@ -82,7 +86,10 @@ class Session:
     sleep: Callable[[float], None] = time.sleep
 
     def messages(self) -> list[dict[str, str]]:
-        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+        """What the server is sent: roles and contents (history also notes, for /save, the
+        model that wrote each answer and whether it was cut)."""
+        return ([{"role": "system", "content": self.system}] if self.system else []) + \
+            [{"role": m["role"], "content": m["content"]} for m in self.history]
 
     def known(self) -> list[dict[str, Any]]:
         return self.client.models()
@@ -121,6 +128,10 @@ class Session:
             except KeyboardInterrupt:
                 # Leaving the stream closed the request: the server stops generating.
                 reply.interrupted = True
+                if not reply.text:  # nothing arrived: the question is taken back
+                    view.end(interrupted=True)
+                    self.history.pop()
+                    return reply
             except BaseException as e:  # an ApiError, or anything unforeseen
                 view.end(interrupted=bool(reply.text))  # the terminal is given back, always
                 waiting = isinstance(e, ApiError) and e.status == 503 and \
@@ -137,14 +148,18 @@ class Session:
                     continue
                 view.waiting(None)
                 if reply.text:  # keep what arrived, as an interrupted answer
-                    self.history.append({"role": "assistant", "content": reply.text})
+                    self._keep(reply.text, cut=True)
                 else:
                     self.history.pop()
                 raise
             reply.seconds = self.clock() - t0
             view.end(interrupted=reply.interrupted)
-            self.history.append({"role": "assistant", "content": reply.text})
+            self._keep(reply.text, cut=reply.interrupted)
             return reply
+
+    def _keep(self, text: str, cut: bool) -> None:
+        self.history.append({"role": "assistant", "content": text, "model": self.model,
+                             "cut": cut})
 
     # ── slash commands ──
     def command(self, line: str, view: View) -> Reply | None:
@@ -189,12 +204,38 @@ class Session:
         return None
 
     def markdown(self) -> str:
-        out = [f"# Chat with {self.model}", ""]
+        """The conversation as Markdown: each answer under the model that wrote it, and an
+        answer cut short closed (its open code fence too) and marked."""
+        models = list(dict.fromkeys(m.get("model", self.model) for m in self.history
+                                    if m["role"] == "assistant")) or [self.model]
+        out = [f"# Chat with {', '.join(models)}", ""]
         if self.system:
             out += ["**System:** " + self.system, ""]
         for m in self.history:
-            out += ["## You" if m["role"] == "user" else f"## {self.model}", "", m["content"], ""]
+            if m["role"] == "user":
+                out += ["## You", "", m["content"], ""]
+                continue
+            out += [f"## {m.get('model', self.model)}", "", m["content"]]
+            if m.get("cut"):
+                fence = open_fence(m["content"])
+                out += ([fence] if fence else []) + ["", CUT]
+            out += [""]
         return "\n".join(out).rstrip() + "\n"
+
+
+def open_fence(text: str) -> str | None:
+    """The fence that closes a code block `text` leaves open (``` or longer), else None."""
+    opened = None
+    for line in text.split("\n"):
+        mark = line.lstrip()
+        ticks = len(mark) - len(mark.lstrip("`"))
+        if ticks < 3:
+            continue
+        if opened is None:
+            opened = "`" * ticks
+        elif ticks >= len(opened) and not mark.strip("`").strip():
+            opened = None
+    return opened
 
 
 def _write(path: Path, text: str) -> None:
@@ -216,12 +257,16 @@ def one_shot(session: Session, text: str, view: View, show_stats: bool = False) 
 
 
 def repl(session: Session, read: Callable[[str], str], view: View) -> None:
-    """Ask, answer, repeat; one-line errors keep the chat open."""
+    """Ask, answer, repeat; one-line errors keep the chat open. Only Ctrl-D and /exit
+    leave: Ctrl-C at the prompt (as in Python's REPL, psql or `ollama run`) says how."""
     while True:
         try:
             line = read(f"{session.model}> ")
-        except EOFError:  # Ctrl-D, or Ctrl-C at an empty prompt
+        except EOFError:  # Ctrl-D
             return
+        except KeyboardInterrupt:
+            view.info(LEAVE_HINT)
+            continue
         text = line.strip()
         if not text:
             continue
@@ -234,11 +279,14 @@ def repl(session: Session, read: Callable[[str], str], view: View) -> None:
                 view.stats(reply.stats())
         except LlmctlError as e:
             view.error(e.message, e.hint)
+        except KeyboardInterrupt:  # between an answer's end and the prompt: nothing to stop
+            continue
 
 
 def prompt_reader(history_file: Path) -> Callable[[str], str]:
     """Input with history kept across runs, bracketed paste, Alt-Enter for a new line;
-    Ctrl-C clears a line being typed, and leaves from an empty one."""
+    Ctrl-C clears a line being typed, and at an empty one raises KeyboardInterrupt (the
+    chat stays: `repl` says how to leave)."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory
     from prompt_toolkit.key_binding import KeyBindings
@@ -255,7 +303,7 @@ def prompt_reader(history_file: Path) -> Callable[[str], str]:
         if event.current_buffer.text:
             event.current_buffer.reset()
         else:
-            event.app.exit(exception=EOFError())
+            event.app.exit(exception=KeyboardInterrupt())
 
     session: Any = PromptSession(history=FileHistory(str(history_file)), key_bindings=keys,
                                  multiline=False, enable_open_in_editor=False)

@@ -19,7 +19,7 @@ import typer
 
 from . import __version__
 from . import config as cfgmod
-from .errors import ApiError, ConfigError, LlmctlError, StackError, UsageError
+from .errors import ApiError, ConfigError, ConflictError, LlmctlError, StackError, UsageError
 
 
 def _flags_take_no_value() -> None:
@@ -49,8 +49,9 @@ app.add_typer(service_app, name="service")
 keys_app = typer.Typer(help="Named API keys, with limits and usage: one per person or tool.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-export_app = typer.Typer(help="The same models on a cluster: a values file for vLLM's "
-                         "production-stack, or KServe LLMInferenceService manifests.",
+export_app = typer.Typer(help="The same models on a cluster: production-stack or KServe.\n\n"
+                         "A values file for vLLM's production-stack, or KServe\n"
+                         "LLMInferenceService manifests.",
                          no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
@@ -111,7 +112,9 @@ def config_init(
     path: ConfigOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
-    """Write a starter config with a freshly generated API key (file mode 0600)."""
+    """Write a starter config with a fresh API key.
+
+    The file is written with mode 0600: it holds the key."""
     from .gpu import detect_device
 
     target = path or cfgmod.config_path()
@@ -126,8 +129,10 @@ def config_import(
     path: ConfigOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
-    """Convert the old docker-compose stack's .env into a config (file mode 0600), saying
-    what was mapped and what was ignored."""
+    """Convert the old docker-compose stack's .env into a config.
+
+    Says what was mapped and what was ignored; the file is written with
+    mode 0600."""
     if not env_file.is_file():
         raise UsageError(f"{env_file}: no such file", "pass the stack's .env (or .env.example)")
     from . import envfile
@@ -146,7 +151,9 @@ def config_import(
 
 @config_app.command("show")
 def config_show(path: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Print the effective config (file, defaults and environment), keys masked."""
+    """Print the effective config, keys masked.
+
+    The file, the defaults and the environment, as the stack would read them."""
     cfg = _load(path)
     if as_json:
         import dataclasses
@@ -165,7 +172,9 @@ def config_show(path: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 @config_app.command("key")
 def config_key(path: ConfigOpt = None) -> None:
-    """Print the first API key, for scripts: `export OPENAI_API_KEY=$(llmctl config key)`."""
+    """Print the first API key, for scripts.
+
+    `export OPENAI_API_KEY=$(llmctl config key)`"""
     cfg = _load(path)
     if not cfg.proxy.api_keys:
         raise ConfigError("no API key is configured", "run `llmctl config init`")
@@ -191,7 +200,9 @@ def pull(
                      ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Download model weights into the store (resuming what an interrupted pull left)."""
+    """Download model weights into the store.
+
+    Resumes what an interrupted pull left."""
     import dataclasses
 
     from . import hub
@@ -238,8 +249,10 @@ def models_cmd(
     verify: Annotated[bool, typer.Option(
         "--verify", help="Check every pulled file's sha256 against the hub's record.")] = False,
 ) -> None:
-    """List the local models: source, revision, size on disk, quantization, and which
-    configured models use and which running backends serve each."""
+    """List the local models and what uses them.
+
+    Source, revision, size on disk, quantization, the configured models that
+    use each and the running backends that serve it."""
     from . import hub, state
     from .errors import ModelError
 
@@ -273,7 +286,9 @@ def rm(
                         "again).")] = False,
     path: ConfigOpt = None,
 ) -> None:
-    """Remove a model from the store (refused while a running backend serves it)."""
+    """Remove a model from the store.
+
+    Refused while a running backend serves it."""
     from . import state, store
     from .errors import ModelError
 
@@ -317,8 +332,10 @@ def plan(
         help="Plan for hardware that is not here: 1x96GiB, 2x24GiB, 80GiB:used=10GiB, "
              "80GiB,24GiB, cpu:32GiB:16.")] = None,
 ) -> None:
-    """Show the memory split `up` would use, with the arithmetic (and, while the stack
-    runs, the KV cache vLLM reported beside the planned one)."""
+    """Show the memory split `up` would use, with the arithmetic.
+
+    While the stack runs, the KV cache vLLM reported stands beside the
+    planned one."""
     from . import gpu, state
     from .survey import survey
 
@@ -367,8 +384,9 @@ def export_production_stack(
 ) -> None:
     """A Helm values file for vllm-project/production-stack.
 
-    One modelSpec per model, sized by the plan; the API key from a Kubernetes Secret. What
-    the cluster does not do itself is said on stderr, with what to do instead."""
+    One modelSpec per model, sized by the plan; the API key from a Kubernetes
+    Secret. What the cluster does not do itself is said on stderr, with what
+    to do instead."""
     _export("production-stack", path, assume, output, proxy, proxy_config, router_url,
             namespace, force)
 
@@ -379,10 +397,11 @@ def export_kserve(
     proxy: ProxyOpt = False, proxy_config: ProxyConfigOpt = None,
     router_url: RouterUrlOpt = None, namespace: NamespaceOpt = "default", force: ForceOpt = False,
 ) -> None:
-    """KServe LLMInferenceService manifests (serving.kserve.io/v1alpha2).
+    """KServe LLMInferenceService manifests.
 
-    One per model, sized by the plan; the API key from a Kubernetes Secret. What the cluster
-    does not do itself is said on stderr, with what to do instead."""
+    One per model (serving.kserve.io/v1alpha2), sized by the plan; the API key
+    from a Kubernetes Secret. What the cluster does not do itself is said on
+    stderr, with what to do instead."""
     _export("kserve", path, assume, output, proxy, proxy_config, router_url, namespace, force)
 
 
@@ -405,8 +424,8 @@ def _export(target: str, path: Path | None, assume: str | None, output: Path | N
     if proxy:
         front_path = proxy_config or (output.parent if output else Path(".")) / "llmctl-proxy.toml"
         if front_path.exists() and not force:
-            raise UsageError(f"{front_path} already exists",
-                             "pass --force to replace it, or --proxy-config NEW.toml")
+            raise ConflictError(f"{front_path} already exists",
+                                "pass --force to replace it, or --proxy-config NEW.toml")
     # The file's keys only: LLMCTL_API_KEY is a key of this shell, not one to write into
     # the front config or to hand to a cluster.
     env = {k: v for k, v in os.environ.items() if k != "LLMCTL_API_KEY"}
@@ -492,8 +511,10 @@ def service_install(
     path: ConfigOpt = None,
     no_start: Annotated[bool, typer.Option("--no-start", help="Write the unit only.")] = False,
 ) -> None:
-    """Write ~/.config/systemd/user/llmctl.service (runs `llmctl up --foreground`), then
-    enable and start it."""
+    """Install the user unit, enable it and start it.
+
+    Writes ~/.config/systemd/user/llmctl.service, which runs
+    `llmctl up --foreground`."""
     from . import service
 
     cfg = _load(path)
@@ -546,8 +567,9 @@ def keys_add(
         help="Stops working after this long: 30d, 12h, 90m.", show_default=False)] = None,
     path: ConfigOpt = None,
 ) -> None:
-    """Add a key: it is printed once (only its hash is kept) and works at once, also in a
-    running stack."""
+    """Add a key; it is printed once.
+
+    Only its hash is kept. It works at once, also in a running stack."""
     from . import keys
 
     cfg = _load(path)
@@ -570,7 +592,10 @@ def _when(t: float | None) -> str:
 
 @keys_app.command("list")
 def keys_list(as_json: JsonOpt = False) -> None:
-    """Each key: created, expires, limits, last used, requests and tokens today and in all."""
+    """List the keys, their limits and their use.
+
+    Each key: created, expires, limits, last used, requests and tokens today
+    and in all."""
     from . import keys, usage
 
     found = keys.load()
@@ -595,7 +620,9 @@ def keys_list(as_json: JsonOpt = False) -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(name: KeyName) -> None:
-    """Remove a key: it stops working at once, also in a running stack."""
+    """Remove a key.
+
+    It stops working at once, also in a running stack."""
     from . import keys
 
     keys.revoke(name)
@@ -604,7 +631,9 @@ def keys_revoke(name: KeyName) -> None:
 
 @keys_app.command("rotate")
 def keys_rotate(name: KeyName) -> None:
-    """A new secret for a key, printed once; the old one stops working. Limits and usage stay."""
+    """Give a key a new secret, printed once.
+
+    The old one stops working; limits and usage stay."""
     from . import keys
 
     key, _ = keys.rotate(name)
@@ -628,7 +657,9 @@ def up(
     no_pull: Annotated[bool, typer.Option(
         "--no-pull", help="Fail instead of downloading a model that is not pulled.")] = False,
 ) -> None:
-    """Start the stack: pull what is missing, start the daemon, wait until the models are ready."""
+    """Start the stack and wait until its models are ready.
+
+    Pulls what is missing, starts the daemon, waits until the models are ready."""
     from . import stack, state
 
     ui = _ui()
@@ -722,7 +753,9 @@ def _tail(p: Path, n: int = 15) -> list[str]:
 @app.command()
 def down(timeout: Annotated[float, typer.Option(
         help="Seconds to wait for the daemon's own shutdown before killing.")] = 60.0) -> None:
-    """Stop the proxy and every backend; return when no process and no port is left."""
+    """Stop the proxy and every backend.
+
+    Returns when no process and no port is left."""
     from . import stack
 
     done = stack.down(timeout)
@@ -740,9 +773,11 @@ def check(
     as_json: JsonOpt = False,
     path: ConfigOpt = None,
 ) -> None:
-    """Check the install (vLLM imports, no torchvision trap, ports, weights) and the running
-    stack as a client uses it (health, keys, models, a chat per model, streaming, errors);
-    exit 1 when anything fails."""
+    """Check the install and the running stack; exit 1 on a failure.
+
+    The install: vLLM imports, no torchvision trap, ports, weights. The stack,
+    as a client uses it: health, keys, models, a chat per model, streaming,
+    errors."""
     from . import check as checks
     from . import state
 
@@ -788,8 +823,10 @@ def start_cmd(
                        ] = False,
     path: ConfigOpt = None,
 ) -> None:
-    """Start one model of the running stack now (an on-demand one, or one that was stopped
-    or failed), swapping out the running member of its group; wait until it answers."""
+    """Start one model of the running stack now.
+
+    An on-demand one, or one that was stopped or failed; the running member of
+    its group is swapped out. Waits until it answers."""
     from . import stack
     from .lifecycle import State
 
@@ -816,9 +853,11 @@ def start_cmd(
 
 @app.command("stop")
 def stop_cmd(model: ModelArg, path: ConfigOpt = None) -> None:
-    """Stop one model of the running stack: its requests finish first (up to
-    `proxy.drain_seconds`). An on-demand model or group member starts again on its next
-    request; any other stays stopped until `llmctl start`."""
+    """Stop one model of the running stack.
+
+    Its requests finish first (up to `proxy.drain_seconds`). An on-demand
+    model or group member starts again on its next request; any other stays
+    stopped until `llmctl start`."""
     from . import stack, state
 
     running, cfg = _running_for_control(path)
@@ -830,7 +869,9 @@ def stop_cmd(model: ModelArg, path: ConfigOpt = None) -> None:
 
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
-    """Daemon, proxy and each backend: state, pid, port, uptime, restarts, memory."""
+    """Show the daemon, the proxy and each backend.
+
+    Each backend's state, pid, port, uptime, restarts and memory."""
     # `llmctl status [--json]` as typed is answered by __main__.py without typer; this is
     # the same call, for `llmctl status` reached any other way (`--json` first, say).
     from . import stack
@@ -916,7 +957,9 @@ def bench(
                             "names.", show_default=False)] = None,
     path: ConfigOpt = None,
 ) -> None:
-    """Load-test an OpenAI-compatible endpoint with `vllm bench serve`'s metrics."""
+    """Load-test an OpenAI-compatible endpoint.
+
+    The metrics, and the JSON field names, of `vllm bench serve`."""
     import asyncio
     import json as jsonlib
     import signal
@@ -1036,8 +1079,10 @@ def chat(
                      ] = False,
     path: ConfigOpt = None,
 ) -> None:
-    """Chat in the terminal, streaming. From a pipe: the input is one message, the answer
-    is all that goes to stdout (`cat f.py | llmctl chat -s "review this"`)."""
+    """Chat in the terminal, streaming.
+
+    From a pipe: the input is one message, and the answer is all that goes
+    to stdout (`cat f.py | llmctl chat -s "review this"`)."""
     from . import chat as chatmod
     from . import state
     from .client import Client
@@ -1070,7 +1115,7 @@ def chat(
             session.model = session.check_model(model)  # before the first prompt, not after
         except ApiError as e:  # not up yet: say so, and stay open for when it is
             view.error(e.message, e.hint)
-        ui.note(f"chatting with {session.model} at {base} — /help for commands, Ctrl-D leaves")
+        ui.note(f"chatting with {session.model} at {base} — /help for commands, Ctrl-D or /exit leaves")
         chatmod.repl(session, chatmod.prompt_reader(cfgmod.state_dir() / "chat_history"), view)
     finally:
         client.close()

@@ -2,6 +2,8 @@
 
     LlmctlError(message, hint)        exit 1; the CLI prints the message and a `hint:` line
      ├── UsageError                   exit 2; bad flags or arguments
+     ├── ConflictError                what was typed is fine, but something by that name (a key,
+     │                                a file) exists: the state is in the way, not the usage
      ├── ConfigError                  the config file or environment is wrong
      ├── ModelError                   a model is unknown, not pulled, or cannot be prepared
      ├── PlanError                    the models do not fit the machine (says by how much, and what would)
@@ -28,6 +30,10 @@ class LlmctlError(Exception):
 
 class UsageError(LlmctlError):
     exit_code = 2
+
+
+class ConflictError(LlmctlError):
+    pass
 
 
 class ConfigError(LlmctlError):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfgmod
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, ConflictError, UsageError
 
 PREFIX = "sk-llmctl-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -115,9 +115,9 @@ def add(name: str, *, models: tuple[str, ...] = (), rpm: int = 0, tpm: int = 0,
             raise UsageError(f"{what} must not be negative (0: no limit)")
     keys = load(p)
     if name in keys:
-        raise UsageError(f"a key named {name!r} exists",
-                         f"`llmctl keys rotate {name}` gives it a new secret; "
-                         f"`llmctl keys revoke {name}` removes it")
+        raise ConflictError(f"a key named {name!r} exists",
+                            f"`llmctl keys rotate {name}` gives it a new secret; "
+                            f"`llmctl keys revoke {name}` removes it")
     now = time.time()
     until = None
     if expires:

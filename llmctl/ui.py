@@ -6,7 +6,10 @@ May import: errors, lifecycle, plan, report. Respects NO_COLOR (rich does).
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -110,9 +113,9 @@ def status_table(st: StackStatus, console: Console | None = None) -> None:
             planned = getattr(b, "kv_tokens_planned", None)
             reported = getattr(b, "kv_tokens_reported", None)
             row = {
-                "MODEL": key, "NAME": b.name or "-",
-                "STATE": (state, color),
-                "PORT": str(b.port or b.url or "-"),
+                "MODEL": _escape(key), "NAME": _escape(b.name or "-"),
+                "STATE": f"[{color}]{_escape(state)}[/{color}]" if color else _escape(state),
+                "PORT": _escape(str(b.port or b.url or "-")),
                 "CONTEXT": f"{b.max_model_len:,}" if b.max_model_len else "-",
                 "MEMORY": _bytes(s.used_bytes),
                 "UPTIME": _age(s.uptime_s), "IN FLIGHT": str(b.in_flight),
@@ -125,24 +128,9 @@ def status_table(st: StackStatus, console: Console | None = None) -> None:
                 "PLANNED": _bytes(b.planned_bytes),
                 "KV TOKENS": f"{planned:,}" if planned else "-",
                 "VLLM KV": _kv_cell(reported, kv_difference(planned, reported)),
-                "FIM": b.fim or "-", "WEIGHTS": _escape(b.weights or "-")})
-        shown = _fit(rows, con.size.width)
-        t = Table(box=None, pad_edge=False)
-        for col in shown:
-            t.add_column(col, no_wrap=True)
-        for r in rows:
-            cells = []
-            for col in shown:
-                v = r[col]
-                if isinstance(v, tuple):
-                    v = f"[{v[1]}]{v[0]}[/{v[1]}]" if v[1] else v[0]
-                cells.append(v)
-            t.add_row(*cells)
-        con.print(t)
-        hidden = [c for c in rows[0] if c not in shown]
-        if hidden:
-            con.print(f"[dim]({len(hidden)} more columns in a wider terminal, or "
-                      "`llmctl status --json`)[/dim]")
+                "FIM": b.fim or "-", "WEIGHTS": _escape(_weights(b.weights))})
+        fitted(rows, keep=("MODEL", "NAME", "STATE", "PORT"), more="llmctl status --json",
+               console=con)
         for key, s in st.backends.items():
             b, used = s.report, s.used_bytes
             if used and b.planned_bytes and used > b.planned_bytes * (1 + USED_MARGIN):
@@ -166,20 +154,53 @@ def status_table(st: StackStatus, console: Console | None = None) -> None:
                   f"{', '.join(map(str, st.leftovers))} — `llmctl down` cleans them")
 
 
-def _fit(rows: list[dict[str, Any]], width: int) -> list[str]:
-    """The status columns that fit `width`, whole: nothing a user copies (a name, a state,
-    a port) is ever cut; the columns at the end of the priority order give way first."""
-    def text(v: Any) -> str:
-        from rich.text import Text
+def fitted(rows: list[dict[str, str]], *, keep: Sequence[str], more: str,
+           gives_way: Sequence[str] | None = None, right: Sequence[str] = (),
+           console: Console | None = None) -> None:
+    """Print a table of `rows` (column → cell markup, in the order shown) that fits the
+    console, every cell whole: columns give way, the first of `gives_way` first (default:
+    the last column shown), until the rest fit, and a note says how many are left out
+    and where they all are (`more`, a command). The `keep` columns — names a user reads
+    or copies — never give way; in a terminal too narrow even for them, they fold onto
+    a second line rather than lose their end."""
+    from rich.cells import cell_len
+    from rich.text import Text
 
-        return v[0] if isinstance(v, tuple) else Text.from_markup(v).plain
-
+    con = console or out
     cols = list(rows[0])
-    widths = {c: max(len(c), *(len(text(r[c])) for r in rows)) + 2 for c in cols}  # padding
-    keep = ["MODEL", "NAME", "STATE", "PORT"]  # never dropped
-    while sum(widths[c] for c in cols) > width and len(cols) > len(keep):
-        cols.remove(next(c for c in reversed(cols) if c not in keep))
-    return cols
+    order = [c for c in (gives_way if gives_way is not None else reversed(cols))
+             if c not in keep]
+    widths = {c: max(cell_len(c), *(cell_len(Text.from_markup(r[c]).plain) for r in rows))
+              for c in cols}
+    # box=None, pad_edge=False: one space each side of a cell, none at the table's edges.
+    while sum(widths[c] + 2 for c in cols) - 2 > con.size.width and order:
+        cols.remove(order.pop(0))
+    t = Table(box=None, pad_edge=False)
+    for c in cols:
+        t.add_column(c, justify="right" if c in right else "left",
+                     no_wrap=c not in keep, overflow="fold")
+    for r in rows:
+        t.add_row(*(r[c] for c in cols))
+    con.print(t)
+    hidden = len(rows[0]) - len(cols)
+    if hidden:
+        con.print(f"[dim]({hidden} more column{'s' if hidden > 1 else ''} in a wider "
+                  f"terminal, or `{more}`)[/dim]")
+
+
+# A snapshot in a Hugging Face cache: the repo and the commit say it in a fifth of the width.
+_SNAPSHOT = re.compile(r"/models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{12})[0-9a-f]*/?$")
+
+
+def _weights(path: str | None) -> str:
+    """A backend's weights as `status` shows them: `org/name@commit` for a snapshot in a
+    Hugging Face cache (as `models` shows a revision), else the folder, with ~ for home."""
+    if not path:
+        return "-"
+    if m := _SNAPSHOT.search(path):
+        return f"{m[1]}/{m[2]}@{m[3]}"
+    home = os.path.expanduser("~")
+    return "~" + path[len(home):] if home != "/" and path.startswith(home + "/") else path
 
 
 def _kv_cell(reported: int | None, diff: float | None) -> str:
@@ -209,10 +230,7 @@ def plan_view(p: dict[str, Any]) -> None:
         for proc in g["processes"]:
             who = f"{proc['name']} (pid {proc['pid']})" if proc["pid"] else proc["name"]
             out.print(f"  held by {_escape(who)}: {_bytes(proc['used_bytes'])}")
-    t = Table(box=None, pad_edge=False)
-    for col in ("MODEL", "RUNS", "WHERE", "MEMORY", "MAX LEN", "SEQS", "KV TOKENS",
-                "FULL-LENGTH SEQS", "VLLM REPORTED"):
-        t.add_column(col)
+    rows = []
     for key, m in p["models"].items():
         runs = "always" if m.get("start", "always") == "always" else "on demand"
         if m.get("group"):
@@ -224,12 +242,18 @@ def plan_view(p: dict[str, Any]) -> None:
         else:
             where = f"cores {cores_spec(m['cores'])}"
             memory = f"KV {m['kv_cache_gib']} GiB"
-        t.add_row(key, _escape(runs), where, memory, str(m["max_model_len"]),
-                  str(m["max_num_seqs"]),
-                  f"{m['kv_tokens']:,}" if m["kv_tokens"] is not None else "?",
-                  f"{m['concurrency']:.2f}" if m["concurrency"] is not None else "?",
-                  _kv_cell(m.get("kv_tokens_reported"), m.get("kv_difference")))
-    out.print(t)
+        rows.append({
+            "MODEL": _escape(key), "WHERE": where, "MEMORY": memory, "RUNS": _escape(runs),
+            "MAX LEN": str(m["max_model_len"]), "SEQS": str(m["max_num_seqs"]),
+            "KV TOKENS": f"{m['kv_tokens']:,}" if m["kv_tokens"] is not None else "?",
+            "FULL-LENGTH SEQS": f"{m['concurrency']:.2f}" if m["concurrency"] is not None
+            else "?",
+            "VLLM REPORTED": _kv_cell(m.get("kv_tokens_reported"), m.get("kv_difference"))})
+    if rows:
+        # The split first; what vLLM reported exists only while the stack runs.
+        fitted(rows, keep=("MODEL", "WHERE", "MEMORY"), more="llmctl plan --json",
+               gives_way=("VLLM REPORTED", "RUNS", "SEQS", "MAX LEN", "FULL-LENGTH SEQS",
+                          "KV TOKENS"))
     for key, m in p["models"].items():
         out.print(f"[bold]{key}[/bold]" + (f"  ({_escape(m['facts']['quant_text'])}, "
                                            f"{_bytes(m['facts']['weight_bytes'])} of weights)"
@@ -240,16 +264,17 @@ def plan_view(p: dict[str, Any]) -> None:
         out.print(f"[yellow]note:[/yellow] {_escape(note)}", soft_wrap=True)
 
 
-def check_table(rows: list[Any], url: str | None) -> None:
+def check_table(rows: list[Any], url: str | None, console: Console | None = None) -> None:
     """`llmctl check`: a row per check, PASS / FAIL / skip, then the verdict."""
     t = Table(box=None, pad_edge=False)
-    for col in ("CHECK", "RESULT", "DETAIL"):
-        t.add_column(col)
+    t.add_column("CHECK", no_wrap=True)  # a name: whole; the detail is prose, and wraps
+    t.add_column("RESULT", no_wrap=True)
+    t.add_column("DETAIL")
     for r in rows:
         result = "[green]PASS[/green]" if r.ok else ("[red]FAIL[/red]" if r.ok is False
                                                     else "[dim]skip[/dim]")
         t.add_row(_escape(r.name), result, _escape(r.detail))
-    out.print(t)
+    (console or out).print(t)
     failed = [r.name for r in rows if r.ok is False]
     if failed:
         fail(f"{len(failed)} of {len(rows)} checks failed: {', '.join(failed)}",
@@ -272,10 +297,7 @@ def keys_table(rows: list[dict[str, Any]]) -> None:
         return f"{u['requests']:,} req, {u['prompt_tokens'] + u['completion_tokens']:,} tok" \
             + (f", {u['errors']:,} err" if u["errors"] else "")
 
-    t = Table(box=None, pad_edge=False)
-    for col in ("NAME", "KEY", "MODELS", "LIMITS", "CREATED", "EXPIRES", "LAST USED", "TODAY",
-                "TOTAL"):
-        t.add_column(col, no_wrap=True)
+    table = []
     for r in rows:
         limits = ", ".join(f"{r[k]} {label}" for k, label in (
             ("rpm", "rpm"), ("tpm", "tpm"), ("max_concurrent", "at once")) if r.get(k)) or "-"
@@ -286,10 +308,14 @@ def keys_table(rows: list[dict[str, Any]]) -> None:
             models = ", ".join(r["models"]) or "all"
             expires = ("[red]expired[/red] " if r["expired"] else "") + when(r["expires"]) \
                 if r["expires"] else "never"
-        t.add_row(_escape(r["name"]), shown, _escape(models), limits, when(r.get("created")),
-                  expires,
-                  when(r["last_used"]), tally(r["today"]), tally(r["total"]))
-    out.print(t)
+        table.append({"NAME": _escape(r["name"]), "KEY": _escape(shown),
+                      "MODELS": _escape(models), "LIMITS": limits,
+                      "CREATED": when(r.get("created")), "EXPIRES": expires,
+                      "LAST USED": when(r["last_used"]), "TODAY": tally(r["today"]),
+                      "TOTAL": tally(r["total"])})
+    # Whose key, which, for what: always; then its limits and use; when it was made last.
+    fitted(table, keep=("NAME", "KEY", "MODELS"), more="llmctl keys list --json",
+           gives_way=("CREATED", "TOTAL", "TODAY", "LAST USED", "LIMITS", "EXPIRES"))
 
 
 def size(n: int | None) -> str:
@@ -300,19 +326,21 @@ def models_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         out.print("no local models (`llmctl pull` downloads the configured ones)")
         return
-    t = Table(box=None, pad_edge=False)
-    for col in ("MODEL", "REVISION", "SIZE", "QUANTIZATION", "CONFIGURED", "SERVED", "PATH"):
-        t.add_column(col, overflow="fold")
+    table = []
     for r in rows:
         rev = (r["commit"] or "")[:12] or "-"
         if r["revision"] and r["revision"] not in ("main", r["commit"]):
             rev = f"{r['revision']} ({rev})"
-        if not r["complete"]:
-            rev += " [yellow](incomplete)[/yellow]"
-        t.add_row(_escape(str(r["source"])), rev, _bytes(int(r["bytes"])),
-                  _escape(str(r["quantization"] or "-")), ", ".join(r["configured"]) or "-",
-                  ", ".join(r["served"]) or "-", _escape(str(r["path"])))
-    out.print(t)
+        model = _escape(str(r["source"]))
+        if not r["complete"]:  # said beside the name: the revision may give way
+            model += " [yellow](incomplete)[/yellow]"
+        table.append({"MODEL": model, "REVISION": _escape(rev), "SIZE": _bytes(int(r["bytes"])),
+                      "QUANTIZATION": _escape(str(r["quantization"] or "-")),
+                      "CONFIGURED": _escape(", ".join(r["configured"]) or "-"),
+                      "SERVED": _escape(", ".join(r["served"]) or "-"),
+                      "PATH": _escape(str(r["path"]))})
+    fitted(table, keep=("MODEL", "SIZE"), more="llmctl models --json",
+           gives_way=("PATH", "QUANTIZATION", "REVISION", "SERVED", "CONFIGURED"))
     out.print(f"total {_bytes(sum(int(r['bytes']) for r in rows))} on disk")
     for r in rows:
         for name in r.get("mismatched") or []:
@@ -560,14 +588,18 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def bench_report(runs: list[Any], pcts: tuple[float, ...]) -> None:
+def bench_report(runs: list[Any], pcts: tuple[float, ...], console: Console | None = None
+                 ) -> None:
     """vLLM's result layout for one run; a row per run for a sweep or a comparison."""
+    con = console or out
     words = [str(int(p)) if int(p) == p else str(p) for p in pcts]
     if len(runs) == 1 and not runs[0].label:
         r = runs[0].result
         rows = [("Successful requests", str(r["completed"])),
                 ("Failed requests", str(r["failed"])),
-                ("Peak concurrent requests", str(r["max_concurrent_requests"])),
+                # vLLM's figure counts each one-second bucket: beside it, the true peak.
+                ("Peak requests in flight", str(r.get("peak_in_flight_requests", "-"))),
+                ("Peak concurrent requests (vLLM, per 1 s)", str(r["max_concurrent_requests"])),
                 ("Benchmark duration (s)", f"{r['duration']:.2f}"),
                 ("Total input tokens", str(r["total_input_tokens"])),
                 ("Total generated tokens", str(r["total_output_tokens"])),
@@ -586,33 +618,36 @@ def bench_report(runs: list[Any], pcts: tuple[float, ...]) -> None:
         t.add_column(justify="right")
         for k, v in rows:
             t.add_row(k, v)
-        out.print(t)
+        con.print(t)
     else:
         w = words[-1]
-        t = Table(box=None, pad_edge=False)
-        for col in ("RUN", "DONE", "FAILED", "REQ/S", "OUT TOK/S", "TTFT P50", f"TTFT P{w}",
-                    "TPOT P50", "ITL P50", "E2EL P50", ""):
-            t.add_column(col, justify="left" if col in ("RUN", "") else "right")
         peak = max((r.result["output_throughput"] for r in runs), default=0) or 1
+        table = []
         for run in runs:
             r = run.result
             bar = "█" * max(1, round(20 * r["output_throughput"] / peak))
-            t.add_row(run.label, str(r["completed"]), str(r["failed"]),
-                      f"{r['request_throughput']:.2f}", f"{r['output_throughput']:.1f}",
-                      _ms(r["median_ttft_ms"]), _ms(r[f"p{w}_ttft_ms"]),
-                      _ms(r["median_tpot_ms"]), _ms(r["median_itl_ms"]),
-                      _ms(r["median_e2el_ms"]), f"[cyan]{bar}[/cyan]")
-        out.print(t)
+            table.append({
+                "RUN": _escape(run.label), "DONE": str(r["completed"]),
+                "FAILED": str(r["failed"]), "REQ/S": f"{r['request_throughput']:.2f}",
+                "OUT TOK/S": f"{r['output_throughput']:.1f}",
+                "TTFT P50": _ms(r["median_ttft_ms"]), f"TTFT P{w}": _ms(r[f"p{w}_ttft_ms"]),
+                "TPOT P50": _ms(r["median_tpot_ms"]), "ITL P50": _ms(r["median_itl_ms"]),
+                "E2EL P50": _ms(r["median_e2el_ms"]), "": f"[cyan]{bar}[/cyan]"})
+        fitted(table, keep=("RUN", "DONE", "FAILED", "OUT TOK/S"),
+               more="llmctl bench --save-json FILE", console=con,
+               right=[c for c in table[0] if c not in ("RUN", "")],
+               gives_way=("", "ITL P50", "E2EL P50", "TPOT P50", f"TTFT P{w}", "REQ/S",
+                          "TTFT P50"))
         labels = [run.label for run in runs]
         if labels[:2] == ["direct", "proxy"] and len(runs) == 2:
             d, p = runs[0].result, runs[1].result
-            out.print(f"proxy − direct: TTFT p50 {p['median_ttft_ms'] - d['median_ttft_ms']:+.2f}"
+            con.print(f"proxy − direct: TTFT p50 {p['median_ttft_ms'] - d['median_ttft_ms']:+.2f}"
                       f" ms, TTFT p{w} {p[f'p{w}_ttft_ms'] - d[f'p{w}_ttft_ms']:+.2f} ms, TPOT "
                       f"p50 {p['median_tpot_ms'] - d['median_tpot_ms']:+.2f} ms, output "
                       f"throughput {p['output_throughput'] / (d['output_throughput'] or 1):.1%}"
                       " of direct", soft_wrap=True)
     if any(run.interrupted for run in runs):
-        out.print("[yellow]interrupted: the figures cover the requests that finished[/yellow]")
+        con.print("[yellow]interrupted: the figures cover the requests that finished[/yellow]")
 
 
 class StartProgress(_LiveView):

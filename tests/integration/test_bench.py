@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,8 +23,8 @@ FIRST, GAP, TOKENS = 0.10, 0.05, 6
 CHECK_TIMEOUT = 15  # bench.check's client timeout, in seconds
 
 
-def bench(*args: str, home: Path, **kw) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LLMCTL_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"}
+def bench(*args: str, home: Path, columns: int = 200, **kw) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LLMCTL_HOME": str(home), "NO_COLOR": "1", "COLUMNS": str(columns)}
     env.pop("LLMCTL_API_KEY", None)
     return subprocess.run([sys.executable, "-m", "llmctl", "bench", *args], env=env,
                           capture_output=True, text=True, timeout=120, **kw)
@@ -53,6 +54,11 @@ def test_figures_match_the_timing_the_server_was_given(timed, tmp_path):
     assert e2el <= res["median_e2el_ms"] / 1000 < e2el + 0.1
     # vLLM counts the requests active in each one-second bucket: all 12 fit in ~1.2 s.
     assert 4 <= res["max_concurrent_requests"] <= 12
+    # The true peak is the limit, and the report says which figure is which.
+    assert res["peak_in_flight_requests"] == 4
+    assert re.search(r"^Peak requests in flight +4$", r.stdout, re.M)
+    assert re.search(r"^Peak concurrent requests \(vLLM, per 1 s\) +"
+                     f"{res['max_concurrent_requests']}$", r.stdout, re.M)
     assert len(res["ttfts"]) == 12 and len(res["itls"][0]) == TOKENS - 1
     assert "Successful requests" in r.stdout and "Median TTFT (ms)" in r.stdout
 
@@ -63,6 +69,22 @@ def test_a_sweep_gives_a_row_per_concurrency(timed, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [ln for ln in r.stdout.splitlines() if ln.startswith(("c=1", "c=4"))]
     assert len(rows) == 2 and "█" in rows[1]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_a_sweep_fits_the_terminal(timed, tmp_path, width):
+    r = bench("--url", timed.url, "--model", "timed", "--num-prompts", "4", "--output-len", "2",
+              "--sweep", "1,16", home=tmp_path, columns=width)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert all(len(x.rstrip()) <= width for x in lines), lines
+    head = next(x for x in lines if x.startswith("RUN "))
+    assert re.split(r" {2,}", head.strip())[:4] == ["RUN", "DONE", "FAILED", "REQ/S"]
+    assert "…" not in r.stdout
+    assert [x.split()[0] for x in lines if x.startswith("c=")] == ["c=1", "c=16"]
+    if width == 80:
+        assert re.search(r"\(\d+ more columns? in a wider terminal, or `llmctl bench "
+                         r"--save-json FILE`\)", r.stdout)
 
 
 @pytest.mark.parametrize("args, needle", [

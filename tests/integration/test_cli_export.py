@@ -111,7 +111,7 @@ def test_production_stack_values_and_the_front_config_as_files(home, tmp_path):
     assert "sk-shell-only-key" not in (out / "shell.toml").read_text() + shell.stdout
 
     again = llmctl(home, "export", "production-stack", "-o", "values.yaml", "--proxy", cwd=out)
-    assert again.returncode == 2 and "llmctl-proxy.toml already exists" in again.stderr
+    assert again.returncode == 1 and "llmctl-proxy.toml already exists" in again.stderr
     assert "hint: pass --force" in again.stderr
 
 

@@ -40,10 +40,21 @@ def test_every_metric_of_a_known_timeline():
     assert r["output_lens"] == [4, 2, 0] and r["errors"] == ["", "", "HTTP 503"]
 
 
+def test_the_true_peak_in_flight_beside_vllms_one_second_buckets():
+    # --max-concurrency 4: four requests of 0.4 s, then four more as those end.
+    waves = [Outcome(True, output_tokens=1, ttft=0.1, latency=0.4, start_time=100.0 + t)
+             for t in (0, 0, 0, 0, 0.4, 0.4, 0.4, 0.4)]
+    r = metrics(waves, duration=0.8)
+    assert r["max_concurrent_requests"] == 8  # all eight touch the first second
+    assert r["peak_in_flight_requests"] == 4  # a request that ends as one starts: not both
+    # The known timeline: a ends at 100.3, b starts at 100.5: one at a time.
+    assert metrics(timeline(), duration=1.0)["peak_in_flight_requests"] == 1
+
+
 def test_no_successful_request_gives_zeros_not_a_crash():
     r = metrics([Outcome(False, error="x")], duration=2.0)
     assert r["completed"] == 0 and r["failed"] == 1 and r["mean_ttft_ms"] == 0
-    assert r["max_output_tokens_per_s"] == 0
+    assert r["max_output_tokens_per_s"] == 0 and r["peak_in_flight_requests"] == 0
 
 
 def test_percentile_is_numpys_linear_one():

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from llmctl.chat import Session, one_shot, repl
+from llmctl.chat import Session, one_shot, open_fence, repl
 from llmctl.errors import ApiError, UsageError
 from llmctl.ui import split_blocks
 
@@ -161,6 +161,49 @@ def test_save_writes_the_conversation_as_markdown(tmp_path):
     assert screen.errors and screen.errors[-1].startswith("cannot write")
 
 
+def test_save_files_each_answer_under_its_model_and_closes_what_was_cut(tmp_path):
+    cut = text("Here:\n\n```python\ndef f():\n", "    return [") + [KeyboardInterrupt()]
+    client = Script(text("Hello."), cut, [KeyboardInterrupt()], text("Bye."))
+    s = Session(client, "smollm2-general")
+    screen = Screen()
+    repl(s, lines("hi", "/model coder", "a function", "never mind", "/model general", "bye",
+                  f"/save {tmp_path / 'chat.md'}"), screen)
+    md = (tmp_path / "chat.md").read_text()
+    assert md == ("# Chat with smollm2-general, smollm2-coder\n\n"
+                  "## You\n\nhi\n\n## smollm2-general\n\nHello.\n\n"
+                  "## You\n\na function\n\n## smollm2-coder\n\n"
+                  "Here:\n\n```python\ndef f():\n    return [\n```\n\n*(cut short)*\n\n"
+                  "## You\n\nbye\n\n## smollm2-general\n\nBye.\n")
+    # Stopped before its first token: the question was taken back, and is not sent again.
+    assert [m["content"] for m in client.calls[3][1]] == [
+        "hi", "Hello.", "a function", "Here:\n\n```python\ndef f():\n    return [", "bye"]
+
+
+@pytest.mark.parametrize("answer, fence", [
+    ("no code", None), ("```\nx\n```", None), ("```py\nx", "```"),
+    ("````md\n```py\nx\n```\n", "````"), ("  ```\nindented", "```"),
+])
+def test_an_open_code_fence_is_found(answer, fence):
+    assert open_fence(answer) == fence
+
+
+def test_ctrl_c_at_the_prompt_keeps_the_chat_and_says_how_to_leave():
+    typed = iter([KeyboardInterrupt(), "still here?", KeyboardInterrupt()])
+
+    def read(prompt: str) -> str:
+        for x in typed:
+            if isinstance(x, BaseException):
+                raise x
+            return x
+        raise EOFError  # Ctrl-D
+
+    client = Script(text("yes"))
+    screen = Screen()
+    repl(Session(client, "m"), read, screen)
+    assert screen.out == "yes\n" and len(client.calls) == 1
+    assert screen.talk.count("(Ctrl-D or /exit leaves the chat)") == 2
+
+
 def test_one_shot_prints_only_the_answer():
     client = Script(text("42", tokens=1))
     screen = Screen()
@@ -196,4 +239,5 @@ def test_an_unforeseen_error_still_gives_the_terminal_back():
     with pytest.raises(RuntimeError):
         s.ask("hi", screen)
     assert ended == [True]  # the view was closed (echo back on), the partial answer kept
-    assert s.history[-1] == {"role": "assistant", "content": "half"}
+    assert s.messages()[-1] == {"role": "assistant", "content": "half"}
+    assert s.history[-1]["cut"]

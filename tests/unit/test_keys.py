@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from llmctl import keys
-from llmctl.errors import ConfigError, UsageError
+from llmctl.errors import ConfigError, ConflictError, UsageError
 
 
 def test_add_stores_only_a_digest_in_a_private_file(tmp_path):
@@ -47,7 +47,7 @@ def test_bad_input_is_a_usage_error(tmp_path, call, needle):
 def test_a_second_key_with_the_same_name_is_refused(tmp_path):
     p = tmp_path / "keys.toml"
     keys.add("alice", p=p)
-    with pytest.raises(UsageError, match="exists"):
+    with pytest.raises(ConflictError, match="exists"):
         keys.add("alice", p=p)
 
 
