@@ -319,11 +319,12 @@ def plan(
 ) -> None:
     """Show the memory split `up` would use, with the arithmetic (and, while the stack
     runs, the KV cache vLLM reported beside the planned one)."""
-    from . import gpu, state
+    from . import build, gpu, state
     from .survey import survey
 
     # Without models in the file, the defaults follow the (assumed) device.
     cfg = cfgmod.load(path, device=gpu.assumed(assume).device if assume else gpu.detect_device)
+    build.check(cfg, _ui().say, refuse=False)  # an untested vLLM: one warning line
     s = survey(cfg, assume=assume, ask_hub=True)
     running = None if assume else state.running_stack()
     data = s.as_dict({k: getattr(b, "kv_tokens_reported", None)
@@ -629,7 +630,7 @@ def up(
         "--no-pull", help="Fail instead of downloading a model that is not pulled.")] = False,
 ) -> None:
     """Start the stack: pull what is missing, start the daemon, wait until the models are ready."""
-    from . import stack, state
+    from . import build, stack, state
 
     ui = _ui()
     t_begin = time.monotonic()
@@ -637,6 +638,7 @@ def up(
     if running is not None and not restart:
         _already_up(ui, path, running)
         return
+    build.check(_load(path), ui.say)  # an untested vLLM warns; one that cannot run refuses
     cfg = stack.prepare(path, restart=restart, no_pull=no_pull, say=ui.note,
                         pull_progress=ui.PullProgress)
     if foreground:
@@ -743,10 +745,12 @@ def check(
     """Check the install (vLLM imports, no torchvision trap, ports, weights) and the running
     stack as a client uses it (health, keys, models, a chat per model, streaming, errors);
     exit 1 when anything fails."""
+    from . import build, state
     from . import check as checks
-    from . import state
 
     cfg = _load(path)
+    if not url:  # the install is checked: an untested vLLM warns, one that cannot run refuses
+        build.check(cfg, _ui().say)
     rows = [] if url else checks.install(cfg)
     running = state.running_stack()
     target = url or (running.proxy_url if running else None)
