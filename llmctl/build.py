@@ -119,12 +119,17 @@ def mismatch(builds: list[Build], configured: str, gpu_seen: bool) -> ConfigErro
         return None
     b = builds[0]
     device = configured if configured != "auto" else ("cuda" if gpu_seen else "cpu")
-    if b.device == device or (device == "cuda" and not gpu_seen):
-        return None  # no GPU for "cuda": the planner's "NVML sees no GPU" is the real problem
+    if b.device == device:
+        return None
+    build = f"the installed vLLM is {b.kind} ({b})"
+    if device == "cuda" and not gpu_seen:  # the planner's own words, and what is installed
+        return ConfigError(f"engine.device is cuda, but NVML sees no GPU, and {build}",
+                           'set device = "cpu" (or "auto") under [engine]; where a GPU '
+                           "should be seen, `nvidia-smi` tells whether its driver answers")
     if configured == "auto":
-        said = f'NVML sees {"a" if gpu_seen else "no"} GPU (engine.device is "auto")'
+        said = f"NVML sees {'a' if gpu_seen else 'no'} GPU (engine.device is auto)"
     else:
-        said = f'engine.device is "{configured}"'
+        said = f"engine.device is {configured}"
     if device == "cuda":
         hint = 'install the CUDA build (`bash scripts/setup.sh --gpu`), or set device = "cpu"'
     elif gpu_seen:
@@ -132,8 +137,8 @@ def mismatch(builds: list[Build], configured: str, gpu_seen: bool) -> ConfigErro
     else:
         hint = "install the CPU build (`bash scripts/setup.sh --cpu`)" + (
             ", or check the NVIDIA driver (`nvidia-smi`)" if configured == "auto" else "")
-    return ConfigError(f"{said}, but the installed vLLM is {b.kind} ({b}), which cannot run "
-                       f"on {'a GPU' if device == 'cuda' else 'the CPU'}",
+    return ConfigError(f"{said}, but {build}, which cannot run on "
+                       f"{'a GPU' if device == 'cuda' else 'the CPU'}",
                        hint + (" under [engine]" if "device =" in hint else ""))
 
 

@@ -59,7 +59,7 @@ def test_a_cuda_build_on_the_cpu_is_refused_in_one_line(home, command):
     assert lines[0] == ("warning: vllm 0.34.0 is installed, but llmctl is tested with "
                         "vllm>=0.32,<0.33 (its memory plan follows that vLLM's arithmetic): "
                         "`pip install 'vllm>=0.32,<0.33'`")
-    assert lines[1] == ('error: engine.device is "cpu", but the installed vLLM is the CUDA '
+    assert lines[1] == ("error: engine.device is cpu, but the installed vLLM is the CUDA "
                         "build (vllm 0.34.0), which cannot run on the CPU")
     assert lines[2].startswith("hint: install the CPU build (`bash scripts/setup.sh --cpu`)")
     assert len(lines) == 3
