@@ -336,11 +336,12 @@ def plan(
 
     While the stack runs, the KV cache vLLM reported stands beside the
     planned one."""
-    from . import gpu, state
+    from . import build, gpu, state
     from .survey import survey
 
     # Without models in the file, the defaults follow the (assumed) device.
     cfg = cfgmod.load(path, device=gpu.assumed(assume).device if assume else gpu.detect_device)
+    build.check(cfg, _ui().say, refuse=False)  # an untested vLLM: one warning line
     s = survey(cfg, assume=assume, ask_hub=True)
     running = None if assume else state.running_stack()
     data = s.as_dict({k: getattr(b, "kv_tokens_reported", None)
@@ -660,7 +661,7 @@ def up(
     """Start the stack and wait until its models are ready.
 
     Pulls what is missing, starts the daemon, waits until the models are ready."""
-    from . import stack, state
+    from . import build, stack, state
 
     ui = _ui()
     t_begin = time.monotonic()
@@ -668,6 +669,7 @@ def up(
     if running is not None and not restart:
         _already_up(ui, path, running)
         return
+    build.check(_load(path), ui.say)  # an untested vLLM warns; one that cannot run refuses
     cfg = stack.prepare(path, restart=restart, no_pull=no_pull, say=ui.note,
                         pull_progress=ui.PullProgress)
     if foreground:
@@ -778,10 +780,12 @@ def check(
     The install: vLLM imports, no torchvision trap, ports, weights. The stack,
     as a client uses it: health, keys, models, a chat per model, streaming,
     errors."""
+    from . import build, state
     from . import check as checks
-    from . import state
 
     cfg = _load(path)
+    if not url:  # the install is checked: an untested vLLM warns, one that cannot run refuses
+        build.check(cfg, _ui().say)
     rows = [] if url else checks.install(cfg)
     running = state.running_stack()
     target = url or (running.proxy_url if running else None)
