@@ -130,6 +130,7 @@ class Backend:
         # At rest by design (on demand, swapped out, idle): a request starts it; `up` does
         # not wait for it, and `status` says "on demand".
         self.resting = model.managed and model.on_demand
+        self.held = False  # stopped by `llmctl stop`: only `llmctl start` brings it back
         self._stopping = False
 
     @property
@@ -712,6 +713,11 @@ class Supervisor:
         if b.state == State.FATAL:  # it will not come back by itself: no Retry-After
             again = f"; `llmctl start {b.model.key}` tries again" if b.model.managed else ""
             return NotServing(503, f"model '{name}' has failed{why}{again}", "model_failed")
+        if getattr(b, "held", False) and b.state == State.STOPPED:
+            # Stopped by hand: it will not come back by itself, so no Retry-After (and
+            # the proxy tells the openai SDKs not to retry).
+            return NotServing(503, f"model '{name}' was stopped by `llmctl stop`; "
+                              f"`llmctl start {b.model.key}` starts it again", "model_stopped")
         if not b.demandable or self._closing:
             return NotServing(503, f"model '{name}' is {b.state.lower()}{why}",
                               "model_not_ready", retry_after=10)
@@ -756,6 +762,7 @@ class Supervisor:
             raise NotServing(400, f"model '{b.model.name}' is served from {b.url}; llmctl "
                              "does not start it", "not_managed")
         b.retry("starting again by hand")
+        b.held = False
         if b.state == State.RUNNING and not b.draining:
             return
         task = self._bring_up(b)
@@ -768,6 +775,7 @@ class Supervisor:
         again = "a request starts it again" if b.demandable else \
             f"`llmctl start {b.key}` starts it again"
         async with self._lock(b):
+            b.held = not b.demandable  # a request may not start it: it stays stopped
             if b.state in (State.STOPPED, State.FATAL) and b.proc is None:
                 return
             await self._swap_out(b, f"stopped by `llmctl stop`; {again}", sleep=False)

@@ -208,8 +208,10 @@ class Forwarder:
                              up_headers, id_header, send)
         except NotServing as e:
             ex.status = e.status
+            # When it will not come back by itself, say so: the openai SDKs retry every 5xx
+            # (with or without Retry-After) unless told not to.
             headers = [(b"retry-after", b"%d" % math.ceil(e.retry_after))] \
-                if e.retry_after else []
+                if e.retry_after else [(b"x-should-retry", b"false")]
             await send_json(send, e.status, Refused(e.status, e.message, e.code).body(),
                             headers + id_header)
 

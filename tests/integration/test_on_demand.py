@@ -9,6 +9,7 @@ import json
 import time
 
 import httpx
+import openai
 import pytest
 
 from llmctl.logs import START_MARK
@@ -180,6 +181,15 @@ def test_start_and_stop_by_hand(denv):
     assert denv.run("stop", "coder").returncode == 0
     r = denv.ask("fake-coder")
     assert r.status_code == 503 and "llmctl start coder" in r.json()["error"]["message"]
+    # What it is, and no retries: it will not come back by itself.
+    assert r.json()["error"]["code"] == "model_stopped"
+    assert r.headers["x-should-retry"] == "false" and "retry-after" not in r.headers
+    client = openai.OpenAI(base_url=denv.url + "/v1", api_key=KEY, max_retries=2)
+    t0 = time.monotonic()
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="fake-coder", max_tokens=2,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert time.monotonic() - t0 < 2  # the SDK did not wait and retry
     assert denv.run("start", "coder").returncode == 0
     assert denv.ask("fake-coder").status_code == 200
     # Bad input is one line.
