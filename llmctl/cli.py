@@ -718,6 +718,8 @@ def up(
 
 
 def _already_up(ui: Any, path: Path | None, running: Any) -> None:
+    """`up` while a stack runs: say so, and whether the config asked for is the one
+    running (its path and its content); a broken one is reported, not passed over."""
     from .lifecycle import ON_THE_WAY
 
     starting = [k for k, b in running.backends.items()
@@ -728,22 +730,34 @@ def _already_up(ui: Any, path: Path | None, running: Any) -> None:
     else:
         ui.ok(f"already up: proxy at {running.proxy_url or '?'} "
               "(`llmctl status` for details)")
+    again = "llmctl up --restart" + (f" -c {path}" if path is not None else "")
     try:
         cfg = _load(path)
-    except LlmctlError:
-        return
+    except LlmctlError as e:
+        raise ConfigError(e.message, (e.hint + "; " if e.hint else "") + "the running stack "
+                          f"is untouched; once the file is fixed, `{again}` applies it") from None
+    ran = Path(running.config_path).resolve() if running.config_path else None
+    asked = cfg.path.resolve() if cfg.path else None
+    other_file = ran != asked
+    if other_file:
+        ui.say(f"the running stack was started from {ran or 'the built-in defaults'}, not "
+               f"{asked or 'the built-in defaults'}")
     if running.config_digest in (None, cfgmod.digest(cfg)):
+        if other_file:
+            ui.say("  (their settings are the same)")
         return
     import difflib
 
     diff = difflib.unified_diff(str(running.config_toml or "").splitlines(),
                                 cfgmod.to_toml(cfg).splitlines(), "running", "config file",
                                 lineterm="", n=0)
-    ui.say("the config file differs from the running stack:")
+    ui.say("the config file differs from the running stack:" if not other_file else
+           "its settings differ from the running stack's:")
     for line in diff:
         if not line.startswith(("---", "+++", "@@")):
             ui.say(f"  {line}")
-    ui.say("hint: `llmctl up --restart` applies it (the stack stops, then starts again)")
+    ui.say(f"hint: `{again}` " + ("switches to it" if other_file else "applies it")
+           + " (the stack stops, then starts again)")
 
 
 def _tail(p: Path, n: int = 15) -> list[str]:

@@ -415,7 +415,9 @@ def load(path: Path | None = None, *, device: str | Callable[[], str] = "cpu",
     is called only then, so callers can pass a lazy NVML probe.
     """
     env = os.environ if env is None else env
-    explicit = path is not None
+    # A file named by -c or by LLMCTL_CONFIG must be there: a typo is an error, never a
+    # silent fall-back to the defaults.
+    named = "-c" if path is not None else "LLMCTL_CONFIG" if env.get("LLMCTL_CONFIG") else None
     path = path if path is not None else config_path()
     raw: dict[str, Any] = {}
     text = ""
@@ -430,9 +432,12 @@ def load(path: Path | None = None, *, device: str | Callable[[], str] = "cpu",
             raise ConfigError(f"{path}: TOML syntax error: {e}",
                               "fix the line named above; `llmctl config init --force` "
                               "writes a fresh starter file") from None
-    elif explicit:
-        raise ConfigError(f"{path}: no such config file",
-                          "create one with `llmctl config init`")
+    elif named:
+        raise ConfigError(f"{path}: no such config file"
+                          + (" (named by LLMCTL_CONFIG)" if named == "LLMCTL_CONFIG" else ""),
+                          "create one with `llmctl config init`"
+                          + (", or unset LLMCTL_CONFIG for the default file"
+                             if named == "LLMCTL_CONFIG" else ""))
     return parse(raw, path if path.exists() else None, text, device=device, env=env)
 
 

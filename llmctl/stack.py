@@ -159,7 +159,8 @@ def prepare(path: Path | None, *, restart: bool, no_pull: bool, say: Say,
     from .engine import python_for
     from .survey import survey
 
-    first_run = path is None and not cfgmod.config_path().exists()
+    first_run = path is None and not os.environ.get("LLMCTL_CONFIG") and \
+        not cfgmod.config_path().exists()
     cfg = load_config(path)
     if not first_run and all(hub.resolve(m.source) for m in cfg.models if m.managed):
         # A plan that cannot fit fails here, as one line, before anything is stopped.

@@ -221,6 +221,45 @@ def test_up_with_a_changed_config_says_what_differs_and_restart_applies_it(env):
     assert env.status()["backends"]["general"]["name"] == "fake-general-2"
 
 
+def test_up_with_another_config_file_says_which_runs_and_how_to_switch(env, tmp_path):
+    assert env.run("up", "--timeout", "60").returncode == 0
+    other = tmp_path / "other.toml"
+    other.write_text((env.home / "config.toml").read_text().replace(
+        'name = "fake-coder"', 'name = "fake-coder-2"'))
+    r = env.run("up", "-c", str(other))
+    assert r.returncode == 0, r.stderr
+    assert "already up" in r.stderr
+    assert f"started from {(env.home / 'config.toml').resolve()}, not {other}" in r.stderr
+    assert '+name = "fake-coder-2"' in r.stderr
+    assert f"`llmctl up --restart -c {other}` switches to it" in r.stderr
+    # The same settings in another file: said too.
+    same = tmp_path / "same.toml"
+    same.write_text((env.home / "config.toml").read_text())
+    r = env.run("up", "-c", str(same))
+    assert r.returncode == 0 and "their settings are the same" in r.stderr
+    # A broken file is reported, and the running stack is left alone.
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[proxy\nport = 1\n")
+    r = env.run("up", "-c", str(broken))
+    assert r.returncode == 1
+    assert f"{broken}: TOML syntax error" in r.stderr and "Traceback" not in r.stderr
+    assert "the running stack is untouched" in r.stderr
+    assert env.status()["backends"]["coder"]["state"] == "RUNNING"
+
+
+def test_llmctl_config_naming_a_missing_file_is_an_error_like_dash_c(env, tmp_path):
+    missing = tmp_path / "nope.toml"
+    by_flag = env.run("plan", "-c", str(missing))
+    env.env["LLMCTL_CONFIG"] = str(missing)
+    by_env = env.run("plan")
+    for r in (by_flag, by_env, env.run("up")):
+        assert r.returncode == 1, r.stderr
+        assert f"{missing}: no such config file" in r.stderr and "Traceback" not in r.stderr
+    assert "named by LLMCTL_CONFIG" in by_env.stderr and "unset LLMCTL_CONFIG" in by_env.stderr
+    assert not missing.exists()  # no starter file written in its place
+    assert env.status()["daemon"]["running"] is False
+
+
 def test_down_lets_in_flight_requests_finish(env):
     import threading
 
