@@ -135,6 +135,13 @@ class ProxyConfig:
                                  "admin key")
     web: bool = setting(True, "serve the web page (chat and live status) at /")
     max_body_bytes: int = setting(10_000_000, "larger request bodies get 413", ge=1)
+    max_connections: int = setting(1000, "client connections open at once; at the cap the "
+                                   "quietest idle one is closed for a new one (lowered to "
+                                   "what the file-descriptor limit allows)", ge=16)
+    header_timeout: float = setting(10.0, "seconds a client has to send a request's headers",
+                                    what="a number of seconds", gt=0)
+    max_header_bytes: int = setting(65536, "a request line and headers over this get 431",
+                                    ge=1024)
     max_queue_per_model: int = setting(100, "requests in flight per model before 429 + "
                                        "Retry-After", ge=1)
     request_timeout: float = setting(600.0, "seconds a backend may stay silent before 504",

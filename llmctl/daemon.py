@@ -1,7 +1,7 @@
 """The daemon: one event loop running the supervisor and the proxy; signals; drain.
 
-May import: config, engine, errors, files, fim, gpu, hub, keys, procs, proxy, report, stack, state,
-supervisor, survey, usage.
+May import: config, engine, errors, files, fim, gpu, hub, keys, procs, proxy, proxy.conns,
+report, stack, state, supervisor, survey, usage.
 Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached;
 it logs to logs/daemon.log, rotated, and anything printed lands in logs/daemon.out)
 or in the foreground by `llmctl up --foreground` (logs on stderr).
@@ -140,7 +140,8 @@ class Daemon:
         proxy = Proxy(self.backends, self.cfg.proxy, supervisor,
                       status=lambda: status_report().as_dict(),
                       keys_path=keys.path())
-        server = uvicorn.Server(uvicorn_config(proxy, host, port, self.cfg.proxy.drain_seconds))
+        server = uvicorn.Server(uvicorn_config(proxy, host, port, self.cfg.proxy.drain_seconds,
+                                               self.cfg.proxy))
 
         async def start_backends() -> None:
             # Wait until the proxy listens, so `up` can watch /ready from the start.
@@ -218,14 +219,24 @@ async def every(seconds: float, what: str, job: Callable[[], Any], *,
                 failing = None
 
 
-def uvicorn_config(app, host: str, port: int, drain_seconds: float = 10.0):
+def uvicorn_config(app, host: str, port: int, drain_seconds: float = 10.0,
+                   proxy_cfg: cfgmod.ProxyConfig | None = None):
     """The proxy's server settings, shared by the daemon and the benchmark."""
     import importlib.util
 
     import uvicorn
 
     # httptools parses HTTP/1.1 several times faster than h11; both ship with uvicorn[standard].
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    http: Any = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    if http == "httptools":
+        from .proxy.conns import Guard, connection_cap, guarded, raise_fd_limit
+
+        p = proxy_cfg or cfgmod.ProxyConfig()
+        cap = connection_cap(p.max_connections, raise_fd_limit())
+        if cap < p.max_connections:
+            log.warning("at most %d client connections (the file-descriptor limit allows "
+                        "no more; max_connections = %d)", cap, p.max_connections)
+        http = guarded(Guard(cap, p.header_timeout, p.max_header_bytes))
     # log_config=None: uvicorn's own lines (a malformed request…) go to the daemon's
     # rotated log, not to stderr, which is daemon.out when detached.
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
@@ -245,7 +256,7 @@ def serve_proxy_forever(backends, proxy_cfg: cfgmod.ProxyConfig, keys_path: Path
                                                   max_queue=proxy_cfg.max_queue_per_model),
                   keys_path=keys_path)
     server = uvicorn.Server(uvicorn_config(proxy, proxy_cfg.host, proxy_cfg.port,
-                                           proxy_cfg.drain_seconds))
+                                           proxy_cfg.drain_seconds, proxy_cfg))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(server.serve())
 

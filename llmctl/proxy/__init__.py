@@ -12,6 +12,7 @@ May import: proxy.app. Measured with tests/perf/bench_proxy.py (numbers in CHANG
     models.py    Routable and Control (what the proxy reads and asks), lookup by name
     metrics.py   Prometheus series, the usage tally, the page's totals
     answers.py   the error shape, refusals, a backend's error in that shape
+    conns.py     connection cap with eviction, head timeout and size (uvicorn's protocol)
 """
 
 from .app import Proxy
