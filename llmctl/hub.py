@@ -523,6 +523,19 @@ def special_tokens(folder: Path) -> set[str]:
     return found
 
 
+# The demo model as `prepare_demo` leaves it (SmolLM2-135M-Instruct in bf16), measured with
+# hub.facts on the prepared folder and checked against it by the e2e tier: so `plan` gives
+# the same answer before the first `up` has prepared it as after.
+DEMO_FACTS = ModelFacts(weight_bytes=269_030_016, layers=30, kv_heads=3, head_dim=64,
+                        hidden_size=576, heads=9, intermediate_size=1536, vocab_size=49152,
+                        max_positions=8192, architecture="LlamaForCausalLM", dtype="bfloat16")
+
+
+def known_facts(source: str) -> ModelFacts | None:
+    """Facts llmctl knows without the folder or the hub: the demo model's."""
+    return DEMO_FACTS if source == DEMO_SOURCE else None
+
+
 def facts(folder: Path) -> ModelFacts | None:
     """The model's facts from its folder; None when config.json is unreadable."""
     try:

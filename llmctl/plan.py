@@ -603,9 +603,10 @@ def _plan_gpu_blind(models: list[ModelConfig], r: Readings, unknown: list[ModelC
             max_num_batched_tokens=batched_tokens(g), planned_bytes=int(util * total),
             why=(f"GPU {g.index}: {_gib(g.free_bytes)} free of {_gib(total)} → {usable:.3f} "
                  f"usable; " + (f"memory = {util} (from the config)" if m.key in fixed else
-                                f"split evenly → {util:.3f}"),))
-    notes = tuple(f"{m.key}: facts unknown ({m.source} is not local), so the split is even; "
-                  "`llmctl pull` it for the real arithmetic" for m in unknown)
+                                f"facts unknown: no arithmetic, only an even split "
+                                f"→ {util:.3f}"),))
+    notes = tuple(f"{m.key}: facts unknown ({m.source} is not local): its memory is a "
+                  "guess, not a plan; `llmctl pull` it for the real arithmetic" for m in unknown)
     card = CardPlan(g, _headroom(g), tuple(m.key for m in models),
                     sum(p.planned_bytes + CUDA_CONTEXT for p in out.values())
                     + sum(residual.values()))

@@ -87,18 +87,30 @@ def survey(cfg: Config, *, assume: str | None = None, ask_hub: bool = False,
     folders = {m.key: hub.resolve(m.source) for m in cfg.models if m.managed}
     facts: dict[str, hub.ModelFacts | None] = {}
     notes = []
+    unknown_why: dict[str, str] = {}
     for m in cfg.models:
         if not m.managed:
             continue
         folder = folders[m.key]
         if folder is not None:
             facts[m.key] = hub.facts(folder)
+        elif (known := hub.known_facts(m.source)) is not None:
+            facts[m.key] = known  # the demo, before the first `up` prepares it
         elif ask_hub and not hub.is_local(m.source):
             facts[m.key], why = hub.remote_facts(m.source)
-            notes.append(f"{m.key}: {m.source} is not downloaded; "
-                         + ("facts from the hub's metadata" if facts[m.key] else why))
+            # When the hub cannot say either, the planner's own note says the facts are
+            # unknown (one note a model, not two).
+            if facts[m.key] is not None:
+                notes.append(f"{m.key}: {m.source} is not downloaded; facts from the "
+                             "hub's metadata")
+            else:
+                unknown_why[m.key] = why
         else:
             facts[m.key] = None
-    return Survey(device, readings, folders, facts,
-                  plan.plan(cfg, readings, facts, device=device), tuple(notes),
+    planned = plan.plan(cfg, readings, facts, device=device)
+    if unknown_why:  # the planner says the facts are unknown; say why beside it
+        planned = dataclasses.replace(planned, notes=tuple(
+            next((f"{n} ({why})" for k, why in unknown_why.items()
+                  if n.startswith(f"{k}: facts unknown")), n) for n in planned.notes))
+    return Survey(device, readings, folders, facts, planned, tuple(notes),
                   {m.key: m for m in cfg.models if m.managed})

@@ -239,6 +239,8 @@ def plan_view(p: dict[str, Any]) -> None:
             where = "GPU " + ",".join(map(str, m["devices"])) + (
                 f" (TP {m['tensor_parallel']})" if m["tensor_parallel"] > 1 else "")
             memory = f"{m['gpu_memory_utilization']:.3f} of the card"
+            if any("facts unknown" in w for w in m["why"]):
+                memory = "? (facts unknown)"  # an even split is a guess, not a plan
         else:
             where = f"cores {cores_spec(m['cores'])}"
             memory = f"KV {m['kv_cache_gib']} GiB"

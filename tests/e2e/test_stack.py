@@ -78,6 +78,10 @@ def test_models_shows_the_demo_served_and_rm_refuses_to_remove_it(stack):
     r = stack.llmctl("rm", "HuggingFaceTB/SmolLM2-135M-Instruct", "--force")
     assert r.returncode == 1 and "in use by the running stack" in r.stderr
     assert Path(demo["path"], "config.json").is_file()  # nothing was removed
+    # The facts `plan` uses before the first `up` are those of the folder it made.
+    from llmctl import hub
+
+    assert hub.facts(Path(demo["path"])) == hub.DEMO_FACTS
 
 
 def test_bench_against_the_stack_writes_a_result_vllms_reader_reads(stack, tmp_path):
@@ -106,8 +110,12 @@ def test_fim_that_vllm_refuses_is_answered_through_the_proxy(stack):
     configured template and vLLM answers."""
     body = {"model": "smollm2-coder", "prompt": "def add(a, b):\n    ", "suffix": "\n\nprint(add(1, 2))\n",
             "max_tokens": 12, "temperature": 0}
-    direct = httpx.post(f"http://127.0.0.1:{stack.coder_port}/v1/completions", json=body,
-                        timeout=60)
+    # Past the proxy a backend takes only the key of its start (issue 23): none, 401.
+    url = f"http://127.0.0.1:{stack.coder_port}/v1/completions"
+    assert httpx.post(url, json=body, timeout=60).status_code == 401
+    backend_key = json.loads((stack.home / "state" / "backend-keys.json").read_text())["coder"]
+    direct = httpx.post(url, json=body, timeout=60,
+                        headers={"Authorization": f"Bearer {backend_key}"})
     assert direct.status_code == 400 and "suffix" in direct.text
     r = httpx.post(f"{stack.url}/v1/completions", json=body, timeout=120,
                    headers={"Authorization": f"Bearer {KEY}"})
@@ -115,6 +123,11 @@ def test_fim_that_vllm_refuses_is_answered_through_the_proxy(stack):
     assert r.json()["choices"][0]["text"].strip()
     s = stack.status()
     assert s["backends"]["coder"]["fim"] == "starcoder" and s["backends"]["general"]["fim"] is None
+    # As the README says: the demo's own tokenizer has no FIM tokens (fim = "auto" finds
+    # none), so autocomplete on it is a 400 that says what to do.
+    r = httpx.post(f"{stack.url}/v1/completions", json={**body, "model": "smollm2-general"},
+                   timeout=60, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "fim_not_supported"
 
 
 def test_streamed_chat_through_the_proxy_with_the_key(stack):

@@ -138,6 +138,28 @@ def test_with_the_hub_unreachable_it_says_so_quickly_and_plans_with_what_is_loca
     assert r.returncode == 0, r.stderr
     assert "the model hub is not reachable" in r.stdout
     assert "general: facts unknown" in r.stdout
+    # One note for the model, saying both what is unknown and why; and the table does
+    # not pass an even split off as a plan.
+    assert r.stdout.count("general:") == 1
+    row = next(ln for ln in r.stdout.splitlines() if ln.startswith("general "))
+    assert "? (facts unknown)" in row and "of the card" not in row
+
+
+def test_the_demo_config_plans_the_same_before_its_first_up(tmp_path):
+    """The demo's weights are made at the first `up`; its facts are known before, so
+    `plan` gives the same answer either way (the prepared folder's facts are checked
+    against the same constant in the e2e tier)."""
+    from llmctl import hub
+
+    r = llmctl(tmp_path, "config", "init")
+    assert r.returncode == 0, r.stderr
+    before = llmctl(tmp_path, "plan", "--assume", "1x96GiB", "--json")
+    assert before.returncode == 0, before.stderr
+    models = json.loads(before.stdout)["models"]
+    assert {m["facts"]["weight_bytes"] for m in models.values()} == \
+        {hub.DEMO_FACTS.weight_bytes}
+    assert all(0 < m["gpu_memory_utilization"] < 0.1 for m in models.values())
+    assert all(m["kv_tokens"] for m in models.values())
 
 
 def test_up_refuses_a_plan_that_cannot_work_before_starting_anything(tmp_path):
