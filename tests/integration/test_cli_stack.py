@@ -247,6 +247,18 @@ def test_up_with_another_config_file_says_which_runs_and_how_to_switch(env, tmp_
     assert env.status()["backends"]["coder"]["state"] == "RUNNING"
 
 
+def test_up_restart_with_a_typo_keeps_the_running_stack(env):
+    assert env.run("up", "--timeout", "60").returncode == 0
+    cfg = env.home / "config.toml"
+    good = cfg.read_text()
+    cfg.write_text(good.replace("[models.general]", "[models.general]\nmax_num_seqz = 4"))
+    r = env.run("up", "--restart", "--timeout", "60")
+    assert r.returncode == 1 and "max_num_seqz" in r.stderr and "Traceback" not in r.stderr
+    # Checked before anything stopped: the stack that ran still runs.
+    s = env.status()
+    assert s["daemon"]["running"] and s["backends"]["general"]["state"] == "RUNNING"
+
+
 def test_llmctl_config_naming_a_missing_file_is_an_error_like_dash_c(env, tmp_path):
     missing = tmp_path / "nope.toml"
     by_flag = env.run("plan", "-c", str(missing))
