@@ -273,11 +273,12 @@ class Pool:
             conn.transport.close()  # type: ignore[union-attr]
 
     async def post(self, base: str, path: bytes, headers: list[tuple[bytes, bytes]],
-                   body: bytes) -> Response:
-        """Send the request; return once the status line and headers are in."""
+                   body: bytes, method: bytes = b"POST") -> Response:
+        """Send the request (a POST, unless told); return once the status line and headers
+        are in."""
         host, port, tls, hostport, prefix = self._target(base)
         key = (host, port)
-        head = b"".join([b"POST ", prefix, path, b" HTTP/1.1\r\nhost: ", hostport,
+        head = b"".join([method, b" ", prefix, path, b" HTTP/1.1\r\nhost: ", hostport,
                          b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n",
                          *(k + b": " + v + b"\r\n" for k, v in headers), b"\r\n"])
         for attempt in (0, 1):

@@ -93,10 +93,14 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
     def who(request: Request) -> Caller:
         """The one key check of this side: raises Refused(401)."""
         sent = request.headers.getlist("authorization")
-        if len(sent) > 1:
-            raise Refused(400, "more than one Authorization header; send one",
+        x_key = request.headers.getlist("x-api-key")  # as Anthropic's clients send it
+        if len(sent) > 1 or len(x_key) > 1 or (
+                sent and x_key and sent[0].partition(" ")[2].strip() != x_key[0].strip()):
+            raise Refused(400, "more than one Authorization header; send one" if len(sent) > 1
+                          else "more than one key (Authorization, x-api-key); send one",
                           "invalid_request")
-        return callers.check(sent[0].encode("latin-1") if sent else None)
+        header = sent[0] if sent else f"Bearer {x_key[0]}" if x_key else None
+        return callers.check(header.encode("latin-1") if header else None)
 
     Who = Annotated[Caller, Depends(who)]
 

@@ -20,10 +20,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..clock import Clock
 from ..config import ProxyConfig
-from .answers import error_body, send_json
+from .answers import anthropic_path, error_body, send_json
 from .api import build
 from .callers import Callers
-from .forward import ROOT_ROUTES, Forwarder
+from .forward import ROOT_ROUTES, Forwarder, by_response_id
 from .metrics import Ledger
 from .models import Control, Models, Routable
 
@@ -118,15 +118,18 @@ class Proxy:
             # it would be served (CSRF). Browsers always say where such a post comes from.
             await send_json(send, 403, error_body(
                 403, "a request from another site's page; add its origin to cors_origins "
-                "in [proxy] to allow it", code="cross_origin"), [(b"x-request-id", rid.encode())])
-        elif method == "POST" and forwarded and not models:
+                "in [proxy] to allow it", code="cross_origin", anthropic=anthropic_path(path)),
+                [(b"x-request-id", rid.encode())])
+        elif (method == "POST" and forwarded and not models) or \
+                (method in _NOT_OPTIONS and by_response_id(path)):
             await self._forward(scope, receive, send)
         elif forwarded and method in _NOT_OPTIONS and (method != "GET" or not models) and \
                 (method != "POST" or models) and (models or path in KNOWN):
             # A route that exists, asked with the wrong method: 405 and what it takes.
             allow = b"GET" if models else b"POST"
             await send_json(send, 405, error_body(
-                405, f"{path} takes {allow.decode()}, not {method}", code="method_not_allowed"),
+                405, f"{path} takes {allow.decode()}, not {method}", code="method_not_allowed",
+                anthropic=anthropic_path(path)),
                 [(b"allow", allow), (b"x-request-id", rid.encode())])
         else:
             await self._api(scope, receive, _stamped(send, rid))

@@ -17,6 +17,7 @@ import json
 import math
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from ..clock import Clock
 from ..config import ProxyConfig
 from ..lifecycle import NotServing
 from ..upstream import Pool
-from .answers import Gone, Refused, send_json
+from .answers import Gone, Refused, anthropic_path, send_json
 from .callers import ANYONE, Callers
 from .metrics import Ledger
 from .models import Control, Models, Routable
@@ -39,10 +40,23 @@ PATH = re.compile(r"^/v1(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+$")
 ROOT_ROUTES = ("/tokenize", "/detokenize", "/infill")
 # Request headers not forwarded: hop-by-hop, the client's key, what upstream.py sets itself.
 DROP_UP = {b"host", b"content-length", b"connection", b"keep-alive", b"authorization",
+           b"x-api-key",
            b"transfer-encoding", b"te", b"upgrade", b"proxy-authorization",
            b"proxy-connection", b"x-request-id", b"accept-encoding", b"expect"}
 
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)")
+# The Responses API's calls addressed by a response id, and the two vLLM 0.32 serves.
+RESPONSE_ID = re.compile(r"/v1/responses/([A-Za-z0-9_-]{1,200})(/[a-z_]+)?")
+BY_ID_SERVED = {("GET", None), ("POST", "/cancel")}
+# Where each response id was made: its backend and the key that made it (bounded).
+MAX_RESPONSE_IDS = 10_000
+# The fields that ask for a number of output tokens, lowered to the model's context.
+BUDGET_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def by_response_id(path: str) -> bool:
+    """A route addressed by a response id (the forwarder answers those, any method)."""
+    return path.startswith("/v1/responses/")
 
 
 def prefer_wait(scope: Scope) -> float | None:
@@ -93,6 +107,8 @@ class Route:
     answer: InfillAnswer | None = None  # turns the answer back into /infill's shape
     strip_usage: bool = False  # the stream's usage chunk was asked for here: take it out
     reserve: int = 0  # tokens held against the key's tpm until the answer's usage is known
+    method: bytes = b"POST"
+    said: tuple[tuple[bytes, bytes], ...] = ()  # response headers: what the proxy changed
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -110,6 +126,14 @@ class Forwarder:
         self.cfg, self.models, self.callers, self.control = cfg, models, callers, control
         self.ledger, self.clock = ledger, clock
         self._pool: Pool | None = None
+        self.responses: OrderedDict[str, tuple[Routable, str]] = OrderedDict()
+
+    def remember(self, response_id: str, b: Routable, caller: str) -> None:
+        """A response id a backend made, for the calls addressed by it."""
+        self.responses[response_id] = (b, caller)
+        self.responses.move_to_end(response_id)
+        while len(self.responses) > MAX_RESPONSE_IDS:
+            self.responses.popitem(last=False)
 
     def pool(self) -> Pool:
         if self._pool is None:  # created on first use, inside the serving loop
@@ -125,13 +149,16 @@ class Forwarder:
         rid = scope["state"]["request_id"]
         id_header = [(b"x-request-id", rid.encode())]
         path = scope["path"]
-        auth = None
-        twice = False
+        anthropic = anthropic_path(path)
+        auth = x_key = None
+        twice = both = False
         up_headers = [(b"x-request-id", rid.encode())]
         typed = False
         for k, v in scope["headers"]:
             if k == b"authorization":
-                twice, auth = auth is not None, v
+                twice, auth = twice or auth is not None, v
+            elif k == b"x-api-key":  # Anthropic's clients send the key so
+                both, x_key = both or x_key is not None, v
             elif k not in DROP_UP:
                 typed = typed or k == b"content-type"
                 up_headers.append((k, v))
@@ -143,11 +170,19 @@ class Forwarder:
             if twice:  # which one counts would depend on who reads them: neither does
                 raise Refused(400, "more than one Authorization header; send one",
                               "invalid_request")
-            caller = self.callers.check(auth)
+            if both or (auth is not None and x_key is not None
+                        and auth.partition(b" ")[2].strip() != x_key.strip()):
+                raise Refused(400, "more than one key (Authorization, x-api-key); send one",
+                              "invalid_request")
+            caller = self.callers.check(auth if auth is not None else
+                                        b"Bearer " + x_key if x_key is not None else None)
             if not (PATH.fullmatch(path) or path in ROOT_ROUTES):  # NUL, `..` never reach a backend
                 raise Refused(404, f"no route {path!r}", "not_found")
             body = await self._read_body(receive, scope)
-            route = self.route(body, path, caller)
+            route = self.by_id(path, scope["method"], caller) if by_response_id(path) else \
+                self.route(body, path, caller)
+            if scope.get("query_string"):  # `?beta=true` and the like, passed on
+                route.path += "?" + scope["query_string"].decode("latin-1")
             routed = route.backend.model.name
             limits = caller.limits
             if limits is not None and (over := limits.admit(self.clock.monotonic(),
@@ -159,7 +194,7 @@ class Forwarder:
                                        (b"retry-after-ms", b"%d" % math.ceil(wait * 1000)),
                                        *limits.headers(self.clock.monotonic())])
         except Refused as r:
-            await send_json(send, r.status, r.body(), r.headers + id_header)
+            await send_json(send, r.status, r.body(anthropic), r.headers + id_header)
             if caller is not ANYONE:  # a key's refusals (429, 404…) count as its errors
                 books.tally.add(caller.name, routed, True, 0, 0, self.clock.time())
                 books.metrics.child("key_requests", caller.name, routed, str(r.status)).inc()
@@ -170,11 +205,15 @@ class Forwarder:
         name = backend.model.name
         if limits is not None:
             id_header = [*limits.headers(self.clock.monotonic()), *id_header]
+        if route.said:
+            id_header = [*route.said, *id_header]
         gauge = books.metrics.child("in_flight", name)
         gauge.inc()
         ex = Exchange(name, rid, caller, t0, pool=self.pool(), ledger=books, clock=self.clock,
                       limits=limits, strip=route.strip_usage, answer=route.answer,
-                      reserved=route.reserve)
+                      reserved=route.reserve, anthropic=anthropic,
+                      on_id=(lambda i, b=backend, c=caller.name: self.remember(i, b, c))
+                      if path == "/v1/responses" else None, metered=not by_response_id(path))
         asked = prefer_wait(scope)
         wait = self.cfg.request_timeout if asked is None else min(asked,
                                                                   self.cfg.request_timeout)
@@ -205,14 +244,14 @@ class Forwarder:
                     # start it waited for made a new one), or a `url` model's `api_key`.
                     up_headers.append((b"authorization", up_auth))
                 await ex.run(route.backend.model.upstream, route.path.encode(), route.body,
-                             up_headers, id_header, send)
+                             up_headers, id_header, send, route.method)
         except NotServing as e:
             ex.status = e.status
             # When it will not come back by itself, say so: the openai SDKs retry every 5xx
             # (with or without Retry-After) unless told not to.
             headers = [(b"retry-after", b"%d" % math.ceil(e.retry_after))] \
                 if e.retry_after else [(b"x-should-retry", b"false")]
-            await send_json(send, e.status, Refused(e.status, e.message, e.code).body(),
+            await send_json(send, e.status, Refused(e.status, e.message, e.code).body(ex.anthropic),
                             headers + id_header)
 
     async def _read_body(self, receive: Receive, scope: Scope) -> bytes:
@@ -253,15 +292,27 @@ class Forwarder:
             raise Refused(400, "'model' is required and must be a string", "missing_model",
                           param="model")
         b = self.models.find(model, caller)
+        context = b.served.get("max_model_len") or (
+            b.model.max_model_len if b.model.managed else None)
+        said: tuple[tuple[bytes, bytes], ...] = ()
+        capped = False
+        if context:
+            # Agents ask for 32,000 output tokens; vLLM refuses more than the context but
+            # fits anything up to it beside the prompt by itself: lower it, and say so.
+            for k in BUDGET_FIELDS:
+                v = data.get(k)
+                if isinstance(v, int) and not isinstance(v, bool) and v > context:
+                    data[k] = context
+                    said += ((b"x-llmctl-capped", f"{k}={v}->{context}".encode()),)
+                    capped = True
         reserve = 0
         if caller.limits is not None and caller.limits.tokens is not None:
-            reserve = requested_output(data, b.served.get("max_model_len") or (
-                b.model.max_model_len if b.model.managed else None))
+            reserve = requested_output(data, context)
         if path == "/infill" or (path == "/v1/completions" and data.get("suffix") is not None):
             route = self._fim(b, data, path)
-            route.reserve = reserve
+            route.reserve, route.said = reserve, said
             return route
-        rewrite = model != b.model.name  # an alias: the backend knows only the served name
+        rewrite = model != b.model.name or capped  # an alias: the backend knows only the served name
         data["model"] = b.model.name
         added = False
         if self.callers.counting and lax_bool(data.get("stream")):
@@ -276,7 +327,24 @@ class Forwarder:
             rewrite = True
         if rewrite:
             body = json.dumps(data).encode()
-        return Route(b, body, path, None, added, reserve)
+        return Route(b, body, path, None, added, reserve, said=said)
+
+    def by_id(self, path: str, method: str, caller: Any) -> Route:
+        """A Responses API call addressed by a response id: to the backend that made it,
+        for the key that made it."""
+        m = RESPONSE_ID.fullmatch(path)
+        if m is None or (method, m.group(2)) not in BY_ID_SERVED:
+            raise Refused(404, f"{method} {path}: vLLM does not serve this Responses API "
+                          "call (it serves GET /v1/responses/{id} and POST …/{id}/cancel)",
+                          "not_supported")
+        owner = self.responses.get(m.group(1))
+        if owner is None or (owner[1] != caller.name and not caller.admin):
+            raise Refused(404, f"no response {m.group(1)!r} here: llmctl routes a response "
+                          "id to the model that made it, for the key that made it (ids from "
+                          "before a restart are gone; a model keeps responses only with "
+                          "`store_responses = true`)", "not_found")
+        self.responses.move_to_end(m.group(1))
+        return Route(owner[0], b"", path, method=method.encode())
 
     def _fim(self, b: Routable, data: dict[str, Any], path: str) -> Route:
         """Render the model's FIM template into a plain completion (vLLM refuses `suffix`)."""

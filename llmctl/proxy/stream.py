@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Send
@@ -38,14 +39,28 @@ DROP_DOWN = {b"connection", b"keep-alive", b"transfer-encoding", b"date", b"serv
 
 _PROMPT = re.compile(rb'"prompt_tokens":\s*(\d+)')
 _COMPLETION = re.compile(rb'"completion_tokens":\s*(\d+)')
+# Anthropic's Messages and OpenAI's Responses name them input and output tokens; Anthropic
+# counts the prompt's cached part apart from `input_tokens`.
+_INPUT = re.compile(rb'"input_tokens":\s*(\d+)')
+_OUTPUT = re.compile(rb'"output_tokens":\s*(\d+)')
+_CACHED = re.compile(rb'"cache_(?:read|creation)_input_tokens":\s*(\d+)')
+_RESPONSE_ID = re.compile(rb'"id":\s*"(resp_[A-Za-z0-9_-]{1,200})"')
 
 
 def usage(tail: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from the `usage` object at the end of an answer."""
-    if b'"usage"' not in tail:
+    """(prompt, completion) tokens from the `usage` object at the end of an answer: Chat
+    and Completions', Anthropic Messages' or the Responses API's."""
+    at = tail.rfind(b'"usage"')
+    if at < 0:
         return None
-    p, c = _PROMPT.findall(tail), _COMPLETION.findall(tail)
-    return (int(p[-1]), int(c[-1])) if p and c else None
+    seg = tail[at:]
+    p, c = _PROMPT.findall(seg), _COMPLETION.findall(seg)
+    if p and c:
+        return int(p[-1]), int(c[-1])
+    i, o = _INPUT.findall(seg), _OUTPUT.findall(seg)
+    if i and o:
+        return int(i[0]) + sum(int(x) for x in _CACHED.findall(seg)), int(o[0])
+    return None
 
 
 def spliceable(cycle: Any, resp: Any) -> bool:
@@ -153,13 +168,18 @@ class Exchange:
     def __init__(self, name: str, rid: str, caller: Caller, t0: float, *, pool: Pool,
                  ledger: Ledger, clock: Clock, limits: Limits | None = None,
                  strip: bool = False, answer: InfillAnswer | None = None,
-                 reserved: int = 0) -> None:
+                 reserved: int = 0, anthropic: bool = False,
+                 on_id: Callable[[str], None] | None = None, metered: bool = True) -> None:
         self.name, self.rid, self.caller, self.t0 = name, rid, caller, t0
         self.pool, self.ledger, self.clock = pool, ledger, clock
         self.limits = limits  # the key's limits that admitted it, told when it ends
         self.strip = strip  # take out the usage chunk llmctl asked for
         self.answer = answer  # turns the answer into another API's shape; None: as it is
         self.reserved = reserved  # tokens the limits hold for it until `finish`
+        self.anthropic = anthropic  # errors in Anthropic's shape (the Messages routes)
+        self.on_id = on_id  # told the response id of a Responses API answer
+        self.metered = metered  # False: its answer's `usage` is an old one (a stored
+        # response read back by id), not tokens made now
         self.status = 0
         self.ttfb: float | None = None
         self.tokens: tuple[int, int] | None = None
@@ -170,23 +190,24 @@ class Exchange:
 
     async def run(self, base: str, path: bytes, body: bytes,
                   headers: list[tuple[bytes, bytes]], id_header: list[tuple[bytes, bytes]],
-                  send: Send) -> None:
+                  send: Send, method: bytes = b"POST") -> None:
         name, m = self.name, self.ledger.metrics
         self.sent_body = len(body)
         try:
-            resp = await self.pool.post(base, path, headers, body)
+            resp = await self.pool.post(base, path, headers, body, method)
         except UpstreamTimeout:
             m.child("upstream_errors", name, "timeout").inc()
             self.status = 504
             await send_json(send, 504, error_body(504, f"model '{name}' did not answer in time",
-                                                  code="upstream_timeout"), id_header)
+                                                  code="upstream_timeout",
+                                                  anthropic=self.anthropic), id_header)
             return
         except UpstreamError as e:
             m.child("upstream_errors", name, "connect").inc()
             self.status = 503
             await send_json(send, 503, error_body(
-                503, f"model '{name}' is not reachable ({e})", code="model_unavailable"),
-                [(b"retry-after", b"5"), *id_header])
+                503, f"model '{name}' is not reachable ({e})", code="model_unavailable",
+                anthropic=self.anthropic), [(b"retry-after", b"5"), *id_header])
             return
         if resp.status >= 400 and self.answer is None:
             return await self._error(resp, id_header, send)
@@ -217,6 +238,8 @@ class Exchange:
                     first = False
                 prev, last = last, chunk  # `usage` comes at the end; keep only the tail
                 self.events += chunk.count(b"data: {")
+                if self.on_id is not None:
+                    self._find_id(chunk)
                 if stripper is not None and not (chunk := stripper.feed(chunk)):
                     continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -228,6 +251,14 @@ class Exchange:
             m.child("upstream_errors", name, "midstream").inc()
         finally:
             resp.close()  # kept alive when read whole; cut otherwise, so vLLM aborts
+
+    def _find_id(self, chunk: bytes) -> None:
+        """The Responses API's answer (or its first event) names its id: remembered, so the
+        calls addressed by it reach this backend."""
+        if self.status == 200 and (m := _RESPONSE_ID.search(chunk)):
+            assert self.on_id is not None
+            self.on_id(m.group(1).decode())
+            self.on_id = None
 
     async def _error(self, resp: Any, id_header: list[tuple[bytes, bytes]], send: Send) -> None:
         """A backend's error, in OpenAI's shape whoever wrote it: vLLM's own errors pass
@@ -242,7 +273,7 @@ class Exchange:
             raw = b""
         finally:
             resp.close()
-        body = openai_error(resp.status, raw, self.name)
+        body = openai_error(resp.status, raw, self.name, self.anthropic)
         headers = [(k.lower(), v) for k, v in resp.headers if k.lower() not in DROP_DOWN]
         if body is not raw:
             headers = [(k, v) for k, v in headers if k != b"content-type"] + JSON
@@ -265,6 +296,8 @@ class Exchange:
                 self.ledger.metrics.child("ttfb", self.name).observe(self.ttfb)
             tail[0], tail[1] = tail[1], data
             self.events += data.count(b"data: {")
+            if self.on_id is not None:
+                self._find_id(data)
             if transport.is_closing():
                 return False  # the client left: the disconnect watch cancels this exchange
             transport.write(b"%x\r\n%b\r\n" % (len(data), data))
@@ -305,7 +338,9 @@ class Exchange:
         dt = time.perf_counter() - self.t0
         m.child("requests", name, str(self.status)).inc()
         c = self.caller
-        estimated = self.tokens is None and self.sent_body > 0 and \
+        if not self.metered:
+            self.tokens = None
+        estimated = self.metered and self.tokens is None and self.sent_body > 0 and \
             (self.status == 499 or self.events > 0)
         if estimated:
             # No `usage` came (a cut stream, a client that left): charge what went out —

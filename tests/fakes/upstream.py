@@ -5,8 +5,10 @@
 
 It answers /health, /metrics (vllm:num_requests_running), /v1/models,
 /v1/completions and /v1/chat/completions (streaming or not, `max_tokens` chunks),
-/v1/embeddings, vLLM's sleep-mode /sleep, /wake_up and /is_sleeping; and it can be
-told to misbehave:
+/v1/embeddings, vLLM's sleep-mode /sleep, /wake_up and /is_sleeping, Anthropic's
+/v1/messages (and count_tokens) and OpenAI's /v1/responses (and GET/cancel by id, stored
+like vLLM only with VLLM_ENABLE_RESPONSES_API_STORE=1), refusing like vLLM an output
+budget over --max-model-len; and it can be told to misbehave:
   POST /control/crash      exit at once with code 3
   POST /control/hang       stop answering /health (and everything else)
   GET  /control/stats      what it saw: requests, aborted requests, last headers/body,
@@ -33,7 +35,9 @@ from starlette.routing import Route
 
 # "seen" counts every request but /control ones, whatever its route (a 404 too).
 STATS = {"requests": 0, "aborted": 0, "running": 0, "completed": 0, "seen": 0,
-         "last_headers": {}, "last_body": None, "sleeps": 0, "wakes": 0, "asleep": False}
+         "last_headers": {}, "last_body": None, "sleeps": 0, "wakes": 0, "asleep": False,
+         "last_path": None, "by_id": 0}
+RESPONSES: dict[str, dict] = {}  # stored responses (VLLM_ENABLE_RESPONSES_API_STORE=1)
 HANG = asyncio.Event()
 ARGS: argparse.Namespace
 
@@ -94,7 +98,9 @@ async def complete(request: Request) -> Response:
         return JSONResponse({"error": {"message": "asked to fail", "type": "BadRequestError",
                                        "param": None, "code": body["fail_with"]}},
                             status_code=int(body["fail_with"]))
-    n = int(body.get("max_tokens") or 16)
+    n = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+    if (refused := _too_long(n)) is not None:
+        return refused
     chat = request.url.path.endswith("chat/completions")
     delay = float(body.get("token_delay", ARGS.token_delay))
     first_delay = float(body.get("first_delay", ARGS.first_delay))
@@ -148,6 +154,143 @@ async def complete(request: Request) -> Response:
                                    "total_tokens": n + 3}})
 
 
+def _seen_body(request: Request, raw: bytes) -> dict:
+    STATS["requests"] += 1
+    STATS["last_headers"] = dict(request.headers)
+    STATS["last_body"] = raw.decode("utf-8", "replace")
+    STATS["last_path"] = request.url.path + (f"?{request.url.query}" if request.url.query
+                                             else "")
+    return json.loads(raw)
+
+
+def _too_long(n: int, anthropic: bool = False) -> Response | None:
+    """vLLM refuses an output budget over the context (and clamps anything smaller)."""
+    if n <= ARGS.max_model_len:
+        return None
+    msg = (f"max_tokens ({n}) cannot be greater than max_model_len ({ARGS.max_model_len})")
+    if anthropic:
+        return JSONResponse({"type": "error", "error": {"type": "BadRequestError",
+                                                        "message": msg}}, status_code=400)
+    return JSONResponse({"error": {"message": msg, "type": "BadRequestError", "param": None,
+                                   "code": 400}}, status_code=400)
+
+
+def _event(name: str, obj: dict) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(obj)}\n\n".encode()
+
+
+async def messages(request: Request) -> Response:
+    """Anthropic's Messages API, as vLLM 0.32 serves it (text, or a forced tool call)."""
+    body = _seen_body(request, await request.body())
+    if request.url.path.endswith("/count_tokens"):
+        return JSONResponse({"input_tokens": len(json.dumps(body.get("messages"))) // 4})
+    if body.get("model") != ARGS.name:
+        return JSONResponse({"type": "error", "error": {
+            "type": "NotFoundError", "message": f"The model `{body.get('model')}` does not "
+            "exist."}}, status_code=404)
+    if body.get("fail_with"):  # as vLLM translates its errors on this route
+        return JSONResponse({"type": "error", "error": {"type": "BadRequestError",
+                                                        "message": "asked to fail"}},
+                            status_code=int(body["fail_with"]))
+    n = int(body.get("max_tokens") or 16)
+    if (refused := _too_long(n, anthropic=True)) is not None:
+        return refused
+    n = min(n, 64)
+    choice = body.get("tool_choice") or {}
+    tool = None
+    if body.get("tools") and choice.get("type") in ("any", "tool"):
+        tool = choice.get("name") or body["tools"][0]["name"]
+    usage = {"input_tokens": 3, "output_tokens": n}
+    if not flag(body.get("stream")):
+        content = ([{"type": "tool_use", "id": "toolu_1", "name": tool, "input": {}}] if tool
+                   else [{"type": "text", "text": "".join(f"tok{i} " for i in range(n))}])
+        return JSONResponse({"id": "msg_1", "type": "message", "role": "assistant",
+                             "model": ARGS.name, "content": content,
+                             "stop_reason": "tool_use" if tool else "max_tokens",
+                             "stop_sequence": None, "usage": usage})
+
+    async def gen():
+        yield _event("message_start", {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": ARGS.name,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 3, "output_tokens": 0}}})
+        yield _event("content_block_start", {"type": "content_block_start", "index": 0,
+                                             "content_block": {"type": "text", "text": ""}})
+        for i in range(n):
+            yield _event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                 "delta": {"type": "text_delta",
+                                                           "text": f"tok{i} "}})
+        yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        yield _event("message_delta", {"type": "message_delta", "delta": {
+            "stop_reason": "max_tokens", "stop_sequence": None}, "usage": usage})
+        yield _event("message_stop", {"type": "message_stop"})
+
+    return StreamingResponse(gen(), media_type="text/event-stream")
+
+
+async def responses(request: Request) -> Response:
+    """OpenAI's Responses API, as vLLM 0.32 serves it: create (stream or not), and
+    retrieve/cancel by id when storing is on."""
+    rid = request.path_params.get("rid")
+    if rid is not None:
+        STATS["by_id"] += 1
+        STATS["last_path"] = request.url.path
+        stored = RESPONSES.get(rid)
+        if stored is None:
+            return JSONResponse({"error": {"message": f"Response with id '{rid}' not found.",
+                                           "type": "invalid_request_error", "param": None,
+                                           "code": 404}}, status_code=404)
+        if request.url.path.endswith("/cancel"):
+            stored = {**stored, "status": "cancelled"}
+        return JSONResponse(stored)
+    body = _seen_body(request, await request.body())
+    if body.get("model") != ARGS.name:
+        return JSONResponse({"error": {"message": f"The model `{body.get('model')}` does not "
+                                       "exist.", "type": "NotFoundError", "param": None,
+                                       "code": 404}}, status_code=404)
+    n = int(body.get("max_output_tokens") or 16)
+    if (refused := _too_long(n)) is not None:
+        return refused
+    n = min(n, 64)
+    rid = f"resp_{os.urandom(8).hex()}"
+    text = "".join(f"tok{i} " for i in range(n))
+    done = {"id": rid, "object": "response", "created_at": int(time.time()),
+            "model": ARGS.name, "status": "completed", "output": [{
+                "type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "usage": {"input_tokens": 3, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens": n, "output_tokens_details": {"reasoning_tokens": 0},
+                      "total_tokens": n + 3}}
+    if os.environ.get("VLLM_ENABLE_RESPONSES_API_STORE") == "1":
+        RESPONSES[rid] = done
+    if not flag(body.get("stream")):
+        return JSONResponse(done)
+
+    async def gen():
+        seq = iter(range(1_000_000))
+        item = done["output"][0]
+        part = {"type": "output_text", "text": "", "annotations": []}
+        where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+
+        def ev(kind: str, **fields) -> bytes:
+            return _event(kind, {"type": kind, "sequence_number": next(seq), **fields})
+
+        yield ev("response.created", response={**done, "status": "in_progress", "output": [],
+                                               "usage": None})
+        yield ev("response.output_item.added", output_index=0,
+                 item={**item, "status": "in_progress", "content": []})
+        yield ev("response.content_part.added", part=part, **where)
+        for i in range(n):
+            yield ev("response.output_text.delta", delta=f"tok{i} ", logprobs=[], **where)
+        yield ev("response.output_text.done", text=text, logprobs=[], **where)
+        yield ev("response.content_part.done", part={**part, "text": text}, **where)
+        yield ev("response.output_item.done", output_index=0, item=item)
+        yield ev("response.completed", response=done)
+
+    return StreamingResponse(gen(), media_type="text/event-stream")
+
+
 async def embeddings(request: Request) -> Response:
     body = await request.json()
     return JSONResponse({"object": "list", "model": body.get("model"),
@@ -186,7 +329,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--name", "--served-model-name", default="fake")
     ap.add_argument("--model", default="fake-weights")
-    ap.add_argument("--max-model-len", type=int, default=2048)
+    ap.add_argument("--max-model-len", type=int, default=16384)
     ap.add_argument("--startup-delay", type=float, default=0.0)
     ap.add_argument("--never-healthy", action="store_true")
     ap.add_argument("--crash-after", type=float, default=0.0)
@@ -214,6 +357,11 @@ def main() -> None:
         Route("/v1/completions", complete, methods=["POST"]),
         Route("/v1/chat/completions", complete, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", messages, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/responses/{rid}", responses, methods=["GET"]),
+        Route("/v1/responses/{rid}/cancel", responses, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),
         Route("/sleep", sleep, methods=["POST"]), Route("/wake_up", sleep, methods=["POST"]),
         Route("/is_sleeping", sleep),

@@ -30,16 +30,19 @@ def flooded(tmp_path):
         resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
     up = start_upstream("fake-general")
     e = Env(tmp_path)
-    e.url_models({"general": ("fake-general", up.url)}, proxy="header_timeout = 1.5")
-    r = subprocess.run([sys.executable, "-m", "llmctl", "up", "--timeout", "30"], env=e.env,
-                       text=True, capture_output=True, timeout=60, preexec_fn=low_fd_limit)
-    assert r.returncode == 0, r.stderr
     socks: list[socket.socket] = []
-    yield e, socks
-    for s in socks:
-        s.close()
-    e.run("down")
-    up.stop()
+    try:
+        e.url_models({"general": ("fake-general", up.url)}, proxy="header_timeout = 1.5")
+        r = subprocess.run([sys.executable, "-m", "llmctl", "up", "--timeout", "30"],
+                           env=e.env, text=True, capture_output=True, timeout=60,
+                           preexec_fn=low_fd_limit)
+        assert r.returncode == 0, r.stderr
+        yield e, socks
+    finally:
+        for s in socks:
+            s.close()
+        e.run("down")
+        up.stop()
 
 
 def connect(port: int) -> socket.socket:

@@ -27,7 +27,8 @@ def limited(upstream, make_proxy, tmp_path):
 
     def make(**limits) -> tuple[str, object]:
         key, _ = keys.add("alice", p=path, **limits)
-        proxy = make_proxy([FakeBackend(model_for(upstream))], clock=clock, keys_path=path)
+        proxy = make_proxy([FakeBackend(model_for(upstream), served={"max_model_len": 2048})],
+                           clock=clock, keys_path=path)
         return key, proxy
 
     return clock, make
@@ -57,15 +58,15 @@ def test_requests_per_minute_refill_exactly_at_retry_after(limited):
 
 def test_tokens_per_minute_spent_after_the_answer_then_refilled(limited):
     clock, make = limited
-    key, proxy = make(tpm=6000)  # 100 tokens a second
-    # The stand-in answers max_tokens tokens after a 3-token prompt: 3 + 6090 = 6093.
-    assert ask(proxy, key, max_tokens=6090).status_code == 200
+    key, proxy = make(tpm=1200)  # 20 tokens a second
+    # The stand-in answers max_tokens tokens after a 3-token prompt: 3 + 1290 = 1293.
+    assert ask(proxy, key, max_tokens=1290).status_code == 200
     r = ask(proxy, key)
-    assert r.status_code == 429 and "6000 tokens per minute" in r.json()["error"]["message"]
+    assert r.status_code == 429 and "1200 tokens per minute" in r.json()["error"]["message"]
     assert r.headers["x-ratelimit-remaining-tokens"] == "0"
-    # 93 tokens over, and the 2 it asks for are needed: 0.95 s of refill at 100 a second.
-    assert r.headers["retry-after"] == "1" and r.headers["retry-after-ms"] == "950"
-    clock.now += 0.94
+    # 93 tokens over, and the 2 it asks for are needed: 4.75 s of refill at 20 a second.
+    assert r.headers["retry-after"] == "5" and r.headers["retry-after-ms"] == "4750"
+    clock.now += 4.74
     assert ask(proxy, key).status_code == 429
     clock.now += 0.02
     assert ask(proxy, key).status_code == 200
@@ -83,7 +84,8 @@ def test_parallel_requests_cannot_overshoot_tpm_together(limited):
     r = ask(proxy, key, max_tokens=107)
     assert "(this request may use 107)" in r.json()["error"]["message"]
     clock.now += 140  # -60 → 50 takes 132 s: then an agent's 32,000 still gets its turn
-    assert ask(proxy, key, max_tokens=32000).status_code == 200
+    r = ask(proxy, key, max_tokens=32000)  # (lowered to the model's 2048 on the way)
+    assert r.status_code == 200 and r.headers["x-llmctl-capped"] == "max_tokens=32000->2048"
 
 
 def key_tokens(proxy, kind: str) -> float:
