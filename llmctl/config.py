@@ -184,6 +184,14 @@ class ModelConfig:
     fim: str = setting("auto", "fill-in-the-middle template for IDE autocomplete: auto (from "
                        "the tokenizer's special tokens; none for url models), a family, or "
                        "none", choices=FIM_CHOICES)
+    tools: str = setting("auto", "tool calling: auto (the model's own vLLM tool-call parser, "
+                         "from its chat template and config; a generic one, `hermes`, for a "
+                         "model not trained for tools), a parser name (checked against the "
+                         "installed vLLM), or none (vLLM then refuses requests with tools)",
+                         what='"auto", a vLLM tool-call parser name, or "none"')
+    reasoning: str = setting("auto", "thinking models: auto (the model's vLLM reasoning "
+                             "parser, if it thinks), a parser name, or none",
+                             what='"auto", a vLLM reasoning parser name, or "none"')
     start: str = setting("always", "`always`: started by `up`; `on-demand`: started by its "
                          "first request (it waits) and stopped after `idle_stop`",
                          choices=STARTS)
@@ -337,6 +345,7 @@ def new_api_key() -> str:
 
 _TOP = {"proxy", "engine", "models"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_PARSER_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
 class _Reader:
@@ -498,6 +507,10 @@ def _model(r: _Reader, key: str, data: Any) -> ModelConfig:
     elif "port" not in m:
         r.fail(section, None, f"[{section}] needs a 'port' for its vLLM server")
     _demand_keys(r, section, m, model)
+    for k in ("tools", "reasoning"):
+        if not _PARSER_RE.match(getattr(model, k)):
+            r.fail(section, k, f"'{section}.{k}' must be \"auto\", a vLLM parser name or "
+                   f"\"none\", not {getattr(model, k)!r}")
     mem = model.memory
     if isinstance(mem, str) and mem != "auto":
         r.fail(section, "memory", f"'{section}.memory' must be \"auto\" or a fraction, not {mem!r}")

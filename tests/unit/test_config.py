@@ -208,3 +208,16 @@ def test_bounds_come_from_the_schema(section, key, value, needle):
     target[key] = value
     with pytest.raises(ConfigError, match=needle):
         config.parse(raw)
+
+
+@pytest.mark.parametrize("value, ok", [("auto", True), ("none", True), ("qwen3_coder", True),
+                                       ("granite-20b-fc", True), ("Bad Name", False),
+                                       ("", False)])
+def test_tools_and_reasoning_keys(value, ok):
+    for key in ("tools", "reasoning"):
+        raw = {"models": {"c": {"name": "c", "source": "o/r", "port": 8000, key: value}}}
+        if ok:
+            assert getattr(config.parse(raw).models[0], key) == value
+        else:
+            with pytest.raises(ConfigError, match=f"'models.c.{key}' must be"):
+                config.parse(raw)
