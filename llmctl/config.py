@@ -48,6 +48,8 @@ ENV_VARS = {
     "HF_HUB_CACHE": "the Hugging Face cache itself, when it is not under HF_HOME",
     "HF_HUB_OFFLINE": "`1`: never contact the hub; backends always run with it set",
     "NO_COLOR": "no colour in the terminal",
+    "CODEX_HOME": "Codex's own folder (default ~/.codex): where `llmctl launch codex "
+                  "--write-config` writes its config.toml",
 }
 
 
