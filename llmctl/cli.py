@@ -111,6 +111,10 @@ def _ui():
 def config_init(
     path: ConfigOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", metavar="NAME", show_default=False,
+        help="Models for a purpose instead of the defaults: `agents` (a tool-trained coder "
+             "model at 32k tokens for `llmctl launch`; docs/agents.md).")] = None,
 ) -> None:
     """Write a starter config with a fresh API key.
 
@@ -118,8 +122,9 @@ def config_init(
     from .gpu import detect_device
 
     target = path or cfgmod.config_path()
-    cfgmod.init(target, detect_device(), force=force)
-    _ui().ok(f"wrote {target} with a new API key (`llmctl config key` prints it)")
+    cfgmod.init(target, "cuda" if profile else detect_device(), force=force, profile=profile)
+    _ui().ok(f"wrote {target} with a new API key (`llmctl config key` prints it)"
+             + (f"; profile {profile}: `llmctl plan` shows how it fits" if profile else ""))
 
 
 @config_app.command("import")

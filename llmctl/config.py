@@ -339,6 +339,24 @@ def default_models(device: str) -> tuple[ModelConfig, ...]:
     )
 
 
+# `llmctl config init --profile agents`: a tool-trained coder model at a context an agent
+# needs (Claude Code's first request alone is ~12k tokens), for one 24 GiB card and up.
+# Qwen3-Coder-30B-A3B (MoE, 3B active): ~17 GB of 4-bit AWQ weights, 48 layers × 4 KV heads
+# × 128 × 2 × 2 B = 96 KiB of KV cache a token, so 32k tokens take 3 GiB. It serves both
+# roles on a 24 GiB card (`general` is its alias); docs/agents.md adds a general model for
+# a bigger card.
+AGENT_CODER = "dark-side-of-the-code/Qwen3-Coder-30B-A3B-Instruct-AWQ"
+PROFILES = ("agents",)
+
+
+def profile_models(profile: str) -> tuple[ModelConfig, ...]:
+    if profile != "agents":
+        raise ConfigError(f"no profile {profile!r}", "profiles: " + ", ".join(PROFILES))
+    return (ModelConfig("coder", "qwen3-coder-30b", AGENT_CODER, port=8000,
+                        max_model_len=32768, max_num_seqs=8, aliases=("general",),
+                        tools="qwen3_coder", fim="qwen"),)
+
+
 def new_api_key() -> str:
     return "sk-local-" + secrets.token_urlsafe(24)
 
@@ -635,12 +653,18 @@ def to_toml(cfg: Config, *, masked: bool = True) -> str:
     return render(cfg, masked=masked, comments=False)
 
 
-def starter_text(device: str, key: str) -> str:
-    """The file `llmctl config init` writes: the defaults for this device, every key with
-    its meaning."""
-    cfg = Config(proxy=ProxyConfig(api_keys=(key,)), models=default_models(device))
-    return ("# llmctl config. Reference: docs/config.md. Apply changes with "
-            "`llmctl up --restart`.\n\n" + render(cfg, masked=False, comments=True))
+def starter_text(device: str, key: str, profile: str | None = None) -> str:
+    """The file `llmctl config init` writes: the defaults for this device (or a profile's
+    models), every key with its meaning."""
+    models = profile_models(profile) if profile else default_models(device)
+    cfg = Config(proxy=ProxyConfig(api_keys=(key,)), models=models)
+    head = ("# llmctl config. Reference: docs/config.md. Apply changes with "
+            "`llmctl up --restart`.\n")
+    if profile == "agents":
+        head += ("# Profile `agents` (docs/agents.md): a coder model trained for tool calls, at "
+                 "32k tokens, for\n# `llmctl launch claude|codex|opencode`; planned for one "
+                 "24 GiB card and up (`llmctl plan`).\n")
+    return head + "\n" + render(cfg, masked=False, comments=True)
 
 
 def write_private(path: Path, text: str) -> None:
@@ -648,12 +672,14 @@ def write_private(path: Path, text: str) -> None:
     write_atomic(path, text, 0o600)
 
 
-def init(path: Path, device: str, *, force: bool = False) -> str:
+def init(path: Path, device: str, *, force: bool = False, profile: str | None = None) -> str:
     """Write a starter config with a fresh key; returns the key."""
+    if profile:
+        profile_models(profile)  # an unknown profile before anything is written
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists", "pass --force to replace it (its keys are lost)")
     key = new_api_key()
-    write_private(path, starter_text(device, key))
+    write_private(path, starter_text(device, key, profile))
     return key
 
 
