@@ -128,8 +128,12 @@ def status_table(st: StackStatus, console: Console | None = None) -> None:
                 "PLANNED": _bytes(b.planned_bytes),
                 "KV TOKENS": f"{planned:,}" if planned else "-",
                 "VLLM KV": _kv_cell(reported, kv_difference(planned, reported)),
-                "FIM": b.fim or "-", "TOOLS": _tools_cell(b.tools, b.tool_trained),
-                "REASONING": b.reasoning or "-", "WEIGHTS": _escape(_weights(b.weights))})
+                "FIM": b.fim or "-",
+                # one column for both (status is wide already): `hermes (untrained)`,
+                # `hermes · thinks qwen3`
+                "TOOLS": _escape(_tools_cell(b.tools, b.tool_trained)
+                                 + (f" · thinks {b.reasoning}" if b.reasoning else "")),
+                "WEIGHTS": _escape(_weights(b.weights))})
         fitted(rows, keep=("MODEL", "NAME", "STATE", "PORT"), more="llmctl status --json",
                console=con)
         for key, s in st.backends.items():
