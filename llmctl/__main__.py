@@ -16,7 +16,7 @@ import sys
 # Command lines answered here, and whether each asks for JSON.
 FAST = {("status",): False, ("status", "--json"): True}
 # Words people type from other tools (ollama serve/run/ps, docker ps/kill), and ours.
-MEANT = {"run": "up", "serve": "up", "launch": "up", "ps": "status", "kill": "down",
+MEANT = {"run": "up", "serve": "up", "ps": "status", "kill": "down",
          "shutdown": "down", "ls": "models", "list": "models", "remove": "rm"}
 
 

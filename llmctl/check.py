@@ -91,6 +91,16 @@ def install(cfg: cfgmod.Config) -> list[Row]:
     return rows
 
 
+def abilities(m: dict[str, Any]) -> str:
+    """A /v1/models entry's FIM, tools and reasoning, as one line."""
+    t = m.get("tools") or {}
+    tools = "none (vLLM refuses requests with tools)" if not t else t.get("parser", "?") + (
+        "" if t.get("trained") is not False else
+        " (not trained for tools: `auto` tool use is unreliable)")
+    return (f"FIM {m.get('fim') or 'none'} · tools {tools} · reasoning "
+            f"{(m.get('reasoning') or {}).get('parser') or 'none'}")
+
+
 def stack(url: str, key: str | None, timeout: float = 120.0) -> list[Row]:
     """The proxy (or any OpenAI-compatible server) as clients use it."""
     base = url.rstrip("/").removesuffix("/v1")
@@ -126,6 +136,9 @@ def stack(url: str, key: str | None, timeout: float = 120.0) -> list[Row]:
                             r.status_code == 401, _said(r)))
         rows.append(Row("model list", bool(models), ", ".join(m.get("id", "?") for m in models)
                         or "no models listed"))
+        for m in models:
+            if "tools" in m:  # an llmctl proxy says what each model can do
+                rows.append(Row(f"can: {m.get('id')}", True, abilities(m)))
         ready = [m for m in models if m.get("state", "RUNNING") == "RUNNING"]
         for m in models:
             if m.get("start") == "on-demand" and m.get("state") in ("STOPPED", "SLEEPING"):

@@ -111,6 +111,10 @@ def _ui():
 def config_init(
     path: ConfigOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", metavar="NAME", show_default=False,
+        help="Models for a purpose instead of the defaults: `agents` (a tool-trained coder "
+             "model at 32k tokens for `llmctl launch`; docs/agents.md).")] = None,
 ) -> None:
     """Write a starter config with a fresh API key.
 
@@ -118,8 +122,9 @@ def config_init(
     from .gpu import detect_device
 
     target = path or cfgmod.config_path()
-    cfgmod.init(target, detect_device(), force=force)
-    _ui().ok(f"wrote {target} with a new API key (`llmctl config key` prints it)")
+    cfgmod.init(target, "cuda" if profile else detect_device(), force=force, profile=profile)
+    _ui().ok(f"wrote {target} with a new API key (`llmctl config key` prints it)"
+             + (f"; profile {profile}: `llmctl plan` shows how it fits" if profile else ""))
 
 
 @config_app.command("import")
@@ -883,6 +888,59 @@ def stop_cmd(model: ModelArg, path: ConfigOpt = None) -> None:
     stack.control(running, key, "stop", _client_key(cfg), timeout=cfg.proxy.drain_seconds + 120)
     b = (state.running_stack() or running).backends[key]  # written before the answer
     _ui().ok(f"{key}: {b.state}" + (f" — {b.reason}" if b.reason else ""))
+
+
+# ── agents ───────────────────────────────────────────────────────────────────
+
+
+@app.command()
+def launch(
+    agent: Annotated[str, typer.Argument(help="claude, codex or opencode.", show_default=False,
+                                         metavar="AGENT")],
+    args: Annotated[list[str] | None, typer.Argument(
+        help="Passed to the agent as given (after `--`).", show_default=False,
+        metavar="[-- ARGS...]")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="The main model (default: the coder model).", show_default=False)
+    ] = None,
+    small_model: Annotated[str | None, typer.Option(
+        "--small-model", help="The model for small, fast tasks (default: the general model).",
+        show_default=False)] = None,
+    print_only: Annotated[bool, typer.Option(
+        "--print", help="Print the environment and command it would run; run nothing.")
+    ] = False,
+    write_config: Annotated[bool, typer.Option(
+        "--write-config", help="Also write llmctl's provider into the agent's own config "
+                               "file (the old file kept beside it as a backup).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a coding agent against the proxy, with a named key of its own.
+
+    Claude Code (Anthropic Messages API), Codex (Responses API) or OpenCode
+    (chat completions): the coder model as the main model, the general model
+    for small tasks. The key (`claude-code`, `codex`, `opencode`) is made on
+    first use; `llmctl keys list` shows its usage. See docs/agents.md."""
+    from . import launch as lm
+    from . import state
+
+    a = lm.agent_of(agent)
+    binary = None if print_only else lm.find_binary(a)  # before a key is made for nothing
+    plan = lm.prepare(a, state.running_stack(), model=model, small_model=small_model,
+                      args=tuple(args or ()), write_config=write_config)
+    ui = _ui()
+    for w in plan.warnings:
+        ui.say(f"warning: {w}")
+    if plan.files:
+        for p, backup in lm.write_files({Path(k): v for k, v in plan.files.items()}):
+            ui.say(f"wrote {p}" + (f" (the old one: {backup})" if backup else ""))
+    if print_only:
+        if as_json:
+            ui.data(plan.as_dict())
+        else:
+            sys.stdout.write(plan.shell())
+        return
+    ui.say(f"launching {plan.line()}")
+    lm.run(plan, binary or a.binary)
 
 
 @app.command()

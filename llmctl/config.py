@@ -48,6 +48,8 @@ ENV_VARS = {
     "HF_HUB_CACHE": "the Hugging Face cache itself, when it is not under HF_HOME",
     "HF_HUB_OFFLINE": "`1`: never contact the hub; backends always run with it set",
     "NO_COLOR": "no colour in the terminal",
+    "CODEX_HOME": "Codex's own folder (default ~/.codex): where `llmctl launch codex "
+                  "--write-config` writes its config.toml",
 }
 
 
@@ -184,6 +186,14 @@ class ModelConfig:
     fim: str = setting("auto", "fill-in-the-middle template for IDE autocomplete: auto (from "
                        "the tokenizer's special tokens; none for url models), a family, or "
                        "none", choices=FIM_CHOICES)
+    tools: str = setting("auto", "tool calling: auto (the model's own vLLM tool-call parser, "
+                         "from its chat template and config; a generic one, `hermes`, for a "
+                         "model not trained for tools), a parser name (checked against the "
+                         "installed vLLM), or none (vLLM then refuses requests with tools)",
+                         what='"auto", a vLLM tool-call parser name, or "none"')
+    reasoning: str = setting("auto", "thinking models: auto (the model's vLLM reasoning "
+                             "parser, if it thinks), a parser name, or none",
+                             what='"auto", a vLLM reasoning parser name, or "none"')
     start: str = setting("always", "`always`: started by `up`; `on-demand`: started by its "
                          "first request (it waits) and stopped after `idle_stop`",
                          choices=STARTS)
@@ -329,6 +339,24 @@ def default_models(device: str) -> tuple[ModelConfig, ...]:
     )
 
 
+# `llmctl config init --profile agents`: a tool-trained coder model at a context an agent
+# needs (Claude Code's first request alone is ~12k tokens), for one 24 GiB card and up.
+# Qwen3-Coder-30B-A3B (MoE, 3B active): ~17 GB of 4-bit AWQ weights, 48 layers × 4 KV heads
+# × 128 × 2 × 2 B = 96 KiB of KV cache a token, so 32k tokens take 3 GiB. It serves both
+# roles on a 24 GiB card (`general` is its alias); docs/agents.md adds a general model for
+# a bigger card.
+AGENT_CODER = "dark-side-of-the-code/Qwen3-Coder-30B-A3B-Instruct-AWQ"
+PROFILES = ("agents",)
+
+
+def profile_models(profile: str) -> tuple[ModelConfig, ...]:
+    if profile != "agents":
+        raise ConfigError(f"no profile {profile!r}", "profiles: " + ", ".join(PROFILES))
+    return (ModelConfig("coder", "qwen3-coder-30b", AGENT_CODER, port=8000,
+                        max_model_len=32768, max_num_seqs=8, aliases=("general",),
+                        tools="qwen3_coder", fim="qwen"),)
+
+
 def new_api_key() -> str:
     return "sk-local-" + secrets.token_urlsafe(24)
 
@@ -337,6 +365,7 @@ def new_api_key() -> str:
 
 _TOP = {"proxy", "engine", "models"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_PARSER_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
 class _Reader:
@@ -498,6 +527,10 @@ def _model(r: _Reader, key: str, data: Any) -> ModelConfig:
     elif "port" not in m:
         r.fail(section, None, f"[{section}] needs a 'port' for its vLLM server")
     _demand_keys(r, section, m, model)
+    for k in ("tools", "reasoning"):
+        if not _PARSER_RE.match(getattr(model, k)):
+            r.fail(section, k, f"'{section}.{k}' must be \"auto\", a vLLM parser name or "
+                   f"\"none\", not {getattr(model, k)!r}")
     mem = model.memory
     if isinstance(mem, str) and mem != "auto":
         r.fail(section, "memory", f"'{section}.memory' must be \"auto\" or a fraction, not {mem!r}")
@@ -620,12 +653,18 @@ def to_toml(cfg: Config, *, masked: bool = True) -> str:
     return render(cfg, masked=masked, comments=False)
 
 
-def starter_text(device: str, key: str) -> str:
-    """The file `llmctl config init` writes: the defaults for this device, every key with
-    its meaning."""
-    cfg = Config(proxy=ProxyConfig(api_keys=(key,)), models=default_models(device))
-    return ("# llmctl config. Reference: docs/config.md. Apply changes with "
-            "`llmctl up --restart`.\n\n" + render(cfg, masked=False, comments=True))
+def starter_text(device: str, key: str, profile: str | None = None) -> str:
+    """The file `llmctl config init` writes: the defaults for this device (or a profile's
+    models), every key with its meaning."""
+    models = profile_models(profile) if profile else default_models(device)
+    cfg = Config(proxy=ProxyConfig(api_keys=(key,)), models=models)
+    head = ("# llmctl config. Reference: docs/config.md. Apply changes with "
+            "`llmctl up --restart`.\n")
+    if profile == "agents":
+        head += ("# Profile `agents` (docs/agents.md): a coder model trained for tool calls, at "
+                 "32k tokens, for\n# `llmctl launch claude|codex|opencode`; planned for one "
+                 "24 GiB card and up (`llmctl plan`).\n")
+    return head + "\n" + render(cfg, masked=False, comments=True)
 
 
 def write_private(path: Path, text: str) -> None:
@@ -633,12 +672,14 @@ def write_private(path: Path, text: str) -> None:
     write_atomic(path, text, 0o600)
 
 
-def init(path: Path, device: str, *, force: bool = False) -> str:
+def init(path: Path, device: str, *, force: bool = False, profile: str | None = None) -> str:
     """Write a starter config with a fresh key; returns the key."""
+    if profile:
+        profile_models(profile)  # an unknown profile before anything is written
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists", "pass --force to replace it (its keys are lost)")
     key = new_api_key()
-    write_private(path, starter_text(device, key))
+    write_private(path, starter_text(device, key, profile))
     return key
 
 

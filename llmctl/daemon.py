@@ -1,6 +1,6 @@
 """The daemon: one event loop running the supervisor and the proxy; signals; drain.
 
-May import: config, engine, errors, files, fim, gpu, hub, keys, procs, proxy, proxy.conns,
+May import: config, engine, errors, files, gpu, keys, procs, proxy, proxy.conns,
 report, stack, state, supervisor, survey, usage.
 Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached;
 it logs to logs/daemon.log, rotated, and anything printed lands in logs/daemon.out)
@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfgmod
-from . import engine, fim, gpu, hub, keys, procs, state, usage
+from . import engine, gpu, keys, procs, state, usage
 from .errors import LlmctlError
 from .files import private_dir
 from .report import StackReport
 from .supervisor import Backend, ManagedBackend, RemoteBackend, Supervisor
-from .survey import survey
+from .survey import fim_family, survey
 
 log = logging.getLogger("llmctl.daemon")
 
@@ -44,15 +44,6 @@ EXIT_LOCKED = 3  # another daemon holds the lock
 def start_key(m: cfgmod.ModelConfig) -> str:
     """What `starts.json` remembers a start time under: the same model at the same place."""
     return f"{m.key}:{m.source}"
-
-
-def fim_family(m: cfgmod.ModelConfig, folder: Path | None) -> str | None:
-    """The model's FIM template: as configured, or (auto) from its tokenizer's tokens."""
-    if m.fim == "none":
-        return None
-    if m.fim != "auto":
-        return m.fim
-    return fim.detect(hub.special_tokens(folder)) if folder else None
 
 
 def devices_of(p: Any) -> tuple[str, ...]:
@@ -69,14 +60,16 @@ def build_backends(cfg: cfgmod.Config, on_change: Callable[[], None]
     backends: list[Backend] = []
     for m in cfg.models:
         if not m.managed:
-            backends.append(RemoteBackend(m, fim=fim_family(m, None), on_change=on_change))
+            backends.append(RemoteBackend(m, fim=fim_family(m, None), abilities=s.abilities[m.key],
+                                          on_change=on_change))
             continue
         p, folder = s.plans[m.key], s.folders[m.key]
-        b = ManagedBackend(m, engine.command(cfg, m, p, str(folder or m.source)),
+        able = s.abilities[m.key]
+        b = ManagedBackend(m, engine.command(cfg, m, p, str(folder or m.source), abilities=able),
                            cfgmod.logs_dir() / f"{m.key}.log", planned_bytes=p.planned_bytes,
                            planned_kv_tokens=p.kv_tokens, devices=devices_of(p),
                            expected_start_s=state.previous_start(start_key(m)),
-                           fim=fim_family(m, folder), on_change=on_change)
+                           fim=fim_family(m, folder), abilities=able, on_change=on_change)
         if folder is None:
             b.fail(f"{m.source} is not pulled; run `llmctl pull`")
         backends.append(b)

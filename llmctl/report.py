@@ -34,6 +34,9 @@ class BackendReport:
     url: str = ""
     source: str | None = None
     fim: str | None = None
+    tools: str | None = None  # the vLLM tool-call parser it runs with
+    tool_trained: bool | None = None  # trained for tool use: `auto` tool choice works
+    reasoning: str | None = None  # the vLLM reasoning parser
     port: int | None = None
     pid: int | None = None
     pgid: int | None = None  # = pid: each server leads its own process group

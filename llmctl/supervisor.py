@@ -1,7 +1,7 @@
 """Backends: the vLLM servers llmctl starts and the `url =` servers it only checks; and the
 supervisor, which starts, stops and swaps them and admits every request.
 
-May import: clock, config, engine, lifecycle, logs, procs, report. Runs inside the daemon's event
+May import: clock, config, engine, lifecycle, logs, procs, report, tools. Runs inside the daemon's event
 loop.
 
 States are supervisord's (lifecycle.py draws them). RUNNING means `/health`
@@ -52,6 +52,7 @@ from .logs import (
     this_start,
 )
 from .report import BackendReport, ManagedReport
+from .tools import Abilities
 
 log = logging.getLogger("llmctl.supervisor")
 
@@ -104,9 +105,12 @@ class Backend:
 
     def __init__(self, model: ModelConfig, *, policy: Policy | None = None,
                  on_change: Callable[[], None] = lambda: None, clock: Clock | None = None,
-                 http: httpx.AsyncClient | None = None, fim: str | None = None) -> None:
+                 http: httpx.AsyncClient | None = None, fim: str | None = None,
+                 abilities: Abilities | None = None) -> None:
         self.model = model
         self.fim = fim  # the fill-in-the-middle template family the proxy renders, or None
+        # Its tool-call and reasoning parsers, and whether it was trained for tools.
+        self.abilities = abilities or Abilities(None, None, None)
         self.policy = policy or Policy()
         self.on_change = on_change
         self.clock = clock or Clock()
@@ -199,7 +203,8 @@ class Backend:
         return dict(
             name=self.model.name, aliases=list(self.model.names[1:]), state=str(self.state),
             managed=self.model.managed, url=self.url, source=self.model.source or None,
-            fim=self.fim, ready_at=self.ready_at, reason=self.reason,
+            fim=self.fim, tools=self.abilities.tools, tool_trained=self.abilities.trained,
+            reasoning=self.abilities.reasoning, ready_at=self.ready_at, reason=self.reason,
             in_flight=self.in_flight, queued=self.queued, resting=self.resting,
             start=self.model.start if self.model.managed else None,
             group=self.model.group or None,

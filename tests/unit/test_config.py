@@ -208,3 +208,34 @@ def test_bounds_come_from_the_schema(section, key, value, needle):
     target[key] = value
     with pytest.raises(ConfigError, match=needle):
         config.parse(raw)
+
+
+@pytest.mark.parametrize("value, ok", [("auto", True), ("none", True), ("qwen3_coder", True),
+                                       ("granite-20b-fc", True), ("Bad Name", False),
+                                       ("", False)])
+def test_tools_and_reasoning_keys(value, ok):
+    for key in ("tools", "reasoning"):
+        raw = {"models": {"c": {"name": "c", "source": "o/r", "port": 8000, key: value}}}
+        if ok:
+            assert getattr(config.parse(raw).models[0], key) == value
+        else:
+            with pytest.raises(ConfigError, match=f"'models.c.{key}' must be"):
+                config.parse(raw)
+
+
+def test_the_agents_profile_is_a_tool_trained_coder_at_32k(tmp_path):
+    import tomllib
+
+    from llmctl import tools
+
+    p = tmp_path / "config.toml"
+    config.init(p, "cpu", profile="agents")
+    cfg = config.parse(tomllib.loads(p.read_text()))
+    (coder,) = cfg.models
+    assert coder.max_model_len >= 32768 and coder.fim == "qwen"
+    assert coder.tools == "qwen3_coder"
+    # the name alone already says so (plan before the weights are pulled)
+    assert tools.detect(tools.ModelFiles(coder.source)).tools == "qwen3_coder"
+    with pytest.raises(ConfigError, match="no profile 'nope'"):
+        config.init(tmp_path / "other.toml", "cpu", profile="nope")
+    assert not (tmp_path / "other.toml").exists()

@@ -1,5 +1,8 @@
+import pytest
+
 from llmctl import config, engine
 from llmctl.plan import BackendPlan
+from llmctl.tools import Abilities
 
 
 def model(**kw):
@@ -77,3 +80,21 @@ def test_sleep_mode_only_for_members_of_a_sleep_group():
     for m in (model(group="g"), model()):
         cmd = engine.command(CFG, m, p, "/m")
         assert "--enable-sleep-mode" not in cmd.argv and "VLLM_SERVER_DEV_MODE" not in cmd.env
+
+
+@pytest.mark.parametrize("able, args, tail", [
+    # Every started model gets a parser: vLLM 0.32 refuses any request with tools without.
+    (Abilities("hermes", False, None), (), ("--enable-auto-tool-choice", "--tool-call-parser",
+                                            "hermes")),
+    (Abilities("qwen3_coder", True, "qwen3"), (),
+     ("--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
+      "--reasoning-parser", "qwen3")),
+    (Abilities(None, None, None), (), ()),  # tools = "none"
+    # The model's own args win.
+    (Abilities("hermes", True, "qwen3"), ("--tool-call-parser", "pythonic"),
+     ("--reasoning-parser", "qwen3", "--tool-call-parser", "pythonic")),
+])
+def test_tool_and_reasoning_parsers(able, args, tail):
+    p = BackendPlan("coder", "cpu", kv_cache_gib=1)
+    argv = engine.command(CFG, model(args=args), p, "/m", abilities=able).argv
+    assert argv[argv.index("-O0") + 1:] == tail
