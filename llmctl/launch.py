@@ -188,7 +188,13 @@ def _claude(url: str, key: str, main: str, small: str, ctx: int) -> tuple[dict[s
     env = {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": key, "ANTHROPIC_MODEL": main,
            "ANTHROPIC_DEFAULT_OPUS_MODEL": main, "ANTHROPIC_DEFAULT_SONNET_MODEL": main,
            "ANTHROPIC_DEFAULT_HAIKU_MODEL": small, "ANTHROPIC_SMALL_FAST_MODEL": small,
-           "CLAUDE_CODE_SUBAGENT_MODEL": main, **_CLAUDE_QUIET}
+           "CLAUDE_CODE_SUBAGENT_MODEL": main,
+           # A model it does not know, it takes for a 1M-token one (and says so on every
+           # start): the real window, so it compacts in time, and an output budget that
+           # leaves room for the prompt (its default, 32,000, is lowered by the proxy).
+           "CLAUDE_CODE_MAX_CONTEXT_TOKENS": str(ctx),
+           "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(min(32000, max(256, ctx // 4))),
+           **_CLAUDE_QUIET}
     return env, [], ("ANTHROPIC_AUTH_TOKEN",)
 
 

@@ -36,7 +36,7 @@ from starlette.routing import Route
 # "seen" counts every request but /control ones, whatever its route (a 404 too).
 STATS = {"requests": 0, "aborted": 0, "running": 0, "completed": 0, "seen": 0,
          "last_headers": {}, "last_body": None, "sleeps": 0, "wakes": 0, "asleep": False,
-         "last_path": None, "by_id": 0}
+         "last_path": None, "by_id": 0, "paths": [], "largest_body": 0, "most_tools": 0}
 RESPONSES: dict[str, dict] = {}  # stored responses (VLLM_ENABLE_RESPONSES_API_STORE=1)
 HANG = asyncio.Event()
 ARGS: argparse.Namespace
@@ -160,7 +160,11 @@ def _seen_body(request: Request, raw: bytes) -> dict:
     STATS["last_body"] = raw.decode("utf-8", "replace")
     STATS["last_path"] = request.url.path + (f"?{request.url.query}" if request.url.query
                                              else "")
-    return json.loads(raw)
+    STATS["paths"] = [*STATS["paths"][-99:], STATS["last_path"]]
+    STATS["largest_body"] = max(STATS["largest_body"], len(raw))
+    body = json.loads(raw)
+    STATS["most_tools"] = max(STATS["most_tools"], len(body.get("tools") or []))
+    return body
 
 
 def _too_long(n: int, anthropic: bool = False) -> Response | None:
@@ -192,10 +196,13 @@ async def messages(request: Request) -> Response:
         return JSONResponse({"type": "error", "error": {"type": "BadRequestError",
                                                         "message": "asked to fail"}},
                             status_code=int(body["fail_with"]))
-    n = int(body.get("max_tokens") or 16)
-    if (refused := _too_long(n, anthropic=True)) is not None:
+    asked = int(body.get("max_tokens") or 16)
+    if (refused := _too_long(asked, anthropic=True)) is not None:
         return refused
-    n = min(n, 64)
+    n = min(asked, 64)
+    # A model that ends before its budget stops on its own: end_turn (Claude Code treats
+    # max_tokens as an answer cut short).
+    stop = "max_tokens" if n == asked else "end_turn"
     choice = body.get("tool_choice") or {}
     tool = None
     if body.get("tools") and choice.get("type") in ("any", "tool"):
@@ -206,7 +213,7 @@ async def messages(request: Request) -> Response:
                    else [{"type": "text", "text": "".join(f"tok{i} " for i in range(n))}])
         return JSONResponse({"id": "msg_1", "type": "message", "role": "assistant",
                              "model": ARGS.name, "content": content,
-                             "stop_reason": "tool_use" if tool else "max_tokens",
+                             "stop_reason": "tool_use" if tool else stop,
                              "stop_sequence": None, "usage": usage})
 
     async def gen():
@@ -222,7 +229,7 @@ async def messages(request: Request) -> Response:
                                                            "text": f"tok{i} "}})
         yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
         yield _event("message_delta", {"type": "message_delta", "delta": {
-            "stop_reason": "max_tokens", "stop_sequence": None}, "usage": usage})
+            "stop_reason": stop, "stop_sequence": None}, "usage": usage})
         yield _event("message_stop", {"type": "message_stop"})
 
     return StreamingResponse(gen(), media_type="text/event-stream")

@@ -2,29 +2,22 @@
 through `llmctl launch`, with their full default prompts and tools, against a stack of
 `url` models on the stand-in upstream (tests/fakes/upstream.py).
 
-DEPENDENCY: these need the stand-in upstream to speak `POST /v1/messages` (Claude Code)
-and `POST /v1/responses` (Codex). That support is being added on the proxy side of issue
-24; until the stand-in answers those routes, each test skips and says so."""
+The stand-in speaks `POST /v1/messages` (Claude Code) and `POST /v1/responses` (Codex) as
+vLLM 0.32 does; what it saw proves the agents' real request shapes went through the
+proxy: the route and query string, the agent's key kept from the upstream, the size of
+the default prompt and the number of tools."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
-import httpx
 import pytest
 
 from ..agents import agent_binary
 from .conftest import start_upstream
 from .test_cli_stack import Env
-
-
-def _speaks(url: str, path: str, body: dict) -> bool:
-    try:
-        r = httpx.post(url + path, json=body, timeout=10)
-    except httpx.HTTPError:
-        return False
-    return r.status_code not in (404, 405)
 
 
 @pytest.fixture
@@ -50,21 +43,25 @@ def _launch(e: Env, agent: str, *args: str, timeout: float = 180) -> subprocess.
 
 def test_claude_code_round_trip_through_launch(agent_stack):
     e, up = agent_stack
-    if not _speaks(up.url, "/v1/messages", {"model": "fake-coder", "max_tokens": 4,
-                                            "messages": [{"role": "user", "content": "hi"}]}):
-        pytest.skip("the stand-in upstream (tests/fakes/upstream.py) does not speak "
-                    "/v1/messages yet: it comes with the proxy side of issue 24")
     r = _launch(e, "claude", "-p", "hi")  # its full default tools and system prompt
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip()
+    assert "tok0" in r.stdout  # the stand-in's answer, printed by Claude Code
     assert "launching Claude Code" in r.stderr
+    seen = up.stats()
+    assert "/v1/messages?beta=true" in seen["paths"]
+    assert seen["most_tools"] >= 10 and seen["largest_body"] > 20_000  # the real prompt
+    sent = json.dumps(seen["last_headers"]).lower()
+    assert "x-api-key" not in sent and "sk-llmctl-" not in sent  # its key stays here
+    usage = json.loads(e.run("keys", "list", "--json").stdout)["keys"]
+    assert any(k["name"] == "claude-code" for k in usage)
 
 
 def test_codex_round_trip_through_launch(agent_stack):
     e, up = agent_stack
-    if not _speaks(up.url, "/v1/responses", {"model": "fake-coder", "input": "hi"}):
-        pytest.skip("the stand-in upstream (tests/fakes/upstream.py) does not speak "
-                    "/v1/responses yet: it comes with the proxy side of issue 24")
     r = _launch(e, "codex", "exec", "--skip-git-repo-check", "hi")
     assert r.returncode == 0, r.stderr
     assert "launching Codex" in r.stderr
+    assert "tok0" in r.stdout + r.stderr
+    seen = up.stats()
+    assert "/v1/responses" in seen["paths"]
+    assert seen["largest_body"] > 5_000  # its own instructions
