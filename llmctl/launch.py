@@ -189,12 +189,16 @@ def _claude(url: str, key: str, main: str, small: str, ctx: int) -> tuple[dict[s
            "ANTHROPIC_DEFAULT_OPUS_MODEL": main, "ANTHROPIC_DEFAULT_SONNET_MODEL": main,
            "ANTHROPIC_DEFAULT_HAIKU_MODEL": small, "ANTHROPIC_SMALL_FAST_MODEL": small,
            "CLAUDE_CODE_SUBAGENT_MODEL": main,
-           # A model it does not know, it takes for a 1M-token one (and says so on every
-           # start): the real window, so it compacts in time, and an output budget that
-           # leaves room for the prompt (its default, 32,000, is lowered by the proxy).
-           "CLAUDE_CODE_MAX_CONTEXT_TOKENS": str(ctx),
+           # An output budget that leaves room for the prompt (its default, 32,000, would
+           # be lowered by the proxy anyway).
            "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(min(32000, max(256, ctx // 4))),
            **_CLAUDE_QUIET}
+    if ctx >= CONTEXT_NEEDED:
+        # A model it does not know it takes for a 1M-token one (and says so at each start):
+        # the real window, so it compacts in time. Not below what it needs: with a small
+        # window it refuses even a short prompt itself ("Prompt is too long"; measured
+        # with 2,048), where the proxy and vLLM would have answered it.
+        env["CLAUDE_CODE_MAX_CONTEXT_TOKENS"] = str(ctx)
     return env, [], ("ANTHROPIC_AUTH_TOKEN",)
 
 

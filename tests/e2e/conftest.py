@@ -72,6 +72,12 @@ port = {self.coder_port}
 max_model_len = 2048
 max_num_seqs = 16
 fim = "starcoder"                 # set by hand: the demo model has no FIM tokens
+# Greedy with a light repetition penalty as the server's defaults (a request that sets its
+# own wins): Claude Code sends no temperature, and the 135M model, sampled at 1.0 or
+# greedy alone, loops on its message layout until the output budget, which Claude Code
+# takes for an error (measured: 512 tokens of "I'm a bit of a creative AI…"; with these,
+# 45 tokens and end_turn).
+args = ["--override-generation-config", '{{"temperature": 0.0, "repetition_penalty": 1.1}}']
 
 [models.general]
 name = "smollm2-general"

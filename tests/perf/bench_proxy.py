@@ -13,6 +13,10 @@ Measures
     asked with a config key, interleaved in the same run: the p50 difference.
 Targets (issue 3): added p50 <= 1 ms, p99 <= 3 ms; >= 80 % of direct throughput.
 Target (issue 15): keys and limits add <= 0.1 ms at p50.
+  * agents' APIs (issue 24): /v1/messages (with a Bearer key and with x-api-key) and
+    /v1/responses against /v1/chat/completions through the same proxy, interleaved:
+    the p50 difference, non-streaming and to the first chunk (the fast upstream answers
+    every route alike, so only the proxy's work differs).
 The upstream and the proxy each run in their own process, with the daemon's uvicorn
 settings; the load generator (aiohttp) runs here.
 """
@@ -101,6 +105,39 @@ async def one(session, url, stream: bool, fim: bool | None = None) -> float:
             return t
         await r.read()
         return time.perf_counter() - t0
+
+
+AGENT_BODIES = {
+    "chat": ("/v1/chat/completions", BODY),
+    "messages": ("/v1/messages", {"model": "bench", "max_tokens": 16,
+                                  "messages": [{"role": "user", "content": "hi"}]}),
+    "messages_x_api_key": ("/v1/messages", {"model": "bench", "max_tokens": 16,
+                                            "messages": [{"role": "user", "content": "hi"}]}),
+    "responses": ("/v1/responses", {"model": "bench", "input": "hi", "max_output_tokens": 16,
+                                    "max_tokens": 16}),
+}
+
+
+async def agent_latency(session, url: str, n: int, stream: bool) -> dict[str, list[float]]:
+    """Each agent route in blocks, interleaved, with the key as its clients send it."""
+    out: dict[str, list[float]] = {k: [] for k in AGENT_BODIES}
+    for _ in range(max(1, n // 50)):
+        for name, (route, body) in AGENT_BODIES.items():
+            headers = {"x-api-key": KEY} if name == "messages_x_api_key" else \
+                {"Authorization": f"Bearer {KEY}"}
+            for _ in range(50):
+                t0 = time.perf_counter()
+                async with session.post(url + route, json=dict(body, stream=stream),
+                                        headers=headers) as r:
+                    r.raise_for_status()
+                    if stream:
+                        await r.content.readany()
+                        out[name].append(time.perf_counter() - t0)
+                        await r.read()
+                    else:
+                        await r.read()
+                        out[name].append(time.perf_counter() - t0)
+    return out
 
 
 async def latency(session, urls: dict[str, str], n: int, stream: bool,
@@ -202,6 +239,15 @@ async def run(args) -> dict:
                           "plain_p99_ms": pct(lat["plain"], 99) * 1e3,
                           "fim_p99_ms": pct(lat["fim"], 99) * 1e3}
             res["fim"]["added_p50_ms"] = res["fim"]["fim_p50_ms"] - res["fim"]["plain_p50_ms"]
+        # Agents' routes: a session with no default key, so each form is sent alone.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as bare:
+            await agent_latency(bare, urls["proxy"], 100, False)
+            for name, stream in (("agents_non_streaming", False), ("agents_first_chunk", True)):
+                lat = await agent_latency(bare, urls["proxy"], args.requests, stream)
+                p50 = {k: statistics.median(v) * 1e3 for k, v in lat.items()}
+                res[name] = {f"{k}_p50_ms": v for k, v in p50.items()}
+                res[name].update({f"{k}_added_p50_ms": p50[k] - p50["chat"]
+                                  for k in p50 if k != "chat"})
             return res
     finally:
         for p in procs:
@@ -247,6 +293,12 @@ def main() -> None:
     print(f"{'fim':>14}: plain completion p50 {f['plain_p50_ms']:.3f} ms p99 "
           f"{f['plain_p99_ms']:.3f} ms | with suffix p50 {f['fim_p50_ms']:.3f} ms p99 "
           f"{f['fim_p99_ms']:.3f} ms | added p50 {f['added_p50_ms']:.3f} ms")
+    for name in ("agents_non_streaming", "agents_first_chunk"):
+        r = res[name]
+        print(f"{name:>20}: chat p50 {r['chat_p50_ms']:.3f} ms | messages "
+              f"{r['messages_added_p50_ms']:+.3f} ms | messages with x-api-key "
+              f"{r['messages_x_api_key_added_p50_ms']:+.3f} ms | responses "
+              f"{r['responses_added_p50_ms']:+.3f} ms (p50, against chat)")
     t = res["throughput"]
     print(f"    throughput: c={t['concurrency']} × {t['chunks_per_response']} chunks: "
           f"direct {t['direct_chunks_per_s']:.0f}/s, proxy {t['proxy_chunks_per_s']:.0f}/s "

@@ -20,6 +20,10 @@ def test_benchmark_runs_and_reports_every_figure():
     t = res["throughput"]
     assert t["direct_chunks_per_s"] > 0 and t["proxy_chunks_per_s"] > 0
     assert res["fim"]["fim_p50_ms"] > 0 and res["fim"]["plain_p50_ms"] > 0
+    for name in ("agents_non_streaming", "agents_first_chunk"):
+        assert {"chat_p50_ms", "messages_added_p50_ms", "messages_x_api_key_added_p50_ms",
+                "responses_added_p50_ms"} <= set(res[name])
+        assert res[name]["messages_p50_ms"] > 0
 
 
 def test_cli_benchmark_runs_and_reports_every_figure():
