@@ -194,6 +194,10 @@ class ModelConfig:
     reasoning: str = setting("auto", "thinking models: auto (the model's vLLM reasoning "
                              "parser, if it thinks), a parser name, or none",
                              what='"auto", a vLLM reasoning parser name, or "none"')
+    store_responses: bool = setting(False, "keep Responses API answers, so clients can read "
+                                    "them back by id (GET /v1/responses/{id}) or chain them "
+                                    "with previous_response_id; vLLM keeps them in memory and "
+                                    "never evicts any (its own warning calls it a leak)")
     start: str = setting("always", "`always`: started by `up`; `on-demand`: started by its "
                          "first request (it waits) and stopped after `idle_stop`",
                          choices=STARTS)

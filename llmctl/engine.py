@@ -84,6 +84,9 @@ def command(cfg: Config, model: ModelConfig, plan: BackendPlan, model_path: str,
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", abilities.tools]
     if abilities and abilities.reasoning and "--reasoning-parser" not in model.args:
         argv += ["--reasoning-parser", abilities.reasoning]
+    if model.store_responses:
+        # vLLM keeps Responses API answers only so, in memory, never evicted: opt-in.
+        env["VLLM_ENABLE_RESPONSES_API_STORE"] = "1"
     argv += list(model.args)
     if base_env:
         env = {**base_env, **env}

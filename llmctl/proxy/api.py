@@ -49,7 +49,8 @@ PUBLIC_FIELDS = frozenset({
     "in_flight", "queued", "max_model_len", "kv_tokens_planned", "kv_tokens_reported",
     "planned_bytes", "gpu_bytes", "rss_bytes", "uptime_s", "restarts", "resting",
     "started_at", "ready_at", "last_request_at", "stops_at", "idle_stop_s",
-    "expected_start_s", "last_start_s", "concurrency_reported", "alive"})
+    "expected_start_s", "last_start_s", "concurrency_reported", "alive", "tools",
+    "tool_trained", "reasoning"})
 
 
 def redacted(data: dict[str, Any], mine: set[str] | None) -> dict[str, Any]:

@@ -85,11 +85,7 @@ def _chunk(i: int, chat: bool, model: str, last: bool = False) -> bytes:
 async def complete(request: Request) -> Response:
     if HANG.is_set():
         await asyncio.sleep(3600)
-    raw = await request.body()
-    STATS["requests"] += 1
-    STATS["last_headers"] = dict(request.headers)
-    STATS["last_body"] = raw.decode("utf-8", "replace")
-    body = json.loads(raw)
+    body = _seen_body(request, await request.body())
     if body.get("model") != ARGS.name:
         return JSONResponse({"error": {"message": f"The model `{body.get('model')}` does not "
                                        "exist.", "type": "NotFoundError", "param": None,

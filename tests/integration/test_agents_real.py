@@ -65,3 +65,15 @@ def test_codex_round_trip_through_launch(agent_stack):
     seen = up.stats()
     assert "/v1/responses" in seen["paths"]
     assert seen["largest_body"] > 5_000  # its own instructions
+
+
+def test_opencode_round_trip_through_launch(agent_stack):
+    e, up = agent_stack
+    r = _launch(e, "opencode", "run", "hi")
+    assert r.returncode == 0, r.stderr
+    assert "launching OpenCode" in r.stderr
+    assert "tok0" in r.stdout
+    seen = up.stats()
+    assert "/v1/chat/completions" in seen["paths"]
+    assert seen["most_tools"] >= 5 and seen["largest_body"] > 10_000  # its prompt and tools
+    assert "sk-llmctl-" not in json.dumps(seen["last_headers"])

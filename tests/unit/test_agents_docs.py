@@ -47,7 +47,7 @@ def test_json_snippets_are_launchs_own():
 
 
 def test_toml_snippets_are_llmctl_configs_or_launchs_codex_config():
-    profile_seen = codex_seen = 0
+    profile_seen = codex_seen = stored_seen = 0
     for body in blocks("toml"):
         raw = tomllib.loads(body)
         if "model_providers" in raw:
@@ -60,10 +60,14 @@ def test_toml_snippets_are_llmctl_configs_or_launchs_codex_config():
         assert vllm is None or build.parser_errors(cfg, vllm) == []
         for m in cfg.models:
             assert tools.detect(tools.ModelFiles(m.source)).trained, m.source
-        if len(cfg.models) == 1:
+        if len(cfg.models) == 1 and cfg.models[0].store_responses:
+            # The Responses API storing example: the profile's model, opted in.
+            assert cfg.models[0].source == PROFILE.source
+            stored_seen += 1
+        elif len(cfg.models) == 1:
             assert cfg.models[0] == PROFILE
             profile_seen += 1
-    assert (profile_seen, codex_seen) == (1, 1)
+    assert (profile_seen, codex_seen, stored_seen) == (1, 1, 1)
 
 
 def test_yaml_snippets_point_at_the_proxy_and_real_names():

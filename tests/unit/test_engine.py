@@ -98,3 +98,14 @@ def test_tool_and_reasoning_parsers(able, args, tail):
     p = BackendPlan("coder", "cpu", kv_cache_gib=1)
     argv = engine.command(CFG, model(args=args), p, "/m", abilities=able).argv
     assert argv[argv.index("-O0") + 1:] == tail
+
+
+def test_responses_are_stored_only_for_a_model_that_opts_in():
+    p = BackendPlan("coder", "cpu", kv_cache_gib=3, cores=(1,))
+    assert "VLLM_ENABLE_RESPONSES_API_STORE" not in engine.command(CFG, model(), p, "/m").env
+    cmd = engine.command(CFG, model(store_responses=True), p, "/m")
+    assert cmd.env["VLLM_ENABLE_RESPONSES_API_STORE"] == "1"
+    # And a config file says so in TOML.
+    cfg = config.parse({"models": {"coder": {"name": "c", "source": "org/r", "port": 8000,
+                                             "store_responses": True}}})
+    assert cfg.models[0].store_responses is True
