@@ -60,6 +60,26 @@ class Guard:
         self.evicted = 0  # connections closed to make room
         self.timed_out = 0  # heads that did not arrive in time
         self.too_large = 0  # heads over the size limit
+        self._sweeping: Any = None  # the once-a-second timer, while connections are open
+
+    def sweep(self, loop: Any) -> None:
+        """Close the connections whose head is late. One timer for all, once a second,
+        instead of one per request (a timer per request costs the hot path)."""
+        self._sweeping = None
+        now = loop.time()
+        late = [c for c in self.open if c.head_late(now)]
+        for c in late:
+            self.timed_out += 1
+            self.open.pop(c, None)
+            c.drop()
+        if self.open:
+            self._sweeping = loop.call_later(min(1.0, self.header_timeout / 2), self.sweep,
+                                             loop)
+
+    def watch(self, loop: Any) -> None:
+        if self._sweeping is None:
+            self._sweeping = loop.call_later(min(1.0, self.header_timeout / 2), self.sweep,
+                                             loop)
 
     def admit(self, conn: Any) -> bool:
         """Room for `conn`, by evicting the quietest connection not serving a request."""
@@ -94,12 +114,13 @@ def guarded(guard: Guard) -> type:
     class GuardedProtocol(HttpToolsProtocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             self._head = 0  # bytes of the head being received; -1: none pending
-            self._timer: Any = None
+            self._since = 0.0  # when the head became due (loop time)
             super().connection_made(transport)
             if not guard.admit(self):
                 transport.abort()
                 return
-            self._expect_head()
+            self._since = self.loop.time()
+            guard.watch(self.loop)
 
         @property
         def busy(self) -> bool:
@@ -107,28 +128,14 @@ def guarded(guard: Guard) -> type:
             return self._head < 0 and self.cycle is not None and \
                 not self.cycle.response_complete
 
+        def head_late(self, now: float) -> bool:
+            return self._head >= 0 and now - self._since > guard.header_timeout
+
         def drop(self) -> None:
             self.transport.abort()
 
-        def _expect_head(self) -> None:
-            self._head = 0
-            self._cancel_timer()
-            self._timer = self.loop.call_later(guard.header_timeout, self._head_late)
-
-        def _cancel_timer(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-
-        def _head_late(self) -> None:
-            self._timer = None
-            if self._head >= 0 and not self.transport.is_closing():
-                guard.timed_out += 1
-                self.transport.abort()
-
         def connection_lost(self, exc: Exception | None) -> None:
             guard.forget(self)
-            self._cancel_timer()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -148,12 +155,12 @@ def guarded(guard: Guard) -> type:
 
         def on_headers_complete(self) -> None:
             self._head = -1
-            self._cancel_timer()
             super().on_headers_complete()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing():
-                self._expect_head()
+            # The next head is due within header_timeout (an idle keep-alive connection
+            # is closed sooner by uvicorn's own timeout).
+            self._head, self._since = 0, self.loop.time()
 
     return GuardedProtocol
