@@ -505,8 +505,9 @@ def _here(cfg: cfgmod.Config, s: Any) -> dict[str, Any]:
                 break
             except metadata.PackageNotFoundError:
                 pass
+    parsers = {k: (a.tools, a.reasoning) for k, a in getattr(s, "abilities", {}).items()}
     return {"pulled": pulled, "fim": families, "named_keys": len(keys.load()),
-            "vllm_version": version}
+            "vllm_version": version, "parsers": parsers}
 
 
 # ── service ──────────────────────────────────────────────────────────────────

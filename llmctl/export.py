@@ -80,6 +80,9 @@ class Options:
     # model key → the FIM family its tokenizer here shows (None: none); absent: no tokenizer
     fim: Mapping[str, str | None] = field(default_factory=dict)
     named_keys: int = 0  # keys in keys.toml
+    # model key → (tool-call parser, reasoning parser) as `up` here would run it (the
+    # config's `tools`/`reasoning` over what detection found); absent: neither
+    parsers: Mapping[str, tuple[str | None, str | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,15 +130,16 @@ def _labels(models: list[ModelConfig]) -> dict[str, str]:
 # ── what both targets share ──────────────────────────────────────────────────
 
 
-def parser_args(m: ModelConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def parser_args(m: ModelConfig, chosen: tuple[str | None, str | None] = (None, None)
+                ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the tool-call and reasoning parser flags for `m`, its other `args`).
 
-    The one place that builds the parser flags: today they reach a model only through its
-    `args` (`--enable-auto-tool-choice`, `--tool-call-parser X`, `--reasoning-parser X`);
-    when the config has `tools` / `reasoning` keys, they are turned into flags here, and
-    both targets pick them up. Neither target's schema has fields for them (production-
-    stack's templates read `enableTool` and `toolCallParser`, but its values schema does
-    not list them), so they travel as vLLM arguments."""
+    The one place that builds the parser flags: those in the model's `args` (they win, as
+    in engine.py), else the parsers `up` would run (`chosen`: the config's `tools` and
+    `reasoning` over what detection found here), so the cluster parses tool calls and
+    thinking as this machine does. Neither target's schema has fields for them
+    (production-stack's templates read `enableTool` and `toolCallParser`, but its values
+    schema does not list them), so they travel as vLLM arguments."""
     parsers: list[str] = []
     rest: list[str] = []
     args = list(m.args)
@@ -150,6 +154,11 @@ def parser_args(m: ModelConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
         else:
             rest.append(a)
             i += 1
+    tool, thinking = chosen
+    if tool and "--tool-call-parser" not in " ".join(parsers):
+        parsers += ["--enable-auto-tool-choice", "--tool-call-parser", tool]
+    if thinking and "--reasoning-parser" not in " ".join(parsers):
+        parsers += ["--reasoning-parser", thinking]
     return tuple(parsers), tuple(rest)
 
 
@@ -226,7 +235,7 @@ def _prepare(cfg: Config, plan: Plan, opts: Options, how: _Scaling
             rev = opts.pulled[m.key]  # the weights this machine runs, to the commit
         cuda = b.device == "cuda"
         weights = b.terms.get("weights")
-        parsers, args = parser_args(m)
+        parsers, args = parser_args(m, opts.parsers.get(m.key, (None, None)))
         out.append(_Model(
             m, labels[m.key], repo, rev,
             gpus=max(1, len(b.devices)) if cuda else 1,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .test_cli_plan import write_config
+
 
 def llmctl(home: Path, *args: str, columns: int = 200) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LLMCTL_HOME": str(home), "NO_COLOR": "1", "COLUMNS": str(columns),
@@ -59,21 +61,7 @@ def stack_home(tmp_path) -> Path:
     for repo, folder in ((CODER, "deepseek-coder-33B-instruct-AWQ"),
                          (GENERAL, "Mistral-7B-Instruct-v0.2-AWQ")):
         shutil.copytree(FIXTURES / folder, tmp_path / "models" / repo.replace("/", "--"))
-    (tmp_path / "config.toml").write_text(f"""
-[models.coder]
-name = "deepseek-coder-33b-instruct"
-source = "{CODER}"
-port = 8000
-max_model_len = 4096
-max_num_seqs = 64
-
-[models.general]
-name = "mistral-7b-instruct"
-source = "{GENERAL}"
-port = 8001
-max_model_len = 4096
-max_num_seqs = 128
-""")
+    write_config(tmp_path, CODER, GENERAL)
     return tmp_path
 
 

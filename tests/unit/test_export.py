@@ -325,6 +325,26 @@ def test_parser_flags_and_args_travel_once_as_vllm_arguments():
                           "--reasoning-parser=deepseek_r1 --chat-template 't j.jinja'")
 
 
+def test_the_parsers_up_would_run_go_to_the_cluster_unless_args_name_them():
+    cfg = cfg_of('[models.coder]\nname = "qwen3-coder"\nsource = "Qwen/Qwen3-Coder-30B"\n'
+                 'port = 8000\n')
+    m = cfg.models[0]
+    assert export.parser_args(m, ("qwen3_coder", "qwen3")) == (
+        ("--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
+         "--reasoning-parser", "qwen3"), ())
+    assert export.parser_args(m, (None, None)) == ((), ())  # tools = "none": no parser
+    p = plan(cfg, assumed("1x80GiB"), {})
+    e = both(cfg, p, parsers={"coder": ("qwen3_coder", None)})
+    extra = at(e["production-stack"].documents[0], "servingEngineSpec.modelSpec[0].vllmConfig"
+                                                    ".extraArgs")
+    assert extra[-3:] == ["--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder"]
+    # Flags in the model's own args win, as engine.py does for `up`.
+    named = cfg_of('[models.coder]\nname = "c"\nsource = "Qwen/Qwen3-Coder-30B"\nport = 8000\n'
+                   'args = ["--tool-call-parser", "hermes"]\n').models[0]
+    assert export.parser_args(named, ("qwen3_coder", None))[0] == ("--tool-call-parser",
+                                                                   "hermes")
+
+
 # ── names ──
 
 
