@@ -152,13 +152,15 @@ class Daemon:
                 proxy.ledger.tally.put_back(batch)
                 raise
 
-        async def report_in_flight(last: list) -> None:
+        reported: list[Any] = []
+
+        async def report_in_flight() -> None:
             # States are reported as they change; requests in flight (and the time of the
             # last one, for idle stops) change per request, so they are written at most
             # once a second, and only when they moved.
             now = [(b.in_flight, b.queued, b.last_request_at) for b in self.backends]
-            if now != last[0]:
-                last[0] = now
+            if now != reported:
+                reported[:] = now
                 self.report()
 
         # uvicorn turns SIGINT/SIGTERM into "stop accepting, drain, return", then raises the
@@ -167,8 +169,7 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: None)
         starter = asyncio.create_task(start_backends())
-        reporter = asyncio.create_task(every(1.0, "the in-flight report",
-                                             lambda last=[None]: report_in_flight(last)))
+        reporter = asyncio.create_task(every(1.0, "the in-flight report", report_in_flight))
         keeper = asyncio.create_task(every(1.0, "the usage write", write_usage))
         log.info("proxy on %s; device %s", self.cfg.proxy_url, self.device)
         try:

@@ -18,11 +18,14 @@ subclass of uvicorn's httptools protocol, given to uvicorn as its `http` class:
 
 from __future__ import annotations
 
+import logging
 import resource
 from collections import OrderedDict
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("llmctl.proxy")
 
 # Descriptors kept for everything that is not a client connection: an upstream connection
 # per request in flight, log files, backend pipes, sqlite.
@@ -66,15 +69,17 @@ class Guard:
         """Close the connections whose head is late. One timer for all, once a second,
         instead of one per request (a timer per request costs the hot path)."""
         self._sweeping = None
-        now = loop.time()
-        late = [c for c in self.open if c.head_late(now)]
-        for c in late:
-            self.timed_out += 1
-            self.open.pop(c, None)
-            c.drop()
-        if self.open:
-            self._sweeping = loop.call_later(min(1.0, self.header_timeout / 2), self.sweep,
-                                             loop)
+        try:
+            now = loop.time()
+            for c in [c for c in self.open if c.head_late(now)]:
+                self.timed_out += 1
+                self.open.pop(c, None)
+                c.drop()
+        except Exception:  # a loop that fails once must not stop for good: log, go on
+            log.exception("closing connections whose headers are late failed")
+        finally:
+            if self.open:
+                self.watch(loop)
 
     def watch(self, loop: Any) -> None:
         if self._sweeping is None:
