@@ -13,6 +13,7 @@ May import: proxy.app. Measured with tests/perf/bench_proxy.py (numbers in CHANG
     metrics.py   Prometheus series, the usage tally, the page's totals
     answers.py   the error shape, refusals, a backend's error in that shape
     conns.py     connection cap with eviction, head timeout and size (uvicorn's protocol)
+    federate.py  the backends' own /metrics, labelled by model, merged into the proxy's
 """
 
 from .app import Proxy

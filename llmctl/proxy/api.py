@@ -1,8 +1,8 @@
 """The FastAPI side: everything that is not forwarded. /health, /ready, /metrics, the model
 list, /api/status, starting and stopping models by hand, and the web page.
 
-May import: lifecycle, usage, proxy.answers, proxy.callers, proxy.metrics, proxy.models
-(and fastapi, prometheus_client). "Who is calling" is one dependency (`caller`), so
+May import: lifecycle, usage, proxy.answers, proxy.callers, proxy.federate, proxy.metrics,
+proxy.models (and fastapi, httpx, prometheus_client). "Who is calling" is one dependency (`caller`), so
 each handler names what it needs instead of repeating the key check.
 """
 
@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..lifecycle import NotServing, State
 from ..usage import summary as usage_summary
+from . import federate
 from .answers import Refused, error_body
 from .callers import Caller, Callers
 from .metrics import Ledger
@@ -79,8 +81,14 @@ def entry(b: Routable) -> dict[str, Any]:
             "reasoning": {"parser": thinks} if thinks else None}
 
 
+# How long one backend's /metrics may take before this scrape goes on without it.
+SCRAPE_TIMEOUT_S = 2.0
+SCRAPED_STATES = (State.RUNNING, State.SLEEPING)
+
+
 def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger, web: bool,
-          status: Callable[[], dict[str, Any]] | None, open_metrics: bool = False) -> FastAPI:
+          status: Callable[[], dict[str, Any]] | None, open_metrics: bool = False,
+          http: httpx.AsyncClient | None = None) -> FastAPI:
     api = FastAPI(title="llmctl", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.exception_handler(StarletteHTTPException)
@@ -134,7 +142,17 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
                 raise Refused(403, f"the key '{c.name}' may not read /metrics; the config's "
                               "api_keys may (or set `open_metrics = true` in [proxy])",
                               "forbidden")
-        return Response(generate_latest(ledger.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # The backends' own series (vLLM's engine metrics), labelled with the model: one
+        # scrape target for the whole stack.
+        targets = [(b.model.name, b.model.upstream) for b in models.all
+                   if b.model.managed and b.state in SCRAPED_STATES]
+        engines, failed = ("", [])
+        if targets and http is not None:
+            engines, failed = await federate.scrape(http, targets, SCRAPE_TIMEOUT_S)
+        for name in failed:
+            ledger.metrics.child("scrape_failures", name).inc()
+        return Response(generate_latest(ledger.metrics.registry) + engines.encode(),
+                        media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/api/status")
     async def api_status(c: Who) -> JSONResponse:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from starlette.types import Message, Receive, Scope, Send
 
 from ..clock import Clock
@@ -73,9 +74,14 @@ class Proxy:
         self.ledger = Ledger()
         self.forwarder = Forwarder(cfg, self.models, self.callers, control, self.ledger,
                                    self.clock)
+        # For the backends' /metrics, merged into the proxy's (proxy/federate.py).
+        self._http = httpx.AsyncClient(trust_env=False)
+        for b in self.models.all:  # known in advance: at 0 from the first scrape
+            if b.model.managed:
+                self.ledger.metrics.child("scrape_failures", b.model.name)
         api: Any = build(models=self.models, callers=self.callers, control=control,
                          ledger=self.ledger, web=cfg.web, status=status,
-                         open_metrics=cfg.open_metrics)
+                         open_metrics=cfg.open_metrics, http=self._http)
         forward: Any = self.forwarder
         if cfg.cors_origins:
             from starlette.middleware.cors import CORSMiddleware
@@ -91,6 +97,7 @@ class Proxy:
 
     async def aclose(self) -> None:
         await self.forwarder.aclose()
+        await self._http.aclose()
 
     def _same_site(self, scope: Scope) -> bool:
         """No `Origin` (not a browser), this proxy's own origin, or one the config allows."""

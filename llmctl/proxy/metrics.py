@@ -36,6 +36,10 @@ class Metrics:
                                     ["key", "model", "status"], registry=self.registry)
         self.key_tokens = Counter("llmctl_key_tokens", "Tokens by key, model and kind",
                                   ["key", "model", "kind"], registry=self.registry)
+        self.scrape_failures = Counter(
+            "llmctl_backend_scrape_failures", "Scrapes of the proxy that left a backend's own "
+            "metrics out (no answer in time, an error, not the text format)", ["model"],
+            registry=self.registry)
         self._children: dict[tuple[str, ...], Any] = {}
 
     def child(self, metric: str, *labels: str) -> Any:

@@ -11,6 +11,7 @@ like vLLM only with VLLM_ENABLE_RESPONSES_API_STORE=1), refusing like vLLM an ou
 budget over --max-model-len; and it can be told to misbehave:
   POST /control/crash      exit at once with code 3
   POST /control/hang       stop answering /health (and everything else)
+  POST /control/metrics-hang, metrics-garbage, metrics-ok   what /metrics does
   GET  /control/stats      what it saw: requests, aborted requests, last headers/body,
                            and every request that reached it at all ("seen")
 --child starts a grandchild in the same process group (as vLLM's EngineCore is),
@@ -51,8 +52,30 @@ async def health(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return PlainTextResponse(f"vllm:num_requests_running{{model_name=\"fake\"}} "
-                             f"{float(STATS['running'])}\n")
+    """Like vLLM's exposition (prometheus_client's text format): a gauge, a counter with
+    its _created, a histogram; or, told so, garbage or no answer at all."""
+    if STATS.get("metrics") == "hang":
+        await asyncio.sleep(3600)
+    if STATS.get("metrics") == "garbage":
+        return PlainTextResponse("<html>this is not a metrics page</html>\n")
+    labels = f'engine="0",model_name="{ARGS.name}"'
+    return PlainTextResponse(
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        "# TYPE vllm:num_requests_running gauge\n"
+        f"vllm:num_requests_running{{{labels}}} {float(STATS['running'])}\n"
+        "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n"
+        "# TYPE vllm:prompt_tokens_total counter\n"
+        f"vllm:prompt_tokens_total{{{labels}}} {3.0 * STATS['requests']}\n"
+        "# HELP vllm:prompt_tokens_created Number of prefill tokens processed.\n"
+        "# TYPE vllm:prompt_tokens_created gauge\n"
+        f"vllm:prompt_tokens_created{{{labels}}} 1.7e+09\n"
+        "# HELP vllm:time_to_first_token_seconds Histogram of time to first token.\n"
+        "# TYPE vllm:time_to_first_token_seconds histogram\n"
+        f'vllm:time_to_first_token_seconds_bucket{{{labels},le="0.1"}} 1.0\n'
+        f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} 2.0\n'
+        f"vllm:time_to_first_token_seconds_count{{{labels}}} 2.0\n"
+        f"vllm:time_to_first_token_seconds_sum{{{labels}}} 0.3\n"
+        "process_open_fds 12.0\n")
 
 
 async def models(request: Request) -> Response:
@@ -322,6 +345,9 @@ async def control(request: Request) -> Response:
         os._exit(3)
     if what == "hang":
         HANG.set()
+        return JSONResponse({"ok": True})
+    if what in ("metrics-hang", "metrics-garbage", "metrics-ok"):
+        STATS["metrics"] = what.removeprefix("metrics-")
         return JSONResponse({"ok": True})
     return JSONResponse(STATS)
 

@@ -1,0 +1,83 @@
+"""One scrape target: the proxy's /metrics carries each running backend's own series,
+labelled with the model; a backend whose /metrics hangs or answers garbage leaves the
+scrape fast and valid, and is counted."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from llmctl import config
+
+from .conftest import KEY, FakeBackend, start_upstream
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def two(make_proxy):
+    ups = [start_upstream(n) for n in ("fake-coder", "fake-general")]
+    backends = [FakeBackend(config.ModelConfig(key=k, name=u.name, source="org/weights",
+                                               port=u.port))
+                for u, k in zip(ups, ("coder", "general"), strict=True)]
+    p = make_proxy(backends)
+    p.ups = ups
+    yield p
+    for u in ups:
+        u.stop()
+
+
+def scrape(p) -> tuple[float, dict[str, list]]:
+    t0 = time.monotonic()
+    r = httpx.get(p.url + "/metrics", headers=AUTH, timeout=30)
+    took = time.monotonic() - t0
+    assert r.status_code == 200
+    samples: dict[str, list] = {}
+    for fam in text_string_to_metric_families(r.text):  # the whole scrape parses
+        for s in fam.samples:
+            samples.setdefault(s.name, []).append(s)
+    return took, samples
+
+
+def models_of(samples, name: str) -> set[str]:
+    return {s.labels.get("model") for s in samples.get(name, [])}
+
+
+def test_the_backends_series_come_labelled_with_their_model(two):
+    httpx.post(two.url + "/v1/chat/completions", headers=AUTH, json={
+        "model": "fake-general", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+    _, samples = scrape(two)
+    assert models_of(samples, "vllm:num_requests_running") == {"fake-coder", "fake-general"}
+    assert models_of(samples, "vllm:time_to_first_token_seconds_bucket") == \
+        {"fake-coder", "fake-general"}
+    [general] = [s for s in samples["vllm:prompt_tokens_total"]
+                 if s.labels["model"] == "fake-general"]
+    assert general.value == 3.0  # the request it served
+    # The proxy's own series are there too, and its failures counter starts at 0.
+    assert samples["llmctl_requests_total"]
+    assert {s.labels["model"]: s.value for s in
+            samples["llmctl_backend_scrape_failures_total"]} == {"fake-coder": 0.0,
+                                                                 "fake-general": 0.0}
+
+
+@pytest.mark.parametrize("fault", ["metrics-hang", "metrics-garbage"])
+def test_a_backend_that_hangs_or_sends_garbage_is_left_out_and_counted(two, fault):
+    httpx.post(two.ups[0].url + f"/control/{fault}")
+    took, samples = scrape(two)
+    assert took < 5  # the scrape timeout (2 s), not the hang (an hour)
+    assert models_of(samples, "vllm:num_requests_running") == {"fake-general"}
+    failures = {s.labels["model"]: s.value
+                for s in samples["llmctl_backend_scrape_failures_total"]}
+    assert failures == {"fake-coder": 1.0, "fake-general": 0.0}
+    httpx.post(two.ups[0].url + "/control/metrics-ok")
+    _, samples = scrape(two)
+    assert models_of(samples, "vllm:num_requests_running") == {"fake-coder", "fake-general"}
+
+
+def test_a_url_model_or_one_at_rest_is_not_scraped(two):
+    two.backends[0].state = "STOPPED"
+    _, samples = scrape(two)
+    assert models_of(samples, "vllm:num_requests_running") == {"fake-general"}
