@@ -1,6 +1,6 @@
 """The daemon: one event loop running the supervisor and the proxy; signals; drain.
 
-May import: config, engine, errors, files, gpu, keys, procs, proxy, proxy.conns,
+May import: config, engine, errors, files, gpu, keys, observe, procs, proxy, proxy.conns,
 report, stack, state, supervisor, survey, usage.
 Run as `python -m llmctl.daemon [--config FILE]` (what `llmctl up` starts, detached;
 it logs to logs/daemon.log, rotated, and anything printed lands in logs/daemon.out)
@@ -29,6 +29,7 @@ from . import config as cfgmod
 from . import engine, gpu, keys, procs, state, usage
 from .errors import LlmctlError
 from .files import private_dir
+from .observe import Observer
 from .report import StackReport
 from .supervisor import Backend, ManagedBackend, RemoteBackend, Supervisor
 from .survey import fim_family, survey
@@ -132,7 +133,7 @@ class Daemon:
                                 max_queue=self.cfg.proxy.max_queue_per_model)
         proxy = Proxy(self.backends, self.cfg.proxy, supervisor,
                       status=lambda: status_report().as_dict(),
-                      keys_path=keys.path())
+                      keys_path=keys.path(), machine=Observer(self.backends).text)
         server = uvicorn.Server(uvicorn_config(proxy, host, port, self.cfg.proxy.drain_seconds,
                                                self.cfg.proxy))
 

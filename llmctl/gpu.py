@@ -169,6 +169,45 @@ def detect_device() -> str:
     return "cuda" if read_gpus() else "cpu"
 
 
+@dataclass(frozen=True)
+class Gauges:
+    """One card's live readings, for /metrics: None where NVML cannot say."""
+
+    index: int
+    name: str
+    used_bytes: int
+    total_bytes: int
+    utilization: float | None  # 0..1, the GPU's busy fraction over NVML's last sample
+    temperature_c: float | None
+    power_w: float | None
+
+
+def gauges(nvml: Any = None) -> tuple[Gauges, ...]:
+    """Every card's memory, utilisation, temperature and power; () with no NVML or GPU."""
+    out = []
+    with _nvml(nvml) as n:
+        if n is None:
+            return ()
+        try:
+            count = n.nvmlDeviceGetCount()
+        except Exception:
+            return ()
+        for i in range(count):
+            try:
+                h = n.nvmlDeviceGetHandleByIndex(i)
+                mem = n.nvmlDeviceGetMemoryInfo(h)
+            except Exception:
+                continue
+            util = _optional(n, "nvmlDeviceGetUtilizationRates", h, default=None)
+            temp = _optional(n, "nvmlDeviceGetTemperature", h, 0, default=None)  # 0: the GPU die
+            power = _optional(n, "nvmlDeviceGetPowerUsage", h, default=None)  # milliwatts
+            out.append(Gauges(i, _text(n.nvmlDeviceGetName(h)), int(mem.used), int(mem.total),
+                              util.gpu / 100 if util is not None else None,
+                              float(temp) if temp is not None else None,
+                              power / 1000 if power is not None else None))
+    return tuple(out)
+
+
 def process_memory(pids: set[int] | list[int], nvml: Any = None) -> dict[int, int]:
     """GPU bytes held by each of `pids`, over every GPU (NVML's compute processes).
 

@@ -114,6 +114,20 @@ def stop_group(pgid: int, grace: float = 10.0, poll: float = 0.1) -> bool:
     return True
 
 
+def group_cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the group's live processes have used, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
+
+
 def group_rss(pids: list[int]) -> int | None:
     """Resident memory of a group's processes (as read by `group_pids`)."""
     if not pids:

@@ -313,6 +313,11 @@ class ManagedBackend(Backend):
         self.pgid_start: int | None = None  # the leader's start time: whose group this is
         self.started_at: float | None = None  # wall time of the current process's start
         self.restarts = 0
+        # For /metrics (on-demand life): starts that ended RUNNING, swaps out of a group,
+        # idle stops.
+        self.starts = 0
+        self.swaps = 0
+        self.idle_stops = 0
         self.last_exit: str | None = None
         self.phase: str | None = None  # while STARTING: what the vLLM log says it is doing
         self.last_start_s: float | None = None  # how long the last successful start took
@@ -422,6 +427,7 @@ class ManagedBackend(Backend):
             if await self.healthy() and await self._warm_up():
                 await self.learn()
                 self.last_start_s = round(self.clock.time() - (self.started_at or 0.0), 1)
+                self.starts += 1
                 self.reported_kv = kv_report(self.log_path)  # read back beside the plan
                 self._to(State.RUNNING)
                 return True
@@ -829,6 +835,7 @@ class Supervisor:
                     if o.state in (State.RUNNING, State.STARTING, State.BACKOFF):
                         await self._swap_out(o, f"swapped out for {b.model.name}; a request "
                                              "starts it again", sleep=o.model.swap == "sleep")
+                        o.swaps += 1
                 woke = False
                 if b.state == State.SLEEPING:
                     async with self.gate.hold(b.devices):
@@ -906,6 +913,7 @@ class Supervisor:
                 return  # a request came meanwhile
             await self._swap_out(b, f"stopped after {_duration(b.model.idle_seconds)} without "
                                  "a request; a request starts it again", sleep=False)
+            b.idle_stops += 1
 
     async def stop(self) -> None:
         self._closing = True

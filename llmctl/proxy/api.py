@@ -88,7 +88,8 @@ SCRAPED_STATES = (State.RUNNING, State.SLEEPING)
 
 def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger, web: bool,
           status: Callable[[], dict[str, Any]] | None, open_metrics: bool = False,
-          http: httpx.AsyncClient | None = None) -> FastAPI:
+          http: httpx.AsyncClient | None = None,
+          machine: Callable[[], str] | None = None) -> FastAPI:
     api = FastAPI(title="llmctl", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.exception_handler(StarletteHTTPException)
@@ -151,8 +152,10 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
             engines, failed = await federate.scrape(http, targets, SCRAPE_TIMEOUT_S)
         for name in failed:
             ledger.metrics.child("scrape_failures", name).inc()
-        return Response(generate_latest(ledger.metrics.registry) + engines.encode(),
-                        media_type=CONTENT_TYPE_LATEST)
+        # The machine: backend states and processes, GPUs (the daemon's observe.py).
+        here = await asyncio.to_thread(machine) if machine is not None else ""
+        return Response(generate_latest(ledger.metrics.registry) + here.encode()
+                        + engines.encode(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/api/status")
     async def api_status(c: Who) -> JSONResponse:

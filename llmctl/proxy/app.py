@@ -66,7 +66,8 @@ class Proxy:
 
     def __init__(self, backends: Iterable[Routable], cfg: ProxyConfig, control: Control, *,
                  status: Callable[[], dict[str, Any]] | None = None,
-                 keys_path: Path | None = None, clock: Clock | None = None) -> None:
+                 keys_path: Path | None = None, clock: Clock | None = None,
+                 machine: Callable[[], str] | None = None) -> None:
         self.cfg = cfg
         self.clock = clock or Clock()
         self.models = Models(backends)
@@ -81,7 +82,7 @@ class Proxy:
                 self.ledger.metrics.child("scrape_failures", b.model.name)
         api: Any = build(models=self.models, callers=self.callers, control=control,
                          ledger=self.ledger, web=cfg.web, status=status,
-                         open_metrics=cfg.open_metrics, http=self._http)
+                         open_metrics=cfg.open_metrics, http=self._http, machine=machine)
         forward: Any = self.forwarder
         if cfg.cors_origins:
             from starlette.middleware.cors import CORSMiddleware

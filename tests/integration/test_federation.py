@@ -81,3 +81,32 @@ def test_a_url_model_or_one_at_rest_is_not_scraped(two):
     two.backends[0].state = "STOPPED"
     _, samples = scrape(two)
     assert models_of(samples, "vllm:num_requests_running") == {"fake-general"}
+
+
+def test_the_daemons_one_scrape_target_carries_engines_processes_and_states(tmp_path):
+    """The whole daemon, two started models (stand-in vLLM servers as processes): one
+    scrape of the proxy has their engine series, their process groups' memory and CPU
+    time, every state at 0 or 1, and nothing for a GPU this machine has not."""
+    from .test_cli_stack import KEY as STACK_KEY
+    from .test_cli_stack import Env
+
+    e = Env(tmp_path)
+    try:
+        assert e.run("up", "--timeout", "60").returncode == 0
+        r = httpx.get(e.url + "/metrics", headers={"Authorization": f"Bearer {STACK_KEY}"},
+                      timeout=30)
+        assert r.status_code == 200
+        got: dict[tuple, float] = {}
+        for fam in text_string_to_metric_families(r.text):
+            for s in fam.samples:
+                got[(s.name, s.labels.get("model"), s.labels.get("state"))] = s.value
+        for model in ("fake-coder", "fake-general"):
+            assert got[("llmctl_backend_state", model, "RUNNING")] == 1.0
+            assert got[("llmctl_backend_state", model, "STOPPED")] == 0.0
+            assert got[("llmctl_backend_resident_bytes", model, None)] > 1_000_000
+            assert got[("llmctl_backend_cpu_seconds_total", model, None)] > 0
+            assert got[("llmctl_backend_starts_total", model, None)] == 1.0
+            assert ("vllm:num_requests_running", model, None) in got
+        assert not any(k[0].startswith("llmctl_gpu_") for k in got)
+    finally:
+        e.run("down")

@@ -110,3 +110,28 @@ def test_no_driver_means_no_gpu():
 def test_process_memory_sums_over_gpus_and_ignores_others():
     assert gpu.process_memory([10, 11, 12], FakeNVML()) == {10: 2 * gpu.GIB, 11: 0}
     assert gpu.process_memory([], FakeNVML()) == {}
+
+
+def test_gauges_read_memory_utilisation_temperature_and_power():
+    class WithGauges(FakeNVML):
+        def nvmlDeviceGetMemoryInfo(self, h):
+            return SimpleNamespace(total=80 * gpu.GIB, free=(79 - h) * gpu.GIB,
+                                   used=(1 + h) * gpu.GIB)
+
+        def nvmlDeviceGetUtilizationRates(self, h):
+            if h == 1:
+                raise RuntimeError("Not Supported")  # a MIG slice: left out, not an error
+            return SimpleNamespace(gpu=75, memory=40)
+
+        def nvmlDeviceGetTemperature(self, h, sensor):
+            return 61
+
+        def nvmlDeviceGetPowerUsage(self, h):
+            return 250_500  # milliwatts
+
+    g0, g1 = gpu.gauges(WithGauges())
+    assert (g0.index, g0.name, g0.used_bytes, g0.total_bytes) == (0, "NVIDIA H100", gpu.GIB,
+                                                                  80 * gpu.GIB)
+    assert (g0.utilization, g0.temperature_c, g0.power_w) == (0.75, 61.0, 250.5)
+    assert g1.utilization is None and g1.used_bytes == 2 * gpu.GIB
+    assert gpu.gauges(FakeNVML(fail_init=True)) == ()  # no driver: no cards, no error
