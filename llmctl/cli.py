@@ -54,6 +54,9 @@ export_app = typer.Typer(help="The same models on a cluster: production-stack or
                          "LLMInferenceService manifests.",
                          no_args_is_help=True)
 app.add_typer(export_app, name="export")
+monitor_app = typer.Typer(help="Watch the stack with Prometheus: the scrape config.",
+                          no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="Config file (default: $LLMCTL_CONFIG, else the user config).",
@@ -551,6 +554,53 @@ def service_status(as_json: JsonOpt = False) -> None:
     _ui().say(f"unit {st['unit']}: " + ("installed" if st["installed"] else "not installed")
               + (f", {st['enabled']}, {st['active']}" if st["systemd"] and st["installed"]
                  else "") + ("" if st["systemd"] else " (no systemctl here)"))
+
+
+# ── monitor ──────────────────────────────────────────────────────────────────
+
+
+@monitor_app.command("prometheus-config")
+def monitor_prometheus_config(
+    key_name: Annotated[str, typer.Option(
+        "--key-name", help="The named key Prometheus sends: it reads /metrics, nothing else.")
+    ] = "prometheus",
+    interval: Annotated[str, typer.Option(help="How often Prometheus scrapes.")] = "15s",
+    path: ConfigOpt = None,
+) -> None:
+    """Print a Prometheus scrape config for the running stack.
+
+    One target (the proxy: its own series, each model's vLLM series, the machine's), and
+    a key that reads /metrics and nothing else, never an admin key. The key is made now;
+    when one by that name exists, it gets a new secret (the old one stops working)."""
+    from urllib.parse import urlparse
+
+    from . import keys, state
+    from .errors import ConflictError
+
+    cfg = _load(path)
+    running = state.running_stack()
+    url = urlparse((running.proxy_url if running else None) or cfg.proxy_url)
+    old = keys.load().get(key_name)
+    if old is not None and old.scope != keys.METRICS:
+        raise ConflictError(f"the key '{key_name}' exists and is not a metrics key",
+                            "name another with --key-name, or `llmctl keys revoke "
+                            f"{key_name}` first")
+    key, _ = keys.rotate(key_name) if old is not None else \
+        keys.add(key_name, scope=keys.METRICS)
+    ui = _ui()
+    ui.text(f"""scrape_configs:
+  - job_name: llmctl
+    scrape_interval: {interval}
+    scheme: {url.scheme or "http"}
+    metrics_path: /metrics
+    authorization:
+      credentials: {key}
+    static_configs:
+      - targets: ["{url.netloc}"]""")
+    ui.ok(f"the key '{key_name}' reads /metrics and nothing else; it is shown only in this "
+          "config" + (" (its old secret stopped working)" if old is not None else ""))
+    if running is None:
+        ui.note("the stack is not running: the target is the configured proxy address")
 
 
 # ── keys ─────────────────────────────────────────────────────────────────────

@@ -52,6 +52,7 @@ class Key:
     rpm: int = 0  # requests per minute; 0: no limit
     tpm: int = 0  # tokens (prompt + completion) per minute; 0: no limit
     max_concurrent: int = 0  # requests in flight at once; 0: no limit
+    scope: str = ""  # "": requests to the models; "metrics": reads /metrics and nothing else
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires is not None and (now or time.time()) >= self.expires
@@ -96,16 +97,19 @@ def save(keys: dict[str, Key], p: Path | None = None) -> None:
     for k in keys.values():
         lines.append(f'[keys."{k.name}"]')
         for f, v in dataclasses.asdict(k).items():
-            if f == "name" or v is None:
+            if f == "name" or v is None or (f == "scope" and not v):
                 continue
             lines.append(f"{f} = {cfgmod.toml_value(list(v) if isinstance(v, tuple) else v)}")
         lines.append("")
     cfgmod.write_private(p or path(), "\n".join(lines))
 
 
+METRICS = "metrics"  # the scope of a key that reads /metrics and nothing else (a scraper's)
+
+
 def add(name: str, *, models: tuple[str, ...] = (), rpm: int = 0, tpm: int = 0,
-        max_concurrent: int = 0, expires: str | None = None, p: Path | None = None
-        ) -> tuple[str, Key]:
+        max_concurrent: int = 0, expires: str | None = None, p: Path | None = None,
+        scope: str = "") -> tuple[str, Key]:
     """A new key: (the key, shown once; its record)."""
     if not _NAME.match(name):
         raise UsageError(f"key name {name!r} is not a valid name",
@@ -128,7 +132,7 @@ def add(name: str, *, models: tuple[str, ...] = (), rpm: int = 0, tpm: int = 0,
                              f"{expires!r}") from None
     key = new_key()
     rec = Key(name, digest(key), key[:len(PREFIX) + 4], now, until, tuple(models), rpm, tpm,
-              max_concurrent)
+              max_concurrent, scope)
     keys[name] = rec
     save(keys, p)
     return key, rec

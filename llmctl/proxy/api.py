@@ -116,7 +116,11 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
                           else "more than one key (Authorization, x-api-key); send one",
                           "invalid_request")
         header = sent[0] if sent else f"Bearer {x_key[0]}" if x_key else None
-        return callers.check(header.encode("latin-1") if header else None)
+        c = callers.check(header.encode("latin-1") if header else None)
+        if c.metrics_only and request.url.path != "/metrics":
+            raise Refused(403, f"the key '{c.name}' reads /metrics and nothing else",
+                          "forbidden")
+        return c
 
     Who = Annotated[Caller, Depends(who)]
 
@@ -139,10 +143,10 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
         # behind a reverse proxy on the same host (every client is loopback there).
         if not open_metrics:
             c = who(request)
-            if not c.admin:
+            if not (c.admin or c.metrics_only):
                 raise Refused(403, f"the key '{c.name}' may not read /metrics; the config's "
-                              "api_keys may (or set `open_metrics = true` in [proxy])",
-                              "forbidden")
+                              "api_keys and metrics keys (`llmctl monitor prometheus-config`) "
+                              "may (or set `open_metrics = true` in [proxy])", "forbidden")
         # The backends' own series (vLLM's engine metrics), labelled with the model: one
         # scrape target for the whole stack.
         targets = [(b.model.name, b.model.upstream) for b in models.all

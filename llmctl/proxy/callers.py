@@ -36,7 +36,7 @@ class Caller:
     """Who sent a request: a named key (with its limits and models), an admin key from
     the config, or anyone (no keys at all)."""
 
-    __slots__ = ("name", "key", "limits", "allowed", "admin", "log")
+    __slots__ = ("name", "key", "limits", "allowed", "admin", "log", "metrics_only")
 
     def __init__(self, name: str, key: keymod.Key | None = None, limits: Limits | None = None,
                  allowed: frozenset[int] | None = None, admin: bool = False,
@@ -44,6 +44,8 @@ class Caller:
         self.name, self.key, self.limits, self.allowed, self.admin = \
             name, key, limits, allowed, admin
         self.log = log or name  # in the request log: the name, or an admin key's fingerprint
+        # A scraper's key: /metrics and nothing else (never an admin key in a scrape config).
+        self.metrics_only = key is not None and key.scope == keymod.METRICS
 
     def may_use(self, b: Any) -> bool:
         return self.allowed is None or id(b) in self.allowed

@@ -176,6 +176,9 @@ class Forwarder:
                               "invalid_request")
             caller = self.callers.check(auth if auth is not None else
                                         b"Bearer " + x_key if x_key is not None else None)
+            if caller.metrics_only:
+                raise Refused(403, f"the key '{caller.name}' reads /metrics and nothing else",
+                              "forbidden")
             if not (PATH.fullmatch(path) or path in ROOT_ROUTES):  # NUL, `..` never reach a backend
                 raise Refused(404, f"no route {path!r}", "not_found")
             body = await self._read_body(receive, scope)

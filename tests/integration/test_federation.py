@@ -110,3 +110,43 @@ def test_the_daemons_one_scrape_target_carries_engines_processes_and_states(tmp_
         assert not any(k[0].startswith("llmctl_gpu_") for k in got)
     finally:
         e.run("down")
+
+
+def test_prometheus_config_has_a_key_that_reads_metrics_and_nothing_else(tmp_path):
+    import yaml
+
+    from .test_cli_stack import KEY as STACK_KEY
+    from .test_cli_stack import Env
+
+    up = start_upstream("fake-general")
+    e = Env(tmp_path)
+    e.url_models({"general": ("fake-general", up.url)})
+    try:
+        assert e.run("up", "--timeout", "30").returncode == 0
+        r = e.run("monitor", "prometheus-config", "--interval", "5s")
+        assert r.returncode == 0, r.stderr
+        job = yaml.safe_load(r.stdout)["scrape_configs"][0]
+        assert job["scrape_interval"] == "5s" and job["metrics_path"] == "/metrics"
+        assert job["static_configs"][0]["targets"] == [e.url.removeprefix("http://")]
+        key = job["authorization"]["credentials"]
+        assert key != STACK_KEY and key.startswith("sk-llmctl-")  # never the admin key
+        h = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(e.url + "/metrics", headers=h).status_code == 200
+        chat = httpx.post(e.url + "/v1/chat/completions", headers=h, json={
+            "model": "fake-general", "messages": [{"role": "user", "content": "hi"}]})
+        assert chat.status_code == 403 and "reads /metrics" in chat.json()["error"]["message"]
+        assert httpx.get(e.url + "/v1/models", headers=h).status_code == 403
+        assert httpx.get(e.url + "/api/status", headers=h).status_code == 403
+        # Again: a new secret for the same key; the old one stops working.
+        again = yaml.safe_load(e.run("monitor", "prometheus-config").stdout)
+        assert httpx.get(e.url + "/metrics", headers=h).status_code == 401
+        new = again["scrape_configs"][0]["authorization"]["credentials"]
+        assert httpx.get(e.url + "/metrics", headers={"Authorization": f"Bearer {new}"}
+                         ).status_code == 200
+        # A request key of that name is not turned into a metrics key.
+        assert e.run("keys", "add", "alice").returncode == 0
+        r = e.run("monitor", "prometheus-config", "--key-name", "alice")
+        assert r.returncode == 1 and "not a metrics key" in r.stderr
+    finally:
+        e.run("down")
+        up.stop()

@@ -13,6 +13,9 @@ Measures
     asked with a config key, interleaved in the same run: the p50 difference.
 Targets (issue 3): added p50 <= 1 ms, p99 <= 3 ms; >= 80 % of direct throughput.
 Target (issue 15): keys and limits add <= 0.1 ms at p50.
+  * a scraper (issue 25): c=1 latency with and without a GET /metrics every second, in
+    alternating 3 s phases of the same run (target: +0.05 ms p50, +1 ms p99), and the time
+    of one scrape of the proxy with two backends' vLLM metrics merged in.
   * agents' APIs (issue 24): /v1/messages (with a Bearer key and with x-api-key) and
     /v1/responses against /v1/chat/completions through the same proxy, interleaved:
     the p50 difference, non-streaming and to the first chunk (the fast upstream answers
@@ -48,12 +51,15 @@ from llmctl.daemon import serve_proxy_forever
 from pathlib import Path
 port, upstream = int(sys.argv[1]), sys.argv[2]
 keys = Path(sys.argv[3]) if len(sys.argv) > 3 else None
-m = config.ModelConfig(key="bench", name="bench", url=upstream)
+up_port = int(upstream.rsplit(":", 1)[1])
 class B:
-    model, state, reason, fim, served = m, "RUNNING", None, "starcoder", {{}}
+    state, reason, fim, served = "RUNNING", None, "starcoder", {{}}
     in_flight, queued, draining, demandable, last_request_at = 0, 0, False, False, None
     upstream_auth = None
-serve_proxy_forever([B()], config.ProxyConfig(port=port, api_keys=({KEY!r},),
+    def __init__(self, name):
+        # As llmctl starts them (managed): the proxy scrapes their /metrics too.
+        self.model = config.ModelConfig(key=name, name=name, source="bench", port=up_port)
+serve_proxy_forever([B("bench"), B("bench-2")], config.ProxyConfig(port=port, api_keys=({KEY!r},),
                                               max_queue_per_model=100000), keys_path=keys)
 """
 
@@ -138,6 +144,34 @@ async def agent_latency(session, url: str, n: int, stream: bool) -> dict[str, li
                         await r.read()
                         out[name].append(time.perf_counter() - t0)
     return out
+
+
+async def scraped_latency(session, url: str, phases: int, seconds: float = 3.0
+                          ) -> tuple[dict[str, list[float]], list[float]]:
+    """c=1 non-streaming requests in alternating phases, without and with a scraper
+    fetching /metrics once a second; and every scrape's time."""
+    out: dict[str, list[float]] = {"quiet": [], "scraped": []}
+    scrapes: list[float] = []
+
+    async def scraper() -> None:
+        while True:
+            t0 = time.perf_counter()
+            async with session.get(url + "/metrics") as r:
+                r.raise_for_status()
+                await r.read()
+            scrapes.append(time.perf_counter() - t0)
+            await asyncio.sleep(1.0)
+
+    for i in range(phases):
+        kind = "scraped" if i % 2 else "quiet"
+        task = asyncio.ensure_future(scraper()) if kind == "scraped" else None
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            out[kind].append(await one(session, url, False))
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return out, scrapes
 
 
 async def latency(session, urls: dict[str, str], n: int, stream: bool,
@@ -239,6 +273,16 @@ async def run(args) -> dict:
                           "plain_p99_ms": pct(lat["plain"], 99) * 1e3,
                           "fim_p99_ms": pct(lat["fim"], 99) * 1e3}
             res["fim"]["added_p50_ms"] = res["fim"]["fim_p50_ms"] - res["fim"]["plain_p50_ms"]
+            lat, scrapes = await scraped_latency(s, urls["proxy"], args.scrape_phases)
+            q, w = lat["quiet"], lat["scraped"]
+            res["scrape"] = {
+                "quiet_p50_ms": statistics.median(q) * 1e3, "scraped_p50_ms":
+                statistics.median(w) * 1e3, "quiet_p99_ms": pct(q, 99) * 1e3,
+                "scraped_p99_ms": pct(w, 99) * 1e3, "scrape_p50_ms":
+                statistics.median(scrapes) * 1e3, "scrapes": len(scrapes)}
+            r = res["scrape"]
+            r["added_p50_ms"] = r["scraped_p50_ms"] - r["quiet_p50_ms"]
+            r["added_p99_ms"] = r["scraped_p99_ms"] - r["quiet_p99_ms"]
         # Agents' routes: a session with no default key, so each form is sent alone.
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as bare:
             await agent_latency(bare, urls["proxy"], 100, False)
@@ -265,6 +309,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8, help="rounds of --concurrency streams "
                     "per throughput measurement")
     ap.add_argument("--pairs", type=int, default=5, help="direct/proxy measurement pairs")
+    ap.add_argument("--scrape-phases", type=int, default=10,
+                    help="alternating 3 s phases without and with a 1 s scraper")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-streaming", action="store_true",
                     help="skip the aiohttp-upstream and nginx part (bench_streaming.py)")
@@ -299,6 +345,11 @@ def main() -> None:
               f"{r['messages_added_p50_ms']:+.3f} ms | messages with x-api-key "
               f"{r['messages_x_api_key_added_p50_ms']:+.3f} ms | responses "
               f"{r['responses_added_p50_ms']:+.3f} ms (p50, against chat)")
+    sc = res["scrape"]
+    print(f"{'scrape 1/s':>14}: c=1 p50 {sc['quiet_p50_ms']:.3f} → {sc['scraped_p50_ms']:.3f} ms "
+          f"({sc['added_p50_ms']:+.3f}), p99 {sc['quiet_p99_ms']:.3f} → "
+          f"{sc['scraped_p99_ms']:.3f} ms ({sc['added_p99_ms']:+.3f}); one scrape with two "
+          f"backends {sc['scrape_p50_ms']:.2f} ms (p50 of {sc['scrapes']})")
     t = res["throughput"]
     print(f"    throughput: c={t['concurrency']} × {t['chunks_per_response']} chunks: "
           f"direct {t['direct_chunks_per_s']:.0f}/s, proxy {t['proxy_chunks_per_s']:.0f}/s "

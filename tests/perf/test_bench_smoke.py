@@ -10,6 +10,7 @@ BENCH = Path(__file__).resolve().parent / "bench_proxy.py"
 
 def test_benchmark_runs_and_reports_every_figure():
     r = subprocess.run([sys.executable, str(BENCH), "--requests", "50", "--pairs", "1",
+                        "--scrape-phases", "2",
                         "--rounds", "1", "--chunks", "16", "--concurrency", "4", "--json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -20,6 +21,7 @@ def test_benchmark_runs_and_reports_every_figure():
     t = res["throughput"]
     assert t["direct_chunks_per_s"] > 0 and t["proxy_chunks_per_s"] > 0
     assert res["fim"]["fim_p50_ms"] > 0 and res["fim"]["plain_p50_ms"] > 0
+    assert res["scrape"]["scrapes"] >= 1 and res["scrape"]["scrape_p50_ms"] > 0
     for name in ("agents_non_streaming", "agents_first_chunk"):
         assert {"chat_p50_ms", "messages_added_p50_ms", "messages_x_api_key_added_p50_ms",
                 "responses_added_p50_ms"} <= set(res[name])
