@@ -175,17 +175,29 @@ def fitted(rows: list[dict[str, str]], *, keep: Sequence[str], more: str,
     and where they all are (`more`, a command). The `keep` columns — names a user reads
     or copies — never give way; in a terminal too narrow even for them, they fold onto
     a second line rather than lose their end."""
+    con = console or out
+    table, note = fit(rows, con.size.width, keep=keep, more=more, gives_way=gives_way,
+                      right=right)
+    con.print(table)
+    if note:
+        con.print(note)
+
+
+def fit(rows: list[dict[str, str]], width: int, *, keep: Sequence[str], more: str | None,
+        gives_way: Sequence[str] | None = None, right: Sequence[str] = ()
+        ) -> tuple[Table, str | None]:
+    """`fitted`'s table for `width` columns, and its note (markup) when columns gave way;
+    for a view that draws itself (`top`) rather than print."""
     from rich.cells import cell_len
     from rich.text import Text
 
-    con = console or out
     cols = list(rows[0])
     order = [c for c in (gives_way if gives_way is not None else reversed(cols))
              if c not in keep]
     widths = {c: max(cell_len(c), *(cell_len(Text.from_markup(r[c]).plain) for r in rows))
               for c in cols}
     # box=None, pad_edge=False: one space each side of a cell, none at the table's edges.
-    while sum(widths[c] + 2 for c in cols) - 2 > con.size.width and order:
+    while sum(widths[c] + 2 for c in cols) - 2 > width and order:
         cols.remove(order.pop(0))
     t = Table(box=None, pad_edge=False)
     for c in cols:
@@ -193,11 +205,12 @@ def fitted(rows: list[dict[str, str]], *, keep: Sequence[str], more: str,
                      no_wrap=c not in keep, overflow="fold")
     for r in rows:
         t.add_row(*(r[c] for c in cols))
-    con.print(t)
     hidden = len(rows[0]) - len(cols)
+    note = None
     if hidden:
-        con.print(f"[dim]({hidden} more column{'s' if hidden > 1 else ''} in a wider "
-                  f"terminal, or `{more}`)[/dim]")
+        note = (f"[dim]({hidden} more column{'s' if hidden > 1 else ''} in a wider terminal"
+                + (f", or `{more}`)" if more else ")") + "[/dim]")
+    return t, note
 
 
 # A snapshot in a Hugging Face cache: the repo and the commit say it in a fifth of the width.
