@@ -26,7 +26,9 @@ from .errors import ApiError
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 WINDOW_S = 60.0  # the keys table's "last minute"
-TIMEOUT_S = 5.0  # the proxy leaves a slow backend out of a scrape after 2 s
+# The proxy leaves a slow backend out of a scrape after 2 s; more than this is a proxy
+# in trouble, and `q` waits for the poll to end.
+TIMEOUT_S = 3.0
 
 REQUESTS = "llmctl_requests_total"
 TTFB = "llmctl_time_to_first_byte_seconds_bucket"

@@ -778,7 +778,7 @@ def top_view(view: Any, width: int, interval: float = 1.0) -> Any:
     if not view.answering:
         age = f"; figures from {view.stale_s:.0f} s ago" if view.stale_s is not None else ""
         parts.append(Text.from_markup(f"[red]not answering[/red] ({_escape(view.problem or '')}"
-                                      f"{age}) — trying again every {interval:g} s"))
+                                      f"{age}); trying again"))
     elif view.problem:
         parts.append(Text.from_markup(f"[yellow]note:[/yellow] {_escape(view.problem)}"))
     parts.append(Text(""))
@@ -834,6 +834,9 @@ def top_view(view: Any, width: int, interval: float = 1.0) -> Any:
         parts.append(table)
     parts.append(Text(""))
     parts.append(Text(f"q quits · every {interval:g} s", style="dim"))
+    if not view.answering:  # the last figures, greyed: they are not now's
+        for part in parts[2:-1]:
+            part.style = "dim"
     return Group(*parts)
 
 
