@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 
 class Terminal:
@@ -16,6 +17,7 @@ class Terminal:
         self._tmux("kill-session", "-t", name)
         self._tmux("new-session", "-d", "-s", name, "-x", str(width), "-y", str(height),
                    command, check=True)
+        self.socket_path = self.shows("#{socket_path}")
 
     def _tmux(self, *args: str, check: bool = False) -> str:
         return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,
@@ -45,3 +47,6 @@ class Terminal:
 
     def close(self) -> None:
         self._tmux("kill-session", "-t", self.name)
+        # The server ends with its only session; its socket file stays behind otherwise.
+        if self.socket_path and self._tmux("list-sessions") == "":
+            Path(self.socket_path).unlink(missing_ok=True)
