@@ -1007,6 +1007,45 @@ def status(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def top(
+    url: Annotated[str | None, typer.Option(
+        help="Another llmctl's proxy (default: the local stack's).", show_default=False)
+    ] = None,
+    api_key: ApiKeyOpt = None,
+    interval: Annotated[float, typer.Option(
+        "--interval", "-n", min=0.1, metavar="SECONDS", help="Seconds between refreshes.")
+    ] = 1.0,
+    path: ConfigOpt = None,
+) -> None:
+    """Watch the stack live: models, keys, hardware; `q` leaves.
+
+    Each model's state, requests in flight and queued, requests/s, tokens/s,
+    TTFT p50 and KV cache use; each key's requests and tokens in the last
+    minute; GPU (or each backend's CPU) readings. Rates need an admin key."""
+    from . import state
+    from . import top as topmod
+
+    if url is None:
+        running = state.running_stack()
+        if running is None or not running.proxy_url:
+            raise StackError("no stack is running here: start one with `llmctl up` "
+                             "(or watch another with --url URL)")
+        url = running.proxy_url
+    key = api_key if api_key else _client_key(_load(path), None)
+    ui = _ui()
+    poller = topmod.Poller(url, key)
+    try:
+        # A key the proxy refuses is one line, before the screen changes.
+        first = poller.poll()
+        with ui.TopScreen(interval) as screen:
+            topmod.watch(poller.poll, screen, interval, first=first)
+    except KeyboardInterrupt:  # Ctrl-C is a way out, as `q` is
+        pass
+    finally:
+        poller.close()
+
+
+@app.command()
 def logs(
     name: Annotated[str | None, typer.Argument(help="Model key (coder, general…); default: daemon.",
                                                show_default=False)] = None,

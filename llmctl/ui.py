@@ -175,17 +175,29 @@ def fitted(rows: list[dict[str, str]], *, keep: Sequence[str], more: str,
     and where they all are (`more`, a command). The `keep` columns — names a user reads
     or copies — never give way; in a terminal too narrow even for them, they fold onto
     a second line rather than lose their end."""
+    con = console or out
+    table, note = fit(rows, con.size.width, keep=keep, more=more, gives_way=gives_way,
+                      right=right)
+    con.print(table)
+    if note:
+        con.print(note)
+
+
+def fit(rows: list[dict[str, str]], width: int, *, keep: Sequence[str], more: str | None,
+        gives_way: Sequence[str] | None = None, right: Sequence[str] = ()
+        ) -> tuple[Table, str | None]:
+    """`fitted`'s table for `width` columns, and its note (markup) when columns gave way;
+    for a view that draws itself (`top`) rather than print."""
     from rich.cells import cell_len
     from rich.text import Text
 
-    con = console or out
     cols = list(rows[0])
     order = [c for c in (gives_way if gives_way is not None else reversed(cols))
              if c not in keep]
     widths = {c: max(cell_len(c), *(cell_len(Text.from_markup(r[c]).plain) for r in rows))
               for c in cols}
     # box=None, pad_edge=False: one space each side of a cell, none at the table's edges.
-    while sum(widths[c] + 2 for c in cols) - 2 > con.size.width and order:
+    while sum(widths[c] + 2 for c in cols) - 2 > width and order:
         cols.remove(order.pop(0))
     t = Table(box=None, pad_edge=False)
     for c in cols:
@@ -193,11 +205,12 @@ def fitted(rows: list[dict[str, str]], *, keep: Sequence[str], more: str,
                      no_wrap=c not in keep, overflow="fold")
     for r in rows:
         t.add_row(*(r[c] for c in cols))
-    con.print(t)
     hidden = len(rows[0]) - len(cols)
+    note = None
     if hidden:
-        con.print(f"[dim]({hidden} more column{'s' if hidden > 1 else ''} in a wider "
-                  f"terminal, or `{more}`)[/dim]")
+        note = (f"[dim]({hidden} more column{'s' if hidden > 1 else ''} in a wider terminal"
+                + (f", or `{more}`)" if more else ")") + "[/dim]")
+    return t, note
 
 
 # A snapshot in a Hugging Face cache: the repo and the commit say it in a fifth of the width.
@@ -719,3 +732,203 @@ class StartProgress(_LiveView):
                 self.seen[key] = sig
                 state, detail = self._line(key, b)
                 err.print(f"  {key:<10} {state:<9} {_escape(detail)}")
+
+
+# ── top ──────────────────────────────────────────────────────────────────────
+
+def _rate(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def _count(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def _seconds(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def _share(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+# Columns of `top`'s models table that give way first in a narrow terminal: memory is in
+# the hardware section too; what the models are doing now stays longest.
+TOP_GIVES_WAY = ("MEM", "KV", "TTFT P50", "QUEUED", "TOK/S", "REQ/S", "IN FLIGHT")
+TOP_KEYS_SHOWN = 8
+
+
+def top_view(view: Any, width: int, interval: float = 1.0) -> Any:
+    """One frame of `llmctl top` (a top.View) for a terminal `width` columns wide: the
+    header, the models, the keys' last minute, the hardware, and how to leave."""
+    from rich.console import Group
+    from rich.text import Text
+
+    parts: list[Any] = []
+    head = f"[bold]llmctl top[/bold]  {_escape(view.url)}"
+    if view.device:
+        head += f"  device {_escape(view.device)}"
+    if view.uptime_s is not None:
+        head += f"  up {_age(view.uptime_s)}"
+    parts.append(Text.from_markup(head))
+    if not view.answering:
+        age = f"; figures from {view.stale_s:.0f} s ago" if view.stale_s is not None else ""
+        parts.append(Text.from_markup(f"[red]not answering[/red] ({_escape(view.problem or '')}"
+                                      f"{age}); trying again"))
+    elif view.problem:
+        parts.append(Text.from_markup(f"[yellow]note:[/yellow] {_escape(view.problem)}"))
+    parts.append(Text(""))
+    if view.models:
+        rows = []
+        for m in view.models:
+            color = STATE_COLORS.get(m.state, "")
+            rows.append({
+                "MODEL": _escape(m.key),
+                "STATE": f"[{color}]{_escape(m.state)}[/{color}]" if color else _escape(m.state),
+                "IN FLIGHT": _count(m.in_flight), "QUEUED": _count(m.queued),
+                "REQ/S": _rate(m.req_s), "TOK/S": _rate(m.tok_s),
+                "TTFT P50": _seconds(m.ttft_s), "KV": _share(m.kv), "MEM": _bytes(m.mem_bytes)})
+        table, note = fit(rows, width, keep=("MODEL", "STATE"), more=None,
+                          gives_way=TOP_GIVES_WAY, right=[c for c in rows[0] if c not in
+                                                          ("MODEL", "STATE")])
+        parts.append(table)
+        if note:
+            parts.append(Text.from_markup(note))
+    elif view.answering:
+        parts.append(Text("no models"))
+    parts.append(Text(""))
+    span = f"last {view.window_s:.0f} s" if view.window_s > 0 else "from the next refresh"
+    parts.append(Text.from_markup(f"[bold]keys[/bold] [dim]({span})[/dim]"))
+    if view.keys:
+        shown = view.keys[:TOP_KEYS_SHOWN]
+        rows = [{"KEY": _escape(k.name),
+                 "REQ/MIN": _count(k.requests) if view.window_s > 0 else "-",
+                 "TOK/MIN": _count(k.tokens) if view.window_s > 0 else "-"} for k in shown]
+        table, _ = fit(rows, width, keep=("KEY",), more=None, right=("REQ/MIN", "TOK/MIN"))
+        parts.append(table)
+        if len(view.keys) > len(shown):
+            parts.append(Text(f"({len(view.keys) - len(shown)} more keys)", style="dim"))
+    else:
+        parts.append(Text("no requests yet", style="dim"))
+    parts.append(Text(""))
+    if view.gpus:
+        parts.append(Text.from_markup("[bold]GPUs[/bold]"))
+        rows = [{"GPU": _escape(g.gpu),
+                 "MEMORY": f"{_bytes(int(g.used or 0))} of {_bytes(int(g.total))}"
+                 if g.total else _bytes(int(g.used or 0)),
+                 "UTIL": _share(g.util),
+                 "TEMP": "-" if g.temp_c is None else f"{g.temp_c:.0f}°C",
+                 "POWER": "-" if g.power_w is None else f"{g.power_w:.0f} W"} for g in view.gpus]
+        table, note = fit(rows, width, keep=("GPU", "MEMORY"), more=None,
+                          right=("UTIL", "TEMP", "POWER"))
+        parts += [table, *([Text.from_markup(note)] if note else [])]
+    elif view.cpus:
+        parts.append(Text.from_markup("[bold]CPU[/bold] [dim](per backend process group)[/dim]"))
+        rows = [{"MODEL": _escape(c.model), "MEMORY": _bytes(int(c.rss or 0)),
+                 "CPU": "-" if c.cpu is None else f"{c.cpu:.0%}"} for c in view.cpus]
+        table, _ = fit(rows, width, keep=("MODEL",), more=None, right=("MEMORY", "CPU"))
+        parts.append(table)
+    parts.append(Text(""))
+    parts.append(Text(f"q quits · every {interval:g} s", style="dim"))
+    if not view.answering:  # the last figures, greyed: they are not now's
+        for part in parts[2:-1]:
+            part.style = "dim"
+    return Group(*parts)
+
+
+class _TopFrame:
+    """A frame laid out when drawn, at the terminal's width then: a resize between two
+    refreshes is followed at the next redraw."""
+
+    def __init__(self, view: Any, interval: float) -> None:
+        self.view, self.interval = view, interval
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        yield top_view(self.view, options.max_width, self.interval)
+
+
+class TopScreen:
+    """`top`'s terminal: the alternate screen (rich's Live, screen=True, cursor hidden) and
+    the keyboard in cbreak mode without echo (a key is read as it is pressed; Ctrl-C still
+    interrupts), both restored on the way out, whichever way that is — `q`, Ctrl-C, a
+    SIGTERM or SIGHUP, an error. Without a terminal, a frame is printed per refresh."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.live: Any = None
+        self.saved_tty: Any = None
+        self.saved_signals: dict[int, Any] = {}
+        self.keyboard = sys.stdin.isatty()
+
+    def __enter__(self) -> TopScreen:
+        import signal
+
+        def leave(signum: int, frame: Any) -> None:
+            raise SystemExit(128 + signum)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self.saved_signals[sig] = signal.signal(sig, leave)
+        if self.keyboard:
+            import termios
+
+            fd = sys.stdin.fileno()
+            self.saved_tty = termios.tcgetattr(fd)
+            quiet = termios.tcgetattr(fd)
+            quiet[3] &= ~(termios.ECHO | termios.ICANON)
+            quiet[6][termios.VMIN], quiet[6][termios.VTIME] = 1, 0
+            termios.tcsetattr(fd, termios.TCSANOW, quiet)
+        if out.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(console=out, screen=True, auto_refresh=True, refresh_per_second=4,
+                             redirect_stdout=False, redirect_stderr=False)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        try:
+            if self.live is not None:
+                self.live.stop()  # leaves the alternate screen, shows the cursor
+                self.live = None
+        finally:
+            if self.saved_tty is not None:
+                import termios
+
+                fd = sys.stdin.fileno()
+                termios.tcsetattr(fd, termios.TCSADRAIN, self.saved_tty)
+                termios.tcflush(fd, termios.TCIFLUSH)  # keys pressed meanwhile are dropped
+                self.saved_tty = None
+            for sig, handler in self.saved_signals.items():
+                signal.signal(sig, handler)
+
+    def show(self, view: Any) -> None:
+        frame = _TopFrame(view, self.interval)
+        if self.live is not None:
+            self.live.update(frame, refresh=True)
+        else:
+            out.print(frame)
+            out.print()
+
+    def key(self, timeout: float) -> str | None:
+        import time
+
+        if not self.keyboard:
+            time.sleep(timeout)
+            return None
+        import select
+
+        fd = sys.stdin.fileno()
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return None
+        got = os.read(fd, 64)
+        if not got:  # the terminal went away: wait out the refreshes
+            self.keyboard = False
+            return None
+        return got.decode("utf-8", "replace")[:1]

@@ -5,44 +5,16 @@ stops generating), /save, /exit."""
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
 import time
 
 import httpx
 import pytest
 
+from ..tmux import Terminal
 from .conftest import ROOT
 
 pytestmark = pytest.mark.e2e
-
-
-class Terminal:
-    def __init__(self, name: str, command: str) -> None:
-        self.name = name
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
-        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "50",
-                        command], check=True)
-
-    def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-J", "-S", "-200", "-t",
-                               self.name], capture_output=True, text=True).stdout
-
-    def type(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
-
-    def wait_for(self, needle: str, timeout: float = 90, after: int = 0) -> str:
-        """The screen once `needle` shows up more than `after` times."""
-        deadline = time.monotonic() + timeout
-        while True:
-            s = self.screen()
-            if s.count(needle) > after:
-                return s
-            assert time.monotonic() < deadline, f"{needle!r} never appeared:\n{s}"
-            time.sleep(0.2)
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
 
 
 def running(port: int) -> float:
