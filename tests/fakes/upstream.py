@@ -37,7 +37,7 @@ from starlette.routing import Route
 # "seen" counts every request but /control ones, whatever its route (a 404 too).
 STATS = {"requests": 0, "aborted": 0, "running": 0, "completed": 0, "seen": 0,
          "last_headers": {}, "last_body": None, "sleeps": 0, "wakes": 0, "asleep": False,
-         "last_path": None, "by_id": 0, "paths": [], "largest_body": 0, "most_tools": 0}
+         "last_path": None, "by_id": 0, "generated": 0, "paths": [], "largest_body": 0, "most_tools": 0}
 RESPONSES: dict[str, dict] = {}  # stored responses (VLLM_ENABLE_RESPONSES_API_STORE=1)
 HANG = asyncio.Event()
 ARGS: argparse.Namespace
@@ -69,6 +69,12 @@ async def metrics(request: Request) -> Response:
         "# HELP vllm:prompt_tokens_created Number of prefill tokens processed.\n"
         "# TYPE vllm:prompt_tokens_created gauge\n"
         f"vllm:prompt_tokens_created{{{labels}}} 1.7e+09\n"
+        "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n"
+        "# TYPE vllm:generation_tokens_total counter\n"
+        f"vllm:generation_tokens_total{{{labels}}} {float(STATS['generated'])}\n"
+        "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        f"vllm:kv_cache_usage_perc{{{labels}}} {min(1.0, 0.1 * STATS['running'])}\n"
         "# HELP vllm:time_to_first_token_seconds Histogram of time to first token.\n"
         "# TYPE vllm:time_to_first_token_seconds histogram\n"
         f'vllm:time_to_first_token_seconds_bucket{{{labels},le="0.1"}} 1.0\n'
@@ -133,6 +139,7 @@ async def complete(request: Request) -> Response:
                 for i in range(n):
                     if delay:
                         await asyncio.sleep(delay)
+                    STATS["generated"] += 1
                     yield _chunk(i, chat, ARGS.name, last=i == n - 1)
                 if flag((body.get("stream_options") or {}).get("include_usage")):
                     # Like vLLM: a last chunk with no choices and the usage.
@@ -163,6 +170,7 @@ async def complete(request: Request) -> Response:
         STATS["aborted"] += 1
         return Response(status_code=499)
     STATS["completed"] += 1
+    STATS["generated"] += n
     text = "".join(f"tok{i} " for i in range(n))
     choice = ({"index": 0, "message": {"role": "assistant", "content": text},
                "finish_reason": "length"} if chat else

@@ -78,6 +78,12 @@ def test_top_in_a_terminal_under_load(tmp_path):
             assert time.monotonic() < deadline, t.screen()
             time.sleep(0.3)
         assert float(first[0]) > 0
+        # And its tokens/s, from the stand-in's own vLLM series merged into the scrape.
+        while (row := cells(t.screen(history=False), "general")) is None or \
+                row[5] in ("-", "0", "0.0", "0.00"):
+            assert time.monotonic() < deadline, t.screen()
+            time.sleep(0.3)
+        assert float(row[5]) > 0
         while (later := figures(t))[1] in (first[1], "-") or int(later[1]) <= int(first[1]):
             assert time.monotonic() < deadline, t.screen()
             time.sleep(0.3)
