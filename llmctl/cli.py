@@ -569,9 +569,10 @@ def monitor_prometheus_config(
 ) -> None:
     """Print a Prometheus scrape config for the running stack.
 
-    One target (the proxy: its own series, each model's vLLM series, the machine's), and
-    a key that reads /metrics and nothing else, never an admin key. The key is made now;
-    when one by that name exists, it gets a new secret (the old one stops working)."""
+    One target, the proxy: its own series, each model's vLLM series and the
+    machine's. Its key reads /metrics and nothing else, never an admin key.
+    The key is made now; when one by that name exists, it gets a new secret
+    (the old one stops working)."""
     from urllib.parse import urlparse
 
     from . import keys, state
