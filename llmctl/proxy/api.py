@@ -108,15 +108,9 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
 
     def who(request: Request) -> Caller:
         """The one key check of this side: raises Refused(401)."""
-        sent = request.headers.getlist("authorization")
-        x_key = request.headers.getlist("x-api-key")  # as Anthropic's clients send it
-        if len(sent) > 1 or len(x_key) > 1 or (
-                sent and x_key and sent[0].partition(" ")[2].strip() != x_key[0].strip()):
-            raise Refused(400, "more than one Authorization header; send one" if len(sent) > 1
-                          else "more than one key (Authorization, x-api-key); send one",
-                          "invalid_request")
-        header = sent[0] if sent else f"Bearer {x_key[0]}" if x_key else None
-        c = callers.check(header.encode("latin-1") if header else None)
+        c = callers.identify(
+            [v.encode("latin-1") for v in request.headers.getlist("authorization")],
+            [v.encode("latin-1") for v in request.headers.getlist("x-api-key")])
         if c.metrics_only and request.url.path != "/metrics":
             raise Refused(403, f"the key '{c.name}' reads /metrics and nothing else",
                           "forbidden")

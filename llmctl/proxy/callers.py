@@ -134,6 +134,23 @@ class Callers:
         self._complained = (message, now)
         log.error("%s", message)
 
+    def identify(self, authorization: list[bytes], x_api_key: list[bytes]) -> Caller:
+        """Who is calling, from every `Authorization` and `x-api-key` header the request
+        carried (Anthropic's clients send the key as `x-api-key`): one key, in either form
+        or in both alike; two different keys are a 400 (which one counts would depend on
+        who reads them), then `check`."""
+        if len(authorization) > 1:
+            raise Refused(400, "more than one Authorization header; send one",
+                          "invalid_request")
+        if len(x_api_key) > 1 or (authorization and x_api_key and
+                                  authorization[0].partition(b" ")[2].strip()
+                                  != x_api_key[0].strip()):
+            raise Refused(400, "more than one key (Authorization, x-api-key); send one",
+                          "invalid_request")
+        if authorization:
+            return self.check(authorization[0])
+        return self.check(b"Bearer " + x_api_key[0] if x_api_key else None)
+
     def check(self, header: bytes | None) -> Caller:
         """Who is calling; raises Refused(401) for a missing, wrong or expired key."""
         self.reload()

@@ -88,7 +88,7 @@ def lax_bool(v: Any) -> bool | None:
 def requested_output(data: dict[str, Any], context: int | None) -> int:
     """The tokens a request may generate, as its tpm reservation: what it asks for
     (capped at the model's context), or the whole context when it asks for no limit."""
-    for k in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+    for k in BUDGET_FIELDS:
         v = data.get(k)
         if isinstance(v, str) and v.isdigit():
             v = int(v)
@@ -150,15 +150,16 @@ class Forwarder:
         id_header = [(b"x-request-id", rid.encode())]
         path = scope["path"]
         anthropic = anthropic_path(path)
-        auth = x_key = None
-        twice = both = False
+        addressed = by_response_id(path)
+        auth: list[bytes] = []
+        x_key: list[bytes] = []
         up_headers = [(b"x-request-id", rid.encode())]
         typed = False
         for k, v in scope["headers"]:
             if k == b"authorization":
-                twice, auth = twice or auth is not None, v
-            elif k == b"x-api-key":  # Anthropic's clients send the key so
-                both, x_key = both or x_key is not None, v
+                auth.append(v)
+            elif k == b"x-api-key":
+                x_key.append(v)
             elif k not in DROP_UP:
                 typed = typed or k == b"content-type"
                 up_headers.append((k, v))
@@ -167,22 +168,14 @@ class Forwarder:
         caller, routed = ANYONE, "-"
         books = self.ledger
         try:
-            if twice:  # which one counts would depend on who reads them: neither does
-                raise Refused(400, "more than one Authorization header; send one",
-                              "invalid_request")
-            if both or (auth is not None and x_key is not None
-                        and auth.partition(b" ")[2].strip() != x_key.strip()):
-                raise Refused(400, "more than one key (Authorization, x-api-key); send one",
-                              "invalid_request")
-            caller = self.callers.check(auth if auth is not None else
-                                        b"Bearer " + x_key if x_key is not None else None)
+            caller = self.callers.identify(auth, x_key)
             if caller.metrics_only:
                 raise Refused(403, f"the key '{caller.name}' reads /metrics and nothing else",
                               "forbidden")
             if not (PATH.fullmatch(path) or path in ROOT_ROUTES):  # NUL, `..` never reach a backend
                 raise Refused(404, f"no route {path!r}", "not_found")
             body = await self._read_body(receive, scope)
-            route = self.by_id(path, scope["method"], caller) if by_response_id(path) else \
+            route = self.by_id(path, scope["method"], caller) if addressed else \
                 self.route(body, path, caller)
             if scope.get("query_string"):  # `?beta=true` and the like, passed on
                 route.path += "?" + scope["query_string"].decode("latin-1")
@@ -216,7 +209,7 @@ class Forwarder:
                       limits=limits, strip=route.strip_usage, answer=route.answer,
                       reserved=route.reserve, anthropic=anthropic,
                       on_id=(lambda i, b=backend, c=caller.name: self.remember(i, b, c))
-                      if path == "/v1/responses" else None, metered=not by_response_id(path))
+                      if path == "/v1/responses" else None, metered=not addressed)
         asked = prefer_wait(scope)
         wait = self.cfg.request_timeout if asked is None else min(asked,
                                                                   self.cfg.request_timeout)
