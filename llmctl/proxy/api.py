@@ -10,6 +10,7 @@ each handler names what it needs instead of repeating the key check.
 # at run time, and `Who` (a dependency made inside `build`) must be an object, not a name.
 import asyncio
 import ipaddress
+import math
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -86,6 +87,19 @@ SCRAPE_TIMEOUT_S = 2.0
 SCRAPED_STATES = (State.RUNNING, State.SLEEPING)
 
 
+def scrape_timeout(headers: Any) -> float:
+    """How long a backend may take: SCRAPE_TIMEOUT_S, or less when the scraper says it
+    gives up sooner (Prometheus sends its scrape_timeout): a hung backend must not cost
+    the whole scrape. A quarter second is kept for the proxy's own part."""
+    try:
+        theirs = float(headers.get("x-prometheus-scrape-timeout-seconds") or "inf")
+    except ValueError:
+        theirs = math.inf
+    if math.isnan(theirs):
+        theirs = math.inf
+    return max(0.1, min(SCRAPE_TIMEOUT_S, theirs - 0.25))
+
+
 def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger, web: bool,
           status: Callable[[], dict[str, Any]] | None, open_metrics: bool = False,
           http: httpx.AsyncClient | None = None,
@@ -147,7 +161,8 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
                    if b.model.managed and b.state in SCRAPED_STATES]
         engines, failed = ("", [])
         if targets and http is not None:
-            engines, failed = await federate.scrape(http, targets, SCRAPE_TIMEOUT_S)
+            engines, failed = await federate.scrape(http, targets,
+                                                    scrape_timeout(request.headers))
         for name in failed:
             ledger.metrics.child("scrape_failures", name).inc()
         # The machine: backend states and processes, GPUs (the daemon's observe.py).

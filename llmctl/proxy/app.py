@@ -80,6 +80,11 @@ class Proxy:
         for b in self.models.all:  # known in advance: at 0 from the first scrape
             if b.model.managed:
                 self.ledger.metrics.child("scrape_failures", b.model.name)
+        names = [b.model.name for b in self.models.all]
+        self.ledger.metrics.prime(names, self.callers.names())
+        # A key added later has its series at once (a removed key's stay: counters do not
+        # go back).
+        self.callers.on_change = lambda: self.ledger.metrics.prime([], self.callers.names())
         api: Any = build(models=self.models, callers=self.callers, control=control,
                          ledger=self.ledger, web=cfg.web, status=status,
                          open_metrics=cfg.open_metrics, http=self._http, machine=machine)

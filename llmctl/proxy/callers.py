@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class Callers:
         self._named: dict[str, Caller] = {}  # digest → caller
         self._seen: tuple[int, ...] | None = None
         self._complained: tuple[str, float] | None = None
+        self.on_change: Callable[[], None] | None = None  # after the key file was read again
         self.reload()
 
     @property
@@ -123,7 +124,16 @@ class Callers:
             named[k.digest] = Caller(k.name, k, limits, allowed)
         self._named = named
         log.info("named keys: %s", ", ".join(c.name for c in named.values()) or "none")
+        if self.on_change is not None:
+            self.on_change()
         return True
+
+    def names(self) -> list[tuple[str, list[str]]]:
+        """Each key's name (the config's keys are "admin") and the models it may use."""
+        out = [(keymod.ADMIN, [b.model.name for b in self.backends])] if self._config else []
+        out += [(c.name, [b.model.name for b in self.backends if c.may_use(b)])
+                for c in self._named.values()]
+        return out
 
     def _complain(self, message: str) -> None:
         """Log a problem with the key file once a minute, not once a request."""

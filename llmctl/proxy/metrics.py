@@ -12,6 +12,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..usage import Tally
 
+# The statuses a model's requests are primed with: a code of each class the proxy gives
+# (dashboards match classes, e.g. status=~"5.."), and a key's: served and refused for
+# its limits.
+STATUSES = ("200", "400", "429", "499", "500", "502", "503", "504")
+KEY_STATUSES = ("200", "429")
+UPSTREAM_ERRORS = ("timeout", "connect", "midstream")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -41,6 +48,27 @@ class Metrics:
             "metrics out (no answer in time, an error, not the text format)", ["model"],
             registry=self.registry)
         self._children: dict[tuple[str, ...], Any] = {}
+
+    def prime(self, models: list[str], keys: list[tuple[str, list[str]]] = ()) -> None:
+        """Make the series whose labels are known in advance, at 0, as Prometheus's
+        instrumentation guide asks: each model's requests by status class (one code of
+        each that the proxy gives), latencies, requests in flight and failures; each
+        key's requests and tokens on each model it may use. A quiet stack then shows
+        zeros on a dashboard, not "no data"."""
+        for m in models:
+            for status in STATUSES:
+                self.child("requests", m, status)
+            self.child("latency", m)
+            self.child("ttfb", m)
+            self.child("in_flight", m)
+            for kind in UPSTREAM_ERRORS:
+                self.child("upstream_errors", m, kind)
+        for key, allowed in keys:
+            for m in allowed:
+                for status in KEY_STATUSES:
+                    self.child("key_requests", key, m, status)
+                for kind in ("prompt", "completion"):
+                    self.child("key_tokens", key, m, kind)
 
     def child(self, metric: str, *labels: str) -> Any:
         """Cached label children: `labels()` costs microseconds on every request otherwise."""

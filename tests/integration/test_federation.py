@@ -77,6 +77,60 @@ def test_a_backend_that_hangs_or_sends_garbage_is_left_out_and_counted(two, faul
     assert models_of(samples, "vllm:num_requests_running") == {"fake-coder", "fake-general"}
 
 
+def test_a_hung_backend_costs_less_than_the_scrapers_own_timeout(two):
+    """Prometheus says how long it waits (its scrape_timeout, e.g. 1 s at a 1 s
+    interval): the proxy gives up on a hung backend before that, so the scrape still
+    lands instead of failing whole."""
+    httpx.post(two.ups[0].url + "/control/metrics-hang")
+    t0 = time.monotonic()
+    r = httpx.get(two.url + "/metrics", headers={**AUTH,
+                  "X-Prometheus-Scrape-Timeout-Seconds": "1"}, timeout=30)
+    took = time.monotonic() - t0
+    assert r.status_code == 200 and took < 1.0, took
+    assert 'vllm:num_requests_running{' in r.text and 'model="fake-general"' in r.text
+    httpx.post(two.ups[0].url + "/control/metrics-ok")
+
+
+def test_a_quiet_stack_shows_zeros_for_every_model_and_key(two):
+    """Label sets known in advance exist from the first scrape at 0 (Prometheus's
+    instrumentation guide), so a dashboard shows 0, not "no data": each model's requests
+    by status class, latencies and failures; each key's requests and tokens."""
+    _, samples = scrape(two)
+    requests = {(s.labels["model"], s.labels["status"]): s.value
+                for s in samples["llmctl_requests_total"]}
+    for m in ("fake-coder", "fake-general"):
+        assert {requests[(m, c)] for c in ("200", "429", "500", "503", "504")} == {0.0}
+        assert models_of(samples, "llmctl_time_to_first_byte_seconds_bucket") >= {m}
+        assert models_of(samples, "llmctl_request_duration_seconds_count") >= {m}
+        assert models_of(samples, "llmctl_requests_in_flight") >= {m}
+        assert models_of(samples, "llmctl_upstream_errors_total") >= {m}
+    keys = {(s.labels["key"], s.labels["model"], s.labels["kind"])
+            for s in samples["llmctl_key_tokens_total"]}
+    assert ("admin", "fake-coder", "completion") in keys
+    assert {s.labels["key"] for s in samples["llmctl_key_requests_total"]} == {"admin"}
+
+
+def test_a_key_added_to_a_running_stack_has_its_series_at_once(tmp_path, make_proxy):
+    from llmctl import keys as keymod
+
+    up = start_upstream("fake-solo")
+    try:
+        keys_path = tmp_path / "keys.toml"
+        p = make_proxy([FakeBackend(config.ModelConfig(key="solo", name="fake-solo",
+                                                       source="org/w", port=up.port))],
+                       keys_path=keys_path)
+        _, samples = scrape(p)
+        assert {s.labels["key"] for s in samples["llmctl_key_requests_total"]} == {"admin"}
+        keymod.add("alice", p=keys_path)
+        httpx.get(p.url + "/health")  # any request reads the key file again when it changed
+        _, samples = scrape(p)
+        assert ("alice", "fake-solo", "200") in {
+            (s.labels["key"], s.labels["model"], s.labels["status"])
+            for s in samples["llmctl_key_requests_total"]}
+    finally:
+        up.stop()
+
+
 def test_a_url_model_or_one_at_rest_is_not_scraped(two):
     two.backends[0].state = "STOPPED"
     _, samples = scrape(two)
