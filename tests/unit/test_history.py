@@ -74,16 +74,24 @@ llmctl_backend_resident_bytes{{model="coder-x"}} 3e8
 """
 
 
-@pytest.fixture
-def rig():
+def make(**kw):
+    """A History over two servers in fake time, and what the test moves: the clock, the
+    servers, the proxy's books, the backends, the machine's CPU seconds. A callable in
+    `kw` makes that argument from (the backends, the servers)."""
     clock, servers, metrics = Clock(), Servers(), Metrics()
     models = Models([Backend("coder", "coder-x", 8001), Backend("general", "general-x", 8002)])
     cpu = {"s": 0.0}
-    http = httpx.AsyncClient(transport=httpx.MockTransport(servers))
-    h = History(models, metrics.registry, clock=clock, http=http,
-                status=lambda: status(models, {"coder": 300 * 2**20, "general": 2**30}),
-                machine=lambda: MACHINE.format(cpu=cpu["s"]), span_s=20, interval_s=2)
+    args = {"http": httpx.AsyncClient(transport=httpx.MockTransport(servers)),
+            "status": lambda: status(models, {"coder": 300 * 2**20, "general": 2**30}),
+            "machine": lambda: MACHINE.format(cpu=cpu["s"]), "span_s": 20, "interval_s": 2}
+    args.update({k: v(models, servers) if callable(v) else v for k, v in kw.items()})
+    h = History(models, metrics.registry, clock=clock, **args)
     return h, clock, servers, metrics, models, cpu
+
+
+@pytest.fixture
+def rig():
+    return make()
 
 
 def served(metrics: Metrics, model: str, key: str, n: int, ttfb: float, tokens: int) -> None:
@@ -142,19 +150,19 @@ def test_the_keys_figures_cover_the_last_minute(rig):
     assert len(h._window) == 31  # the keys' series of the last minute, no more
 
 
-def test_a_server_that_fails_is_left_out_and_the_loop_goes_on(rig, caplog):
-    h, clock, servers, metrics, models, _ = rig
+def test_a_server_that_fails_is_left_out_and_the_loop_goes_on(caplog):
+    rounds_left = {"status": 2}
+
+    def flaky(models, servers):
+        def read():  # the status record unreadable in the second round only
+            rounds_left["status"] -= 1
+            if rounds_left["status"] == 0:
+                raise OSError("stack.json: no such file")
+            return status(models, {})
+        return read
+
+    h, clock, servers, metrics, models, _ = make(status=flaky)
     servers.down.add(8001)
-    broken = {"status": 2}
-    real = h.status
-
-    def flaky():  # the status record unreadable in the second round only
-        broken["status"] -= 1
-        if broken["status"] == 0:
-            raise OSError("stack.json: no such file")
-        return real()
-
-    h.status = flaky
     rounds = []
 
     async def sleep(_s):
@@ -178,20 +186,16 @@ def test_a_server_that_fails_is_left_out_and_the_loop_goes_on(rig, caplog):
         "the status history works again"]
 
 
-def test_a_server_that_hangs_holds_a_round_no_longer_than_the_timeout(rig):
-    h, clock, servers, *_ = rig
+def test_a_server_that_hangs_holds_a_round_no_longer_than_the_timeout():
+    def hanging(models, servers):
+        async def answer(request: httpx.Request) -> httpx.Response:
+            if request.url.port == 8001:
+                await asyncio.sleep(3600)
+            return servers(request)
+        return httpx.AsyncClient(transport=httpx.MockTransport(answer))
 
-    async def hang(request: httpx.Request) -> httpx.Response:
-        if request.url.port == 8001:
-            await asyncio.sleep(3600)
-        return servers(request)
-
-    async def go():
-        h.http = httpx.AsyncClient(transport=httpx.MockTransport(hang))
-        h.timeout_s = 0.3
-        return await asyncio.wait_for(h.sample(), 5)
-
-    asyncio.run(go())
+    h, *_ = make(http=hanging, timeout_s=0.3)
+    asyncio.run(asyncio.wait_for(h.sample(), 5))  # raises if the round waits for the hang
     assert h.points[-1]["models"]["general"]["kv"] == 0.5
     assert "kv" not in h.points[-1]["models"]["coder"]
 
