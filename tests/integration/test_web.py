@@ -265,6 +265,40 @@ def test_the_status_view_opens_on_the_history_the_proxy_kept(tmp_path):
         e.run("down")
 
 
+def test_on_a_gpu_machine_the_view_draws_the_cards(site, page):
+    """No GPU here: the proxy's answer is replaced by one from a machine with two cards
+    (as the sampler writes it), and the page draws those."""
+    import json
+
+    from playwright.sync_api import expect
+
+    e, _, _ = site
+    now = time.time()
+    points = [{"t": now - 20 + 2 * i, "window_s": 2.0 * i, "keys": {}, "cpus": {},
+               "models": {"general": {"name": "alpha", "state": "RUNNING", "req_s": 1.0}},
+               "gpus": [{"gpu": "0", "used_bytes": 8e10, "total_bytes": 8.5e10,
+                         "util": 0.05 * i, "temp_c": 60.0, "power_w": 300.0},
+                        {"gpu": "1", "used_bytes": 1e9, "total_bytes": 8.5e10, "util": 0.0}]}
+              for i in range(10)]
+
+    def history(route):  # everything first, then nothing new
+        new = [] if "since=" in route.request.url else points
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(
+            {"now": now, "interval_s": 2.0, "span_s": 600.0, "points": new}))
+
+    page.route("**/api/history*", history)
+    page.goto(e.url + "/")
+    page.fill("#key-input", KEY)
+    page.click("#key-form button")
+    page.click("#tab-status")
+    page.wait_for_selector("#chart-gpu path.line")
+    assert drawn(page, "gpu") == {"GPU 0": 10, "GPU 1": 10}
+    assert "%" in texts(page, "gpu") and page.locator("#chart-cpu").count() == 0
+    expect(page.locator("#machine thead")).to_contain_text("Busy")
+    expect(page.locator("#machine tbody tr").first).to_contain_text("74.51 GiB of 79.16 GiB")
+    expect(page.locator("#machine tbody tr").first).to_contain_text("45 %")
+
+
 def test_the_page_can_be_turned_off(tmp_path):
     up = start_upstream("alpha")
     e = Env(tmp_path)

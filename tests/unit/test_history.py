@@ -230,3 +230,27 @@ def test_a_named_key_sees_its_models_its_own_row_and_no_machine(rig):
     full = h.answer()["points"][-1]
     assert set(full["models"]) == {"coder", "general"} and set(full["keys"]) == {"alice", "bob"}
     assert full["cpus"]
+
+
+GPUS = """# TYPE llmctl_gpu_memory_used_bytes gauge
+llmctl_gpu_memory_used_bytes{gpu="1",name="H100"} 4e10
+llmctl_gpu_memory_used_bytes{gpu="0",name="H100"} 8e10
+# TYPE llmctl_gpu_memory_total_bytes gauge
+llmctl_gpu_memory_total_bytes{gpu="1",name="H100"} 8.5e10
+llmctl_gpu_memory_total_bytes{gpu="0",name="H100"} 8.5e10
+# TYPE llmctl_gpu_utilization_ratio gauge
+llmctl_gpu_utilization_ratio{gpu="0",name="H100"} 0.63
+# TYPE llmctl_gpu_temperature_celsius gauge
+llmctl_gpu_temperature_celsius{gpu="0",name="H100"} 61
+"""
+
+
+def test_on_a_gpu_machine_the_cards_take_the_cpu_rows_place():
+    h, *_ = make(machine=lambda models, servers: (lambda: GPUS))
+    asyncio.run(h.sample())
+    p = h.points[-1]
+    assert p["gpus"] == [
+        {"gpu": "0", "used_bytes": 8e10, "total_bytes": 8.5e10, "util": 0.63, "temp_c": 61.0},
+        {"gpu": "1", "used_bytes": 4e10, "total_bytes": 8.5e10}]
+    assert p["cpus"] == {}  # as top: the GPUs, or else each backend's CPU
+    assert h.answer(hardware=False)["points"][-1]["gpus"] == []
