@@ -430,7 +430,12 @@ async function refreshStatus() {
   }
 }
 
-async function refreshAll() { await refreshHistory(); await refreshStatus(); }
+let refreshing = false;  // a slow answer must not let two asks append the same points
+async function refreshAll() {
+  if (refreshing) return;
+  refreshing = true;
+  try { await refreshHistory(); await refreshStatus(); } finally { refreshing = false; }
+}
 
 function showTab(name) {
   $("chat-view").hidden = name !== "chat"; $("status-view").hidden = name !== "status";
