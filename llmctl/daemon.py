@@ -172,6 +172,9 @@ class Daemon:
         starter = asyncio.create_task(start_backends())
         reporter = asyncio.create_task(every(1.0, "the in-flight report", report_in_flight))
         keeper = asyncio.create_task(every(1.0, "the usage write", write_usage))
+        # The web page's status view opens on the last minutes, which this keeps.
+        sampler = asyncio.create_task(every(proxy.history.interval_s, "the status history",
+                                            proxy.history.sample))
         log.info("proxy on %s; device %s", self.cfg.proxy_url, self.device)
         try:
             await server.serve()
@@ -182,7 +185,8 @@ class Daemon:
             starter.cancel()
             reporter.cancel()
             keeper.cancel()
-            await asyncio.gather(starter, reporter, keeper, return_exceptions=True)
+            sampler.cancel()
+            await asyncio.gather(starter, reporter, keeper, sampler, return_exceptions=True)
             await supervisor.stop()
             await proxy.aclose()
             try:

@@ -8,7 +8,8 @@ May import: proxy.app. Measured with tests/perf/bench_proxy.py (numbers in CHANG
     callers.py   config and named keys, checked and reloaded   → keys, limits
     forward.py   POST /v1/*: Route, limits, admit, exchange     → models, stream
     stream.py    Exchange: upstream call, splice, usage, /infill filters, the books
-    api.py       FastAPI: /health /ready /metrics /v1/models /api/status, start/stop, web
+    api.py       FastAPI: /health /ready /metrics /v1/models /api/status /api/history, start/stop, web
+    history.py   the status view's last ten minutes: top's figures every 2 s, in a ring
     models.py    Routable and Control (what the proxy reads and asks), lookup by name
     metrics.py   Prometheus series, the usage tally, the page's totals
     answers.py   the error shape, refusals, a backend's error in that shape

@@ -1,5 +1,5 @@
 """The FastAPI side: everything that is not forwarded. /health, /ready, /metrics, the model
-list, /api/status, starting and stopping models by hand, and the web page.
+list, /api/status and /api/history, starting and stopping models by hand, and the web page.
 
 May import: lifecycle, usage, proxy.answers, proxy.callers, proxy.federate, proxy.metrics,
 proxy.models (and fastapi, httpx, prometheus_client). "Who is calling" is one dependency (`caller`), so
@@ -84,7 +84,6 @@ def entry(b: Routable) -> dict[str, Any]:
 
 # How long one backend's /metrics may take before this scrape goes on without it.
 SCRAPE_TIMEOUT_S = 2.0
-SCRAPED_STATES = (State.RUNNING, State.SLEEPING)
 
 
 def scrape_timeout(headers: Any) -> float:
@@ -103,7 +102,8 @@ def scrape_timeout(headers: Any) -> float:
 def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger, web: bool,
           status: Callable[[], dict[str, Any]] | None, open_metrics: bool = False,
           http: httpx.AsyncClient | None = None,
-          machine: Callable[[], str] | None = None) -> FastAPI:
+          machine: Callable[[], str] | None = None,
+          history: Callable[..., dict[str, Any]] | None = None) -> FastAPI:
     api = FastAPI(title="llmctl", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.exception_handler(StarletteHTTPException)
@@ -157,8 +157,7 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
                               "may (or set `open_metrics = true` in [proxy])", "forbidden")
         # The backends' own series (vLLM's engine metrics), labelled with the model: one
         # scrape target for the whole stack.
-        targets = [(b.model.name, b.model.upstream) for b in models.all
-                   if b.model.managed and b.state in SCRAPED_STATES]
+        targets = models.engines()
         engines, failed = ("", [])
         if targets and http is not None:
             engines, failed = await federate.scrape(http, targets,
@@ -184,6 +183,26 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
         if used is not None:
             data = {**data, "usage": used}
         return JSONResponse({**data, "proxy_counters": dict(ledger.counters)})
+
+    @api.get("/api/history")
+    async def api_history(request: Request, c: Who) -> JSONResponse:
+        # The status view's last minutes (proxy/history.py), redacted for a named key as
+        # /api/status is: its models, its own key, no machine readings (admin's /metrics).
+        raw, since = request.query_params.get("since"), None
+        if raw is not None:
+            try:
+                since = float(raw)
+            except ValueError:
+                since = math.nan
+            if not math.isfinite(since):
+                return error(400, f"since={raw!r} is not a time (seconds since the epoch, "
+                             "as the points' `t`)", code="invalid_value", param="since")
+        if history is None:
+            return JSONResponse({"now": None, "interval_s": None, "span_s": 0, "points": []})
+        if c.admin:
+            return JSONResponse(history(since))
+        mine = None if c.allowed is None else {b.model.key for b in models.all if c.may_use(b)}
+        return JSONResponse(history(since, models=mine, key=c.name, hardware=False))
 
     if web:
         _web_routes(api)

@@ -2,9 +2,10 @@
 the forwarding path or the FastAPI side; CORS around both when origins are configured.
 
 May import: clock, config, proxy.answers, proxy.api, proxy.callers, proxy.forward,
-proxy.metrics, proxy.models. Built complete by its constructor from the backends, the
-proxy's config and the supervisor (`control`); tests pass plain objects for backends
-and a `Supervisor` over them.
+proxy.history, proxy.metrics, proxy.models. Built complete by its constructor from the
+backends, the proxy's config and the supervisor (`control`); tests pass plain objects
+for backends and a `Supervisor` over them. `history` is the status view's ring: whoever
+runs the proxy (the daemon) calls its `sample` every `interval_s`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .answers import anthropic_path, error_body, send_json
 from .api import build
 from .callers import Callers
 from .forward import ROOT_ROUTES, Forwarder, by_response_id
+from .history import History
 from .metrics import Ledger
 from .models import Control, Models, Routable
 
@@ -85,9 +87,12 @@ class Proxy:
         # A key added later has its series at once (a removed key's stay: counters do not
         # go back).
         self.callers.on_change = lambda: self.ledger.metrics.prime([], self.callers.names())
+        self.history = History(self.models, self.ledger.metrics.registry, clock=self.clock,
+                               status=status, machine=machine, http=self._http)
         api: Any = build(models=self.models, callers=self.callers, control=control,
                          ledger=self.ledger, web=cfg.web, status=status,
-                         open_metrics=cfg.open_metrics, http=self._http, machine=machine)
+                         open_metrics=cfg.open_metrics, http=self._http, machine=machine,
+                         history=self.history.answer)
         forward: Any = self.forwarder
         if cfg.cors_origins:
             from starlette.middleware.cors import CORSMiddleware

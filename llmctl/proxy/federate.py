@@ -8,7 +8,9 @@ event loop about a millisecond (tests/perf/bench_proxy.py measures it): each fam
 `# HELP`/`# TYPE` once, then its samples from every backend, each with `model="…"`
 added. A backend that does not answer within the timeout, fails, or sends something
 that is not the text format is left out of that scrape and counted
-(`llmctl_backend_scrape_failures_total`), never an error for the whole scrape.
+(`llmctl_backend_scrape_failures_total`), never an error for the whole scrape. The
+timeout bounds each backend's whole answer, not each read: one that sends a byte now
+and then cannot hold a scrape (or the status history's sampler) past it.
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ async def scrape(client: httpx.AsyncClient, targets: list[tuple[str, str]],
     `targets`: (model name, its server's base URL)."""
 
     async def one(model: str, base: str) -> dict[str, tuple[list[str], list[str]]]:
-        r = await client.get(base.rstrip("/") + "/metrics", timeout=timeout)
+        # httpx's timeout is per read; the deadline is for the whole answer.
+        async with asyncio.timeout(timeout):
+            r = await client.get(base.rstrip("/") + "/metrics", timeout=timeout)
         r.raise_for_status()
         return split(r.text, model)
 

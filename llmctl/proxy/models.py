@@ -1,7 +1,7 @@
 """The models a proxy routes to, as it sees them: what it reads of a backend (`Routable`),
 what it asks of the supervisor (`Control`), and the lookup by name or alias.
 
-May import: config, proxy.answers, proxy.callers. The proxy never
+May import: config, lifecycle, proxy.answers, proxy.callers. The proxy never
 changes a backend's state or counters: it reads these four attributes, and every
 request holds `control.admit(backend, wait=…)` for its whole life; the supervisor alone
 counts requests in flight, starts models on demand and decides every 503.
@@ -14,8 +14,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from ..config import ModelConfig
+from ..lifecycle import State
 from .answers import Refused
 from .callers import ANYONE, Caller
+
+# The states in which a server llmctl started has its own /metrics worth reading.
+SCRAPED_STATES = (State.RUNNING, State.SLEEPING)
 
 
 class Routable(Protocol):
@@ -66,6 +70,12 @@ class Models:
                           "starcoder, qwen, codellama or codestral) on a model in the config",
                           "fim_not_supported")
         return next((b for b in able if b.model.key == "coder"), able[0]).model.name
+
+    def engines(self) -> list[tuple[str, str]]:
+        """(model name, base URL) of each server llmctl started that is up: those whose
+        own /metrics the proxy reads. `url` models are another server's to watch."""
+        return [(b.model.name, b.model.upstream) for b in self.all
+                if b.model.managed and b.state in SCRAPED_STATES]
 
     def states(self) -> dict[str, str]:
         return {b.model.name: str(b.state) for b in self.all}

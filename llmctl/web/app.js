@@ -9,7 +9,6 @@ let convs = JSON.parse(localStorage.getItem(CONVS) || "[]");
 let current = localStorage.getItem(CURRENT) || null;
 let controller = null;   // the answer being streamed, to stop it
 let statusTimer = null;
-const history = [];      // [time, requests, tokens] samples of the proxy's own counters
 
 // ── calls ─────────────────────────────────────────────────────────────────
 async function api(path, options = {}) {
@@ -245,16 +244,156 @@ $("regenerate").addEventListener("click", () => {
 });
 
 // ── status ────────────────────────────────────────────────────────────────
+// The figures `llmctl top` shows, drawn over the last minutes the proxy keeps
+// (GET /api/history: a point every couple of seconds); the page asks once for all of
+// them when the view opens, then for the points after its last one.
 const fmtBytes = (n) => !n ? "-" : n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : `${Math.round(n / 2 ** 20)} MiB`;
 const fmtAge = (s) => s == null ? "-" : s >= 3600 ? `${Math.floor(s / 3600)}h${String(Math.floor(s % 3600 / 60)).padStart(2, "0")}m` : `${Math.floor(s / 60)}m${String(Math.floor(s % 60)).padStart(2, "0")}s`;
+const fmtNum = (v) => v == null ? "-" : String(Number(v.toFixed(Math.abs(v) >= 100 ? 0 : Math.abs(v) >= 10 ? 1 : 2)));
+const seen = { points: [], now: null, span: 600, interval: 2 };  // the history as last read
 
-function chart(canvas, values) {
-  const g = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
-  g.clearRect(0, 0, w, h);
-  const max = Math.max(1, ...values);
-  g.strokeStyle = getComputedStyle(canvas).color; g.lineWidth = 2; g.beginPath();
-  values.forEach((v, i) => { const x = (i / Math.max(1, values.length - 1)) * w, y = h - (v / max) * (h - 14) - 2; i ? g.lineTo(x, y) : g.moveTo(x, y); });
-  g.stroke(); g.fillStyle = g.strokeStyle; g.font = "12px sans-serif"; g.fillText(`max ${max.toFixed(1)}`, 4, 12);
+const per = (f) => (p) => Object.entries(p.models).map(([k, m]) => [k, f(m)]);
+const CHARTS = [
+  { id: "req", title: "Requests", unit: "req/s", series: per((m) => m.req_s) },
+  { id: "tok", title: "Generated tokens", unit: "tokens/s", series: per((m) => m.tok_s) },
+  { id: "ttft", title: "Time to first token, p50", unit: "ms", series: per((m) => m.ttft_s == null ? null : m.ttft_s * 1000) },
+  { id: "kv", title: "KV cache use", unit: "%", max: 100, series: per((m) => m.kv == null ? null : m.kv * 100) },
+  { id: "mem", title: "Memory", unit: "GiB", series: per((m) => m.mem_bytes == null ? null : m.mem_bytes / 2 ** 30) },
+  { id: "load", title: "In flight, and queued (dashed)", unit: "requests", series: (p) => Object.entries(p.models).flatMap(([k, m]) => [[k, m.in_flight ?? null], [`${k} queued`, m.queued ?? null]]) },
+  { id: "gpu", title: "GPU busy", unit: "%", max: 100, machine: true, series: (p) => (p.gpus || []).map((g) => [`GPU ${g.gpu}`, g.util == null ? null : g.util * 100]) },
+  { id: "cpu", title: "CPU, per model", unit: "cores", machine: true, series: (p) => Object.entries(p.cpus || {}).map(([k, c]) => [k, c.cpu ?? null]) },
+];
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(name, attrs = {}, text = null) {
+  const e = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  if (text != null) e.textContent = text;
+  return e;
+}
+
+function niceMax(v) {  // 1, 2, 2.5 or 5 times a power of ten, at least v
+  if (!(v > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  return [1, 2, 2.5, 5, 10].map((m) => m * p).find((x) => x >= v * 1.0001) || 10 * p;
+}
+
+const dur = (s) => s < 60 ? `${Math.round(s)} s` : `${Number((s / 60).toFixed(1))} min`;
+const ago = (s) => s < 1 ? "now" : `−${dur(s)}`;
+
+// One chart: a line per series (model, card), time on x (seconds before the proxy's
+// "now"), the figure on y with its unit; a gap where a point has no figure.
+function drawChart(fig, c, lines, now, span) {
+  const W = 380, H = 160, L = 46, R = 10, T = 10, B = 30;
+  const x = (t) => L + (W - L - R) * (1 - (now - t) / span), y0 = H - B;
+  const all = lines.flatMap((l) => l.values.map((p) => p[1])).filter((v) => v != null);
+  const top = c.max ?? niceMax(Math.max(0, ...all));
+  const y = (v) => y0 - (y0 - T) * Math.min(v, top) / top;
+  const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": `${c.title} (${c.unit}) over the last ${dur(span)}` });
+  for (const v of [0, top / 2, top]) {
+    g.append(svg("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
+    g.append(svg("text", { class: "tick y", x: L - 4, y: y(v) + 4, "text-anchor": "end" }, fmtNum(v)));
+  }
+  const step = [10, 30, 60, 120, 300, 600].find((s) => span / s <= 5) || 600;
+  for (let s = 0; s <= span + 0.001; s += step) {
+    g.append(svg("line", { class: "tickmark", x1: x(now - s), x2: x(now - s), y1: y0, y2: y0 + 4 }));
+    g.append(svg("text", { class: "tick x", x: x(now - s), y: y0 + 16, "text-anchor": s === 0 ? "end" : "middle" }, ago(s)));
+  }
+  g.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: y0 }));
+  g.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: y0, y2: y0 }));
+  g.append(svg("text", { class: "unit", x: 12, y: (T + y0) / 2, "text-anchor": "middle", transform: `rotate(-90 12 ${(T + y0) / 2})` }, c.unit));
+  g.append(svg("text", { class: "unit x", x: W - R, y: H - 2, "text-anchor": "end" }, "time before now"));
+  lines.forEach((l) => {
+    let d = "", prev = null;
+    for (const [t, v] of l.values) {
+      // A missing figure, or a hole in the history (the proxy restarted), breaks the line.
+      if (v == null || t < now - span) { prev = null; continue; }
+      const gap = prev != null && t - prev > 3 * seen.interval;
+      d += `${d && !gap && prev != null ? "L" : "M"}${x(t).toFixed(1)},${y(v).toFixed(1)} `;
+      prev = t;
+    }
+    if (d) g.append(svg("path", { class: `line s${l.color % 6}${l.dashed ? " dashed" : ""}`, d: d.trim(), "data-series": l.name }));
+  });
+  const legend = document.createElement("div"); legend.className = "legend";
+  for (const l of lines) {
+    const last = l.values.at(-1)?.[1];
+    const item = document.createElement("span"); item.className = `key s${l.color % 6}${l.dashed ? " dashed" : ""}`;
+    item.textContent = `${l.name} ${last == null ? "-" : fmtNum(last)} ${c.unit}`;
+    legend.append(item);
+  }
+  fig.querySelector("svg")?.remove(); fig.querySelector(".legend")?.remove();
+  fig.append(g, legend);
+}
+
+function drawCharts() {
+  const box = $("charts"), pts = seen.points;
+  const now = seen.now ?? (pts.at(-1)?.t || 0);
+  // From the oldest point kept (at least a minute), up to the span the proxy keeps.
+  const span = Math.min(seen.span, Math.max(60, pts.length ? now - pts[0].t : 0));
+  const colors = {};
+  for (const c of CHARTS) {
+    const byName = new Map();
+    for (const p of pts) for (const [name, v] of c.series(p)) {
+      if (!byName.has(name)) byName.set(name, []);
+      byName.get(name).push([p.t, v]);
+    }
+    let fig = $(`chart-${c.id}`);
+    const shown = byName.size > 0 && !(c.machine && [...byName.values()].every((vs) => vs.every(([, v]) => v == null)));
+    if (!shown) { if (fig) fig.hidden = true; continue; }
+    if (!fig) {
+      fig = document.createElement("figure"); fig.id = `chart-${c.id}`; fig.className = "chart";
+      const cap = document.createElement("figcaption"); cap.textContent = `${c.title} (${c.unit})`;
+      fig.append(cap); box.append(fig);
+    }
+    fig.hidden = false;
+    const lines = [...byName].map(([name, values]) => {
+      const base = name.replace(/ queued$/, "");
+      colors[base] ??= Object.keys(colors).length;
+      return { name, values, color: colors[base], dashed: name !== base };
+    });
+    drawChart(fig, c, lines, now, span);
+  }
+  const p = pts.at(-1);
+  $("history-note").textContent = pts.length
+    ? `the last ${dur(now - pts[0].t)}, a point every ${seen.interval} s (kept by the proxy for ${seen.span / 60} min)`
+    : "no history yet: the proxy adds a point every few seconds";
+  drawMachine(p);
+}
+
+function cells(tr, values, tag = "td") {
+  for (const v of values) { const td = document.createElement(tag); td.textContent = String(v); tr.append(td); }
+  return tr;
+}
+
+// The hardware now: each GPU (NVML), or each model's processes on a CPU machine.
+function drawMachine(p) {
+  const gpus = p?.gpus || [], cpus = Object.entries(p?.cpus || {});
+  const t = $("machine"), head = t.querySelector("thead"), body = t.querySelector("tbody");
+  head.replaceChildren(); body.replaceChildren();
+  $("machine-wrap").hidden = !gpus.length && !cpus.length;
+  if (gpus.length) {
+    head.append(cells(document.createElement("tr"), ["GPU", "Memory", "Busy", "Temperature", "Power"], "th"));
+    for (const g of gpus) body.append(cells(document.createElement("tr"), [g.gpu,
+      g.total_bytes ? `${fmtBytes(g.used_bytes)} of ${fmtBytes(g.total_bytes)}` : fmtBytes(g.used_bytes),
+      g.util == null ? "-" : `${Math.round(g.util * 100)} %`, g.temp_c == null ? "-" : `${Math.round(g.temp_c)} °C`,
+      g.power_w == null ? "-" : `${Math.round(g.power_w)} W`]));
+  } else if (cpus.length) {
+    head.append(cells(document.createElement("tr"), ["Model", "Memory (its processes)", "CPU (cores busy)"], "th"));
+    for (const [k, c] of cpus) body.append(cells(document.createElement("tr"), [k, fmtBytes(c.rss_bytes), c.cpu == null ? "-" : fmtNum(c.cpu)]));
+  }
+}
+
+async function refreshHistory() {
+  const last = seen.points.at(-1)?.t;
+  let r;
+  try { r = await api(`/api/history${last != null ? `?since=${last}` : ""}`); } catch { return; }
+  if (!r.ok) { $("history-note").textContent = await errorText(r); return; }
+  const h = await r.json();
+  if (last != null && h.now != null && h.now < last) seen.points = [];  // the proxy's clock went back
+  seen.points.push(...h.points);
+  seen.now = h.now; seen.span = h.span_s || seen.span; seen.interval = h.interval_s || seen.interval;
+  while (seen.points.length && seen.points[0].t < seen.now - seen.span) seen.points.shift();
+  drawCharts();
 }
 
 async function refreshStatus() {
@@ -271,28 +410,31 @@ async function refreshStatus() {
     const tr = document.createElement("tr");
     const kv = b.kv_tokens_planned ? `${b.kv_tokens_planned.toLocaleString()} / ${b.kv_tokens_reported?.toLocaleString() ?? "-"}` : "-";
     const state = b.resting && b.state === "STOPPED" ? "STOPPED (on demand)" : b.state;
-    for (const v of [k, b.name, state, fmtAge(b.uptime_s), b.restarts ?? 0, b.in_flight ?? 0, fmtBytes(b.rss_bytes), fmtBytes(b.planned_bytes), kv, fmtBytes(b.gpu_bytes)]) {
+    for (const v of [k, b.name, state, fmtAge(b.uptime_s), b.restarts ?? 0, b.in_flight ?? 0, b.queued ?? 0, fmtBytes(b.rss_bytes), fmtBytes(b.planned_bytes), kv, fmtBytes(b.gpu_bytes)]) {
       const td = document.createElement("td"); td.textContent = String(v); if (v === state) td.className = `state ${b.state}`; tr.append(td);
     }
     tbody.append(tr);
   }
-  const keys = Object.entries(s.usage || {});
-  $("keys-wrap").hidden = keys.length === 0;
+  // Each key: its last minute (from the history's newest point), today and in all.
+  const minute = seen.points.at(-1)?.keys || {};
+  const names = [...new Set([...Object.keys(s.usage || {}), ...Object.keys(minute)])];
+  $("keys-wrap").hidden = names.length === 0;
   const kbody = $("keys").querySelector("tbody"); kbody.replaceChildren();
-  for (const [name, u] of keys) {
-    const tr = document.createElement("tr");
+  const zero = { requests: 0, prompt_tokens: 0, completion_tokens: 0, errors: 0 };
+  for (const name of names) {
+    const u = s.usage?.[name] || { today: zero, total: zero, last_used: null }, m = minute[name];
     const tok = (x) => (x.prompt_tokens + x.completion_tokens).toLocaleString();
     const last = u.last_used ? new Date(u.last_used * 1000).toLocaleString() : "-";
-    for (const v of [name, u.today.requests.toLocaleString(), tok(u.today), u.total.requests.toLocaleString(), tok(u.total), u.total.errors.toLocaleString(), last]) {
-      const td = document.createElement("td"); td.textContent = v; tr.append(td);
-    }
-    kbody.append(tr);
+    kbody.append(cells(document.createElement("tr"), [name, m ? m.requests.toLocaleString() : "0", m ? m.tokens.toLocaleString() : "0",
+      u.today.requests.toLocaleString(), tok(u.today), u.total.requests.toLocaleString(), tok(u.total), u.total.errors.toLocaleString(), last]));
   }
-  const p = s.proxy_counters || { requests: 0, tokens: 0 };
-  history.push([performance.now() / 1000, p.requests, p.tokens]);
-  while (history.length > 151) history.shift();  // five minutes at one sample every two seconds
-  const rate = (i) => history.slice(1).map((x, j) => (x[i] - history[j][i]) / Math.max(0.001, x[0] - history[j][0]));
-  chart($("chart-requests"), rate(1)); chart($("chart-tokens"), rate(2));
+}
+
+let refreshing = false;  // a slow answer must not let two asks append the same points
+async function refreshAll() {
+  if (refreshing) return;
+  refreshing = true;
+  try { await refreshHistory(); await refreshStatus(); } finally { refreshing = false; }
 }
 
 function showTab(name) {
@@ -300,7 +442,7 @@ function showTab(name) {
   $("tab-chat").setAttribute("aria-selected", String(name === "chat"));
   $("tab-status").setAttribute("aria-selected", String(name === "status"));
   clearInterval(statusTimer);
-  if (name === "status") { refreshStatus(); statusTimer = setInterval(refreshStatus, 2000); }
+  if (name === "status") { refreshAll(); statusTimer = setInterval(refreshAll, 2000); }
 }
 $("tab-chat").addEventListener("click", () => showTab("chat"));
 $("tab-status").addEventListener("click", () => showTab("status"));

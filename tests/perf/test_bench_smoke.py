@@ -45,3 +45,13 @@ def test_pull_benchmark_runs_and_reports_every_figure():
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["curl_mib_per_s"] > 0 and res["pull_mib_per_s"] > 0 and res["pull_vs_curl"] > 0
+
+
+def test_the_history_benchmark_runs_and_reports_every_figure():
+    r = subprocess.run([sys.executable, str(BENCH.parent / "bench_history.py"), "--seconds",
+                        "3", "--interval", "0.5", "--rounds", "3", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["with_p50_ms"] > 0 and res["without_p50_ms"] > 0 and res["requests_each"] > 0
+    assert res["round"]["rounds"] == 3 and res["round"]["thread_p50_ms"] > 0

@@ -55,3 +55,35 @@ def test_what_is_not_the_text_format_is_refused(garbage):
 
 def test_nothing_merges_to_nothing():
     assert merge([]) == "" and merge([split("", "coder")]) == ""
+
+
+def test_a_backend_that_drips_its_answer_is_left_out_at_the_deadline():
+    """httpx's timeout is per read: a server sending a line every 0.1 s would hold a scrape
+    for as long as it likes. The deadline covers the whole answer."""
+    import asyncio
+    import time
+
+    import httpx
+
+    from llmctl.proxy.federate import scrape
+
+    class Drip(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            for i in range(100):
+                await asyncio.sleep(0.1)
+                yield f"vllm:num_requests_running{{engine=\"{i}\"}} 0.0\n".encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "slow":
+            return httpx.Response(200, stream=Drip())
+        return httpx.Response(200, text=VLLM)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as c:
+            t0 = time.monotonic()
+            text, failed = await scrape(c, [("a", "http://slow"), ("b", "http://fast")], 0.5)
+            return time.monotonic() - t0, text, failed
+
+    took, text, failed = asyncio.run(go())
+    assert failed == ["a"] and 'model="b"' in text and 'model="a"' not in text
+    assert took < 2  # the deadline (0.5 s), not the ten seconds the drip would take
