@@ -14,6 +14,7 @@ It serves each folder as a repo at one fixed commit (revisions "main" and the co
                                                  (sha256 for LFS files, git's blob id
                                                  otherwise) and X-Linked-Size; a Range
                                                  request gets 206 (one range per request)
+  GET  /api/models/{repo}/tree/{rev}             every file, as `hf download` lists them
   GET  /control/log                              every file GET: {name, range, status,
                                                  sent (body bytes), start, end (epoch s)}
 Errors are the hub's: 404 with X-Error-Code RepoNotFound, RevisionNotFound or
@@ -143,6 +144,25 @@ class Hub(BaseHTTPRequestHandler):
         self._json({"id": repo, "modelId": repo, "sha": COMMIT, "siblings": siblings,
                     "private": False, "gated": "manual" if repo in GATED else False})
 
+    def _tree(self, repo: str, rev: str) -> None:
+        """The repo's files as `list_repo_tree` (and so `hf download`) reads them; every
+        file, whatever path or recursion is asked."""
+        if repo not in REPOS:
+            return self._error(401, "RepoNotFound")
+        if not self._allowed(repo):
+            return
+        if rev not in ("main", COMMIT):
+            return self._error(404, "RevisionNotFound")
+        out = []
+        for p in sorted(x for x in REPOS[repo].rglob("*") if x.is_file()):
+            name, size = str(p.relative_to(REPOS[repo])), p.stat().st_size
+            sha256, blob_id = hashes(p)
+            entry = {"type": "file", "path": name, "size": size, "oid": blob_id}
+            if lfs(name, size):
+                entry["lfs"] = {"oid": sha256, "size": size, "pointerSize": 134}
+            out.append(entry)
+        self._json(out)
+
     def _file(self, body: bool) -> None:
         m = re.match(r"^/(.+?/.+?)/resolve/([^/]+)/(.+)$", self.path.split("?")[0])
         if not m or m.group(1) not in REPOS:
@@ -228,6 +248,9 @@ class Hub(BaseHTTPRequestHandler):
         if self.path.startswith("/control/log"):
             with LOCK:
                 return self._json(LOG)
+        m = re.match(r"^/api/models/([^/?]+/[^/?]+)/tree/([^/?]+)", self.path)
+        if m:
+            return self._tree(m.group(1), m.group(2))
         m = re.match(r"^/api/models/([^/?]+/[^/?]+)(?:/revision/([^/?]+))?", self.path)
         if m:
             return self._info(m.group(1), m.group(2))
