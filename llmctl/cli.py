@@ -206,11 +206,18 @@ def pull(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; errors only.")
                      ] = False,
+    connections: Annotated[int | None, typer.Option(
+        "--connections", metavar="N", min=1, max=cfgmod.MAX_PULL_CONNECTIONS,
+        show_default=False,
+        help="Connections to the hub (default: pull.connections, 8; env "
+             "LLMCTL_PULL_CONNECTIONS).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Download model weights into the store.
 
-    Resumes what an interrupted pull left."""
+    Large files come in ranged parts over several connections, small
+    ones side by side; each is checked against the hub's sha256. A
+    pull that is stopped or killed resumes where it stopped."""
     import dataclasses
 
     from . import hub
@@ -224,7 +231,8 @@ def pull(
         for source in _sources(cfg, models):
             with ui.PullProgress(enabled=talk) as progress:
                 r = hub.pull(source, python=python_for(cfg), say=ui.say if talk else _silent,
-                             progress=progress, include=tuple(include or ()), verify=verify)
+                             progress=progress, include=tuple(include or ()), verify=verify,
+                             connections=connections or cfg.pull.connections)
             done.append(r)
             if talk:
                 ui.ok(f"{source} → {r.path}" + (f"  (commit {r.commit[:12]}, "

@@ -29,6 +29,10 @@ DEMO_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEVICES = ("auto", "cuda", "cpu")
 STARTS = ("always", "on-demand")
 SWAPS = ("restart", "sleep")
+# `pull`'s connections to the hub: what a CDN gives one client without complaint (aria2c's
+# -x8); fetch.py's default too.
+PULL_CONNECTIONS = 8
+MAX_PULL_CONNECTIONS = 64
 
 # Every environment variable llmctl reads, with its meaning (docs/config.md lists them;
 # a test fails when the code reads one that is not here).
@@ -40,6 +44,8 @@ ENV_VARS = {
                      "LLMCTL_HOME)",
     "LLMCTL_DEBUG": "`1`: show tracebacks instead of one-line errors",
     "LLMCTL_LOG_LEVEL": "the daemon's log level (default `INFO`)",
+    "LLMCTL_PULL_CONNECTIONS": "connections `pull` (and `up`) fetch weights over; "
+                               "overrides `pull.connections`, `--connections` overrides it",
     "HF_ENDPOINT": "the model hub's address (a mirror); huggingface_hub reads it too",
     "HF_TOKEN": "the hub token for gated and private repos (read by huggingface_hub; "
                 "`hf auth login` stores one too)",
@@ -162,6 +168,15 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class PullConfig:
+    connections: int = setting(PULL_CONNECTIONS, "connections `pull` (and `up`) fetch weights "
+                               "over: large files in ranged parts, small ones side by side; "
+                               "halved while the hub answers 429",
+                               what=f"a number of connections 1-{MAX_PULL_CONNECTIONS}",
+                               span=(1, MAX_PULL_CONNECTIONS))
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     # The [models.KEY] section name; also accepted as an alias.
     key: str = setting(doc="the section name", toml=False)
@@ -281,7 +296,7 @@ def duration(value: str | float) -> float:
 
 # Section title in the file → its dataclass (models are tables under [models.KEY]).
 SECTIONS: dict[str, type] = {"proxy": ProxyConfig, "engine": EngineConfig,
-                             "models.KEY": ModelConfig}
+                             "pull": PullConfig, "models.KEY": ModelConfig}
 
 
 def keys_of(cls: type) -> list[dataclasses.Field[Any]]:
@@ -302,6 +317,7 @@ def describe(f: dataclasses.Field[Any]) -> str:
 class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    pull: PullConfig = field(default_factory=PullConfig)
     models: tuple[ModelConfig, ...] = ()
     path: Path | None = None  # the file it was read from, None when defaults only
 
@@ -367,7 +383,7 @@ def new_api_key() -> str:
 
 # ── loading ──────────────────────────────────────────────────────────────────
 
-_TOP = {"proxy", "engine", "models"}
+_TOP = {"proxy", "engine", "pull", "models"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _PARSER_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -490,7 +506,7 @@ def parse(raw: Mapping[str, Any], path: Path | None = None, text: str = "", *,
         if key not in _TOP:
             close = difflib.get_close_matches(key, list(_TOP), n=1)
             r.fail(key, None, f"unknown section [{key}]",
-                   f"did you mean [{close[0]}]?" if close else "known sections: proxy, engine, models")
+                   f"did you mean [{close[0]}]?" if close else "known sections: proxy, engine, pull, models")
 
     p = r.section("proxy", raw.get("proxy", {}), ProxyConfig)
     keys = list(p.pop("api_keys", ()))
@@ -498,6 +514,9 @@ def parse(raw: Mapping[str, Any], path: Path | None = None, text: str = "", *,
         keys.append(env["LLMCTL_API_KEY"])
     proxy = ProxyConfig(api_keys=tuple(dict.fromkeys(keys)), **p)
     engine = EngineConfig(**r.section("engine", raw.get("engine", {}), EngineConfig))
+    pull = PullConfig(**r.section("pull", raw.get("pull", {}), PullConfig))
+    if env.get("LLMCTL_PULL_CONNECTIONS"):
+        pull = PullConfig(connections=_connections(env["LLMCTL_PULL_CONNECTIONS"]))
 
     models_raw = raw.get("models")
     if models_raw is None:
@@ -509,7 +528,21 @@ def parse(raw: Mapping[str, Any], path: Path | None = None, text: str = "", *,
         models = tuple(_model(r, key, value) for key, value in models_raw.items())
     _check_unique(r, proxy, models)
     _check_groups(r, models)
-    return Config(proxy=proxy, engine=engine, models=models, path=path)
+    return Config(proxy=proxy, engine=engine, pull=pull, models=models, path=path)
+
+
+def _connections(text: str) -> int:
+    """LLMCTL_PULL_CONNECTIONS as a number of connections, or a one-line error."""
+    try:
+        n = int(text.strip())
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_PULL_CONNECTIONS:
+        raise ConfigError(f"LLMCTL_PULL_CONNECTIONS must be a number of connections "
+                          f"1-{MAX_PULL_CONNECTIONS}, not {text!r}",
+                          "unset it for the config's `pull.connections` (default "
+                          f"{PULL_CONNECTIONS})")
+    return n
 
 
 def _model(r: _Reader, key: str, data: Any) -> ModelConfig:
@@ -630,6 +663,7 @@ def _sections(cfg: Config) -> Iterator[tuple[str, Any, list[dataclasses.Field[An
     """(title, values, keys) of each table in the file, in order."""
     yield "proxy", cfg.proxy, keys_of(ProxyConfig)
     yield "engine", cfg.engine, keys_of(EngineConfig)
+    yield "pull", cfg.pull, keys_of(PullConfig)
     for m in cfg.models:
         yield f"models.{m.key}", m, list(m.file_keys())
 

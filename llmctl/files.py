@@ -39,9 +39,11 @@ def private_dir(path: Path, *, files: bool = False) -> Path:
 
 
 def write_atomic(path: Path, data: bytes | str, mode: int = PRIVATE, *,
-                 parents: bool = True) -> None:
+                 parents: bool = True, sync: bool = True) -> None:
     """Replace `path` with `data` atomically, the new file at `mode`; the folder is made
-    when missing unless `parents` is False (a path the user typed: a typo is an error)."""
+    when missing unless `parents` is False (a path the user typed: a typo is an error).
+    `sync=False` skips the fsync, for a file rewritten every second whose loss costs only
+    time (a pull's map of done parts): still whole or absent after a kill."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,8 @@ def write_atomic(path: Path, data: bytes | str, mode: int = PRIVATE, *,
             view = memoryview(raw)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -1,6 +1,6 @@
 """Models on disk: resolve a `source` to a folder, pull it, read its facts.
 
-May import: config, errors, logs, store. The only huggingface_hub importer,
+May import: config, errors, fetch, logs, store. The only huggingface_hub importer,
 and only inside the functions that need it.
 
 A `source` is a local folder or a hub repo id. Hub repos are downloaded into
@@ -12,6 +12,7 @@ a safetensors folder in the model store.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import importlib.util
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
-from . import store
+from . import fetch, store
 from .config import DEMO_SOURCE
 from .errors import ModelError
 from .logs import likely_cause
@@ -142,11 +143,15 @@ def wanted(names: list[str], include: tuple[str, ...] = ()) -> list[str]:
 
 
 class Progress(Protocol):
-    """What `pull` reports as it goes (ui.PullProgress draws it)."""
+    """What `pull` reports as it goes (ui.PullProgress draws it), always from the thread
+    that called pull. Several files are under way at once: each is announced by `file`
+    (again, from 0, when a server that ignores Range makes it start over) and leaves with
+    `done`."""
 
     def begin(self, repo: str, files: list[tuple[str, int]], present: int) -> None: ...
     def file(self, name: str, size: int, already: int) -> None: ...
-    def advance(self, n: int) -> None: ...
+    def advance(self, n: int, name: str) -> None: ...
+    def done(self, name: str) -> None: ...
     def end(self) -> None: ...
 
 
@@ -157,7 +162,10 @@ class Quiet:
     def file(self, name: str, size: int, already: int) -> None:
         pass
 
-    def advance(self, n: int) -> None:
+    def advance(self, n: int, name: str) -> None:
+        pass
+
+    def done(self, name: str) -> None:
         pass
 
     def end(self) -> None:
@@ -216,11 +224,13 @@ def remote_files(repo: str, revision: str) -> tuple[str, list[store.FileRecord]]
 
 def pull(source: str, *, python: str | None = None, say: Say = lambda s: None,
          progress: Progress | None = None, include: tuple[str, ...] = (),
-         verify: bool = False) -> Pulled:
-    """Make `source` available locally: download it (resuming what an earlier pull left),
-    check the disk first, verify hashes when asked, record the exact commit."""
+         verify: bool = False, connections: int = 0) -> Pulled:
+    """Make `source` available locally: download it over `connections` connections (0:
+    fetch.CONNECTIONS), resuming what an earlier pull left; check the disk first, verify
+    hashes when asked, record the exact commit."""
     t0 = time.monotonic()
     progress = progress or Quiet()
+    connections = connections or fetch.CONNECTIONS
     repo, revision = split_ref(source)
     found = resolve(source)
     if is_local(source):
@@ -255,16 +265,15 @@ def pull(source: str, *, python: str | None = None, say: Say = lambda s: None,
     snapshot = store.repo_folder(repo) / "snapshots" / commit
     present = {f.name for f in files if (snapshot / f.name).is_file()
                and (snapshot / f.name).stat().st_size == f.size}
-    blobs = store.repo_folder(repo) / "blobs"
-
-    def partial(f: store.FileRecord) -> int:  # bytes an interrupted pull left of it
-        etag = f.sha256 or f.blob_id
-        try:
-            return (blobs / f"{etag}.incomplete").stat().st_size if etag else 0
-        except OSError:
-            return 0
-
-    need = sum(f.size - partial(f) for f in files if f.name not in present)
+    if verify:
+        for f in files:
+            if f.name in present and not store.file_ok(snapshot / f.name, vars(f)):
+                say(f"{repo}: {f.name} does not match the hub's hash; fetching it again")
+                store.drop_file(repo, f.name)
+                present.discard(f.name)
+    missing = [f for f in files if f.name not in present]
+    wants = {f.name: _want(repo, commit, f) for f in missing}
+    need = sum(f.size - fetch.held(wants[f.name]) for f in missing)
     free = store.free_bytes(store.hub_cache())
     if need > free:
         raise ModelError(f"{repo}: needs {_size(need)} more on disk, and {store.hub_cache()} has "
@@ -274,21 +283,7 @@ def pull(source: str, *, python: str | None = None, say: Say = lambda s: None,
                  files=files)
     progress.begin(repo, [(f.name, f.size) for f in files],
                    sum(f.size for f in files if f.name in present))
-    fetched = 0
-    for f in files:
-        if f.name in present and not verify:
-            continue
-        for _attempt in (1, 2):
-            if f.name not in present:
-                fetched += _fetch(repo, revision, commit, f, progress)
-            if not verify or store.file_ok(snapshot / f.name, vars(f)):
-                break
-            say(f"{repo}: {f.name} does not match the hub's hash; fetching it again")
-            store.drop_file(repo, f.name)
-            present.discard(f.name)
-        else:
-            raise ModelError(f"{repo}: {f.name} does not match the hub's hash after a fresh "
-                             "download", "the hub's copy or the disk is damaged; try again later")
+    fetched = _fetch(repo, revision, commit, missing, wants, progress, say, connections)
     store.record(repo, status="complete", revision=revision, commit=commit, path=snapshot,
                  files=files)
     progress.end()
@@ -296,103 +291,72 @@ def pull(source: str, *, python: str | None = None, say: Say = lambda s: None,
                   fetched, round(time.monotonic() - t0, 1), verify)
 
 
-def _fetch(repo: str, revision: str, commit: str, f: store.FileRecord,
-           progress: Progress) -> int:
-    """One file into the Hugging Face cache's layout (blobs/ETAG, a relative link in
-    snapshots/COMMIT, refs/REVISION), under the cache's own lock for that blob.
-
-    The bytes are fetched here rather than by `hf_hub_download`: since huggingface_hub
-    2.x a download goes to a process-unique temporary file that is deleted when the
-    process dies (huggingface_hub#4228), so a pull killed at 19 of 20 GB would start over.
-    Here the partial file is `blobs/ETAG.incomplete` and the next pull asks for the rest
-    with a Range request. Returns the bytes fetched."""
+def _want(repo: str, commit: str, f: store.FileRecord) -> fetch.Want:
+    """Where one file goes in the Hugging Face cache's layout: blobs/ETAG (the hub's sha256
+    for LFS files, git's blob id for the rest), fetched from the hub's resolve URL."""
     from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import WeakFileLock
+
+    etag = f.sha256 or f.blob_id or hashlib.sha256(f.name.encode()).hexdigest()
+    blob = store.repo_folder(repo) / "blobs" / etag
+    return fetch.Want(f.name, hf_hub_url(repo, f.name, revision=commit), blob, f.size, f.sha256,
+                      check=None if f.sha256 else (lambda p: store.file_ok(p, vars(f))),
+                      legacy=blob.with_name(f"{etag}.incomplete"))
+
+
+def _fetch(repo: str, revision: str, commit: str, files: list[store.FileRecord],
+           wants: dict[str, fetch.Want], progress: Progress, say: Say, connections: int) -> int:
+    """The files into the Hugging Face cache's layout (blobs/ETAG, a relative link in
+    snapshots/COMMIT, refs/REVISION), under the cache's own lock for each blob.
+
+    The bytes are fetched by fetch.py rather than by `hf_hub_download`: since
+    huggingface_hub 2.x a download goes to a process-unique temporary file that is deleted
+    when the process dies (huggingface_hub#4228), so a pull killed at 19 of 20 GB would
+    start over; and it fetches a file over one connection. Returns the bytes fetched."""
+    from huggingface_hub.utils import WeakFileLock, build_hf_headers, hf_raise_for_status
 
     root = store.repo_folder(repo)
-    etag = f.sha256 or f.blob_id or hashlib.sha256(f.name.encode()).hexdigest()
-    blob = root / "blobs" / etag
-    part = blob.with_name(f"{etag}.incomplete")
-    lock = store.hub_cache() / ".locks" / root.name / f"{etag}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    fetched = 0
-    with WeakFileLock(lock):
-        if not blob.exists():
-            fetched = _transfer(repo, hf_hub_url(repo, f.name, revision=commit), part, f,
-                                progress)
-            os.replace(part, blob)
-        link = root / "snapshots" / commit / f.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.unlink(missing_ok=True)
-        os.symlink(os.path.relpath(blob, link.parent), link)
+
+    def check(status: int, headers: dict[str, str], body: bytes, url: str) -> None:
+        """An error answer judged as huggingface_hub judges it (gated, not found …)."""
+        import httpx
+
+        r = httpx.Response(status, headers=headers, content=body,
+                           request=httpx.Request("GET", url))
+        try:
+            hf_raise_for_status(r)
+        except Exception as e:
+            raise _hub_error(e, repo, revision) from None
+
+    def event(kind: str, *args: object) -> None:
+        if kind == "file":
+            progress.file(*args)  # type: ignore[arg-type]
+        elif kind == "advance":
+            progress.advance(args[1], args[0])  # type: ignore[arg-type]
+        elif kind == "done":
+            progress.done(*args)  # type: ignore[arg-type]
+        else:
+            say(str(args[0]))
+
+    with contextlib.ExitStack() as locks:
+        # Sorted: two pulls of one repo take the locks in the same order, never crosswise.
+        for w in sorted(wants.values(), key=lambda w: w.dest.name):
+            lock = store.hub_cache() / ".locks" / root.name / f"{w.dest.name}.lock"
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(WeakFileLock(lock))
+        todo = [w for w in wants.values() if not w.dest.exists()]
+        fetched = fetch.Fetcher(todo, connections=connections, headers=build_hf_headers(),
+                                check_response=check, events=event,
+                                label=f"{repo}: ").run() if todo else 0
+        for f in files:
+            blob = wants[f.name].dest
+            link = root / "snapshots" / commit / f.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            os.symlink(os.path.relpath(blob, link.parent), link)
     if revision != commit:
         refs = root / "refs" / revision
         refs.parent.mkdir(parents=True, exist_ok=True)
         refs.write_text(commit)
-    return fetched
-
-
-def _transfer(repo: str, url: str, part: Path, f: store.FileRecord, progress: Progress,
-              attempts: int = 5) -> int:
-    """GET `url` into `part`, resuming what is there; retried on dropped connections.
-    The file is checked against the hub's size and hash before it is called done."""
-    import httpx
-    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
-
-    fetched = 0
-    if f.size == 0:
-        part.touch()  # an empty file: nothing to fetch
-    digest = hashlib.sha256()  # of what is written, so the file is not read again to check it
-    hashed = 0
-    auth = build_hf_headers()  # HF_TOKEN or the stored token; dropped on redirects elsewhere
-    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=10),
-                      trust_env=True) as client:
-        for attempt in range(1, attempts + 1):
-            have = part.stat().st_size if part.exists() else 0
-            if have > f.size:
-                have = 0
-            if attempt == 1:  # a retry's bytes were counted as they came
-                progress.file(f.name, f.size, have)
-            headers = {**auth, "Range": f"bytes={have}-"} if 0 < have < f.size else auth
-            try:
-                if have == f.size:
-                    break
-                with client.stream("GET", url, headers=headers) as r:
-                    hf_raise_for_status(r)
-                    if not (have and r.status_code == 206):  # a fresh start, or Range ignored
-                        have = 0
-                    if hashed != have:  # what an earlier attempt or pull left on disk
-                        digest, hashed = hashlib.sha256(), 0
-                        with open(part, "rb") as old:
-                            while hashed < have and (block := old.read(min(1 << 20, have - hashed))):
-                                digest.update(block)
-                                hashed += len(block)
-                    with open(part, "ab" if have else "wb") as out:
-                        for chunk in r.iter_bytes(1 << 20):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            hashed += len(chunk)
-                            fetched += len(chunk)
-                            progress.advance(len(chunk))
-                break
-            except (httpx.TransportError, httpx.StreamError):
-                if attempt == attempts:
-                    raise ModelError(f"{repo}: {f.name}: the connection to the hub kept dropping",
-                                     "run `llmctl pull` again: it resumes where it stopped"
-                                     ) from None
-                time.sleep(min(2 ** attempt, 10))
-            except Exception as e:
-                raise _hub_error(e, repo, url.rsplit("/resolve/", 1)[-1].split("/")[0]) from None
-    if f.sha256 and part.stat().st_size == f.size and hashed != f.size:
-        hashed = -1  # resumed at the very end: hash the file itself below
-    ok = part.stat().st_size == f.size and (
-        digest.hexdigest() == f.sha256 if f.sha256 and hashed == f.size
-        else store.file_ok(part, vars(f)))
-    if not ok:
-        part.unlink(missing_ok=True)
-        raise ModelError(f"{repo}: {f.name}: what arrived does not match the hub's size and hash",
-                         "run `llmctl pull` again")
     return fetched
 
 

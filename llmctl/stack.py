@@ -184,7 +184,8 @@ def prepare(path: Path | None, *, restart: bool, no_pull: bool, say: Say,
                 raise ModelError(f"{m.source} ({m.key}) is not pulled, or its pull was "
                                  "interrupted", f"run `llmctl pull {m.key}`, or drop --no-pull")
             with pull_progress() as progress:
-                hub.pull(m.source, python=python_for(cfg), say=say, progress=progress)
+                hub.pull(m.source, python=python_for(cfg), say=say, progress=progress,
+                         connections=cfg.pull.connections)
     survey(cfg)  # the weights are here now: the plan with their real sizes
     check_ports(cfg)
     return cfg

@@ -1,10 +1,10 @@
 """The local model store: which models are on disk, complete, and what they hold.
 
-May import: config, errors, files. Reads and writes no network. A hub model is complete
-when llmctl's pull record (`pulls.json` in the store) says so and every recorded file
+May import: config, errors, fetch (a name), files. Reads and writes no network. A hub
+model is complete when llmctl's pull record (`pulls.json` in the store) says so and every recorded file
 is there at its recorded size; the record is written "pulling" before the first byte
 and "complete" after the last, so an interrupted pull is never taken for a model
-(`up` pulls it again, and huggingface_hub resumes the half-written file).
+(`up` pulls it again, and the pull resumes the parts it left: fetch.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import models_dir
+from .fetch import SUFFIX as PARTIAL
 from .files import write_atomic
 
 RECORDS = "pulls.json"
@@ -114,7 +115,9 @@ def cached_snapshot(repo: str, revision: str = "main") -> Path | None:
     except OSError:
         commit = revision  # a commit hash given as the revision
     snap = root / "snapshots" / commit
-    if not (snap / "config.json").is_file() or any((root / "blobs").glob("*.incomplete")):
+    blobs = root / "blobs"
+    if not (snap / "config.json").is_file() or any(blobs.glob("*.incomplete")) or any(
+            blobs.glob("*" + PARTIAL)):  # a pull of ours under way or killed
         return None
     index = snap / "model.safetensors.index.json"
     if index.is_file():

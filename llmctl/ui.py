@@ -383,14 +383,15 @@ def models_table(rows: list[dict[str, Any]]) -> None:
 
 
 class PullProgress:
-    """`pull`'s display on stderr: the whole model (bytes, speed, time left) and the file
-    being fetched. Without a terminal it prints a line per file instead."""
+    """`pull`'s display on stderr: the whole model (bytes, speed, time left) and a row for
+    each file under way (several at once). Without a terminal it prints a line per file
+    instead."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.progress: Any = None
         self.total: Any = None
-        self.current: Any = None
+        self.rows: dict[str, tuple[Any, int]] = {}  # file → (its task, bytes shown)
 
     def __enter__(self) -> PullProgress:
         return self
@@ -428,22 +429,31 @@ class PullProgress:
             say(f"  {name} ({_bytes(size)}" + (f", resuming at {_bytes(already)})" if already
                                                  else ")"))
             return
-        if self.current is not None:
-            self.progress.remove_task(self.current)
+        if name in self.rows:  # starting over (the server ignored Range): take back its bytes
+            task, shown = self.rows.pop(name)
+            self.progress.advance(self.total, -shown)
+            self.progress.remove_task(task)
         self.progress.advance(self.total, already)
-        self.current = self.progress.add_task(f"  {_escape(name)}", total=size, completed=already)
+        task = self.progress.add_task(f"  {_escape(name)}", total=size, completed=already)
+        self.rows[name] = (task, already)
 
-    def advance(self, n: int) -> None:
+    def advance(self, n: int, name: str) -> None:
         if self.progress is not None:
             self.progress.advance(self.total, n)
-            if self.current is not None:
-                self.progress.advance(self.current, n)
+            if name in self.rows:
+                task, shown = self.rows[name]
+                self.progress.advance(task, n)
+                self.rows[name] = (task, shown + n)
+
+    def done(self, name: str) -> None:
+        if self.progress is not None and name in self.rows:
+            self.progress.remove_task(self.rows.pop(name)[0])
 
     def end(self) -> None:
         if self.progress is not None:
-            if self.current is not None:
-                self.progress.remove_task(self.current)
-                self.current = None
+            for task, _ in self.rows.values():
+                self.progress.remove_task(task)
+            self.rows.clear()
             self.progress.stop()
             self.progress = None
 

@@ -2,7 +2,9 @@
 run the real huggingface_hub client against it (`HF_ENDPOINT=http://127.0.0.1:PORT`).
 
     python tests/fakes/hub.py --port 9001 --repo org/name=FOLDER [--repo …]
-        [--gated org/name=TOKEN] [--slow BYTES_PER_S] [--declare org/name:FILE=SIZE]
+        [--gated org/name=TOKEN] [--declare org/name:FILE=SIZE]
+        [--conn-rate BYTES_PER_S] [--total-rate BYTES_PER_S] [--no-range]
+        [--busy N[:SECONDS]]
 
 It serves each folder as a repo at one fixed commit (revisions "main" and the commit):
   GET  /api/models/{repo}[/revision/{rev}]       model info: sha, siblings with size,
@@ -11,13 +13,18 @@ It serves each folder as a repo at one fixed commit (revisions "main" and the co
   HEAD|GET /{repo}/resolve/{rev}/{path}          the file, with X-Repo-Commit, ETag
                                                  (sha256 for LFS files, git's blob id
                                                  otherwise) and X-Linked-Size; a Range
-                                                 request gets 206
-  GET  /control/log                              the file requests seen: [path, range]
+                                                 request gets 206 (one range per request)
+  GET  /api/models/{repo}/tree/{rev}             every file, as `hf download` lists them
+  GET  /control/log                              every file GET: {name, range, status,
+                                                 sent (body bytes), start, end (epoch s)}
 Errors are the hub's: 404 with X-Error-Code RepoNotFound, RevisionNotFound or
 EntryNotFound; a gated repo without its Bearer token is 401 with GatedRepo.
---slow sends file bodies requested without a Range at that rate (so a test can kill a
-pull mid-file); resumed requests get full speed. --declare makes model info claim a
-size a file does not have (for the disk-space check).
+
+Bodies are sent from the file at the asked offset (os.sendfile: no file is read whole per
+request), paced like a CDN: --conn-rate caps each connection, --total-rate all of them
+together. --no-range answers every GET with the whole file (200), as servers without
+Range do. --busy N[:S] answers the first N file GETs 429 with Retry-After S (default 1).
+--declare makes model info claim a size a file does not have (for the disk-space check).
 """
 
 from __future__ import annotations
@@ -35,20 +42,49 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPOS: dict[str, Path] = {}
 GATED: dict[str, str] = {}
 DECLARED: dict[tuple[str, str], int] = {}
-LOG: list[tuple[str, str | None]] = []
+LOG: list[dict] = []
 LOCK = threading.Lock()
-SLOW = 0
+CONN_RATE = 0
+NO_RANGE = False
+BUSY = [0, 1]  # 429s left to send, Retry-After seconds
+STEP = 256 * 1024  # bytes per paced send
 
 
-_HASHES: dict[tuple[Path, float], tuple[str, str]] = {}
+class Pace:
+    """The total cap as a clock: each send books its bytes' time on the shared clock and
+    waits for it (a connection's own cap is the same clock, per connection)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.at = 0.0
+        self.lock = threading.Lock()
+
+    def book(self, n: int, not_before: float = 0.0) -> float:
+        """When `n` more bytes may be sent, no sooner than `not_before`."""
+        if not self.rate:
+            return not_before
+        with self.lock:
+            self.at = max(self.at, time.monotonic(), not_before) + n / self.rate
+            return self.at - n / self.rate
 
 
-def hashes(p: Path, data: bytes) -> tuple[str, str]:
-    """(sha256, git blob id) of a file, computed once per version of it."""
-    key = (p, p.stat().st_mtime)
+TOTAL = Pace(0)
+
+
+_HASHES: dict[tuple[Path, float, int], tuple[str, str]] = {}
+
+
+def hashes(p: Path) -> tuple[str, str]:
+    """(sha256, git blob id) of a file, computed once per version of it, read in blocks."""
+    st = p.stat()
+    key = (p, st.st_mtime, st.st_size)
     if key not in _HASHES:
-        _HASHES[key] = (hashlib.sha256(data).hexdigest(),
-                        hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+        sha, blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % st.st_size)
+        with open(p, "rb") as f:
+            while block := f.read(8 << 20):
+                sha.update(block)
+                blob.update(block)
+        _HASHES[key] = (sha.hexdigest(), blob.hexdigest())
     return _HASHES[key]
 
 
@@ -56,9 +92,9 @@ def lfs(name: str, size: int) -> bool:
     return name.endswith((".safetensors", ".bin", ".gguf", ".pth", ".onnx")) or size > 1 << 20
 
 
-def etag(p: Path, name: str, data: bytes) -> str:
-    sha256, blob_id = hashes(p, data)
-    return sha256 if lfs(name, len(data)) else blob_id
+def etag(p: Path, name: str) -> str:
+    sha256, blob_id = hashes(p)
+    return sha256 if lfs(name, p.stat().st_size) else blob_id
 
 
 class Hub(BaseHTTPRequestHandler):
@@ -98,15 +134,34 @@ class Hub(BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound")
         siblings = []
         for p in sorted(x for x in REPOS[repo].rglob("*") if x.is_file()):
-            name, data = str(p.relative_to(REPOS[repo])), p.read_bytes()
-            size = DECLARED.get((repo, name), len(data))
-            sha256, blob_id = hashes(p, data)
+            name, real = str(p.relative_to(REPOS[repo])), p.stat().st_size
+            size = DECLARED.get((repo, name), real)
+            sha256, blob_id = hashes(p)
             entry = {"rfilename": name, "size": size, "blobId": blob_id}
-            if lfs(name, len(data)):
+            if lfs(name, real):
                 entry["lfs"] = {"size": size, "sha256": sha256, "pointerSize": 134}
             siblings.append(entry)
         self._json({"id": repo, "modelId": repo, "sha": COMMIT, "siblings": siblings,
                     "private": False, "gated": "manual" if repo in GATED else False})
+
+    def _tree(self, repo: str, rev: str) -> None:
+        """The repo's files as `list_repo_tree` (and so `hf download`) reads them; every
+        file, whatever path or recursion is asked."""
+        if repo not in REPOS:
+            return self._error(401, "RepoNotFound")
+        if not self._allowed(repo):
+            return
+        if rev not in ("main", COMMIT):
+            return self._error(404, "RevisionNotFound")
+        out = []
+        for p in sorted(x for x in REPOS[repo].rglob("*") if x.is_file()):
+            name, size = str(p.relative_to(REPOS[repo])), p.stat().st_size
+            sha256, blob_id = hashes(p)
+            entry = {"type": "file", "path": name, "size": size, "oid": blob_id}
+            if lfs(name, size):
+                entry["lfs"] = {"oid": sha256, "size": size, "pointerSize": 134}
+            out.append(entry)
+        self._json(out)
 
     def _file(self, body: bool) -> None:
         m = re.match(r"^/(.+?/.+?)/resolve/([^/]+)/(.+)$", self.path.split("?")[0])
@@ -120,35 +175,71 @@ class Hub(BaseHTTPRequestHandler):
         f = REPOS[repo] / name
         if not f.is_file():
             return self._error(404, "EntryNotFound")
-        data = f.read_bytes()
-        start, end = 0, len(data) - 1
+        size = f.stat().st_size
+        start, end = 0, size - 1
         header = self.headers.get("Range")
-        rng = re.match(r"bytes=(\d+)-(\d*)", header or "")
+        rng = None if NO_RANGE else re.match(r"bytes=(\d+)-(\d*)$", header or "")
+        entry = {"name": name, "range": header, "status": 200, "sent": 0,
+                 "start": time.time(), "end": None}
         if body:
             with LOCK:
-                LOG.append((name, header))
+                LOG.append(entry)
+                busy = BUSY[0] > 0
+                BUSY[0] -= busy
+            if busy:
+                entry["status"] = 429
+                entry["end"] = time.time()
+                self.send_response(429)
+                self.send_header("Retry-After", str(BUSY[1]))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
         if rng:
             start = int(rng.group(1))
-            end = min(int(rng.group(2)) if rng.group(2) else end, len(data) - 1)
-        chunk = data[start:end + 1]
+            end = min(int(rng.group(2)) if rng.group(2) else end, size - 1)
+            if start >= size or start > end:
+                entry["status"] = 416
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            entry["status"] = 206
         self.send_response(206 if rng else 200)
         self.send_header("X-Repo-Commit", COMMIT)
-        self.send_header("ETag", f'"{etag(f, name, data)}"')
-        self.send_header("X-Linked-Size", str(len(data)))
-        self.send_header("Content-Length", str(len(chunk)))
+        self.send_header("ETag", f'"{etag(f, name)}"')
+        self.send_header("X-Linked-Size", str(size))
+        self.send_header("Accept-Ranges", "none" if NO_RANGE else "bytes")
+        self.send_header("Content-Length", str(end + 1 - start))
         if rng:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
         if not body:
             return
-        if SLOW and not rng:
-            step = max(1, SLOW // 20)
-            for i in range(0, len(chunk), step):
-                self.wfile.write(chunk[i:i + step])
-                self.wfile.flush()
-                time.sleep(step / SLOW)
-        else:
-            self.wfile.write(chunk)
+        self.wfile.flush()
+        try:
+            self._send(f, start, end + 1 - start, entry)
+        finally:
+            entry["end"] = time.time()
+
+    def _send(self, f: Path, offset: int, count: int, entry: dict) -> None:
+        """`count` bytes of `f` from `offset`, straight from the file (sendfile), at the
+        connection's and the total cap's pace."""
+        own = time.monotonic()
+        with open(f, "rb") as fh:
+            while count > 0:
+                n = min(count, STEP) if CONN_RATE or TOTAL.rate else count
+                wait = TOTAL.book(n, max(own, time.monotonic()) if CONN_RATE else 0.0)
+                if CONN_RATE:
+                    own = wait + n / CONN_RATE
+                if (delay := wait - time.monotonic()) > 0:
+                    time.sleep(delay)
+                sent = self.connection.sendfile(fh, offset, n)
+                if not sent:
+                    break
+                offset += sent
+                count -= sent
+                entry["sent"] += sent
 
     def do_HEAD(self) -> None:
         self._file(body=False)
@@ -157,6 +248,9 @@ class Hub(BaseHTTPRequestHandler):
         if self.path.startswith("/control/log"):
             with LOCK:
                 return self._json(LOG)
+        m = re.match(r"^/api/models/([^/?]+/[^/?]+)/tree/([^/?]+)", self.path)
+        if m:
+            return self._tree(m.group(1), m.group(2))
         m = re.match(r"^/api/models/([^/?]+/[^/?]+)(?:/revision/([^/?]+))?", self.path)
         if m:
             return self._info(m.group(1), m.group(2))
@@ -175,13 +269,16 @@ class Server(ThreadingHTTPServer):
 
 
 def main() -> None:
-    global SLOW
+    global CONN_RATE, NO_RANGE, TOTAL
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--repo", action="append", default=[], help="org/name=FOLDER")
     ap.add_argument("--gated", action="append", default=[], help="org/name=TOKEN")
     ap.add_argument("--declare", action="append", default=[], help="org/name:FILE=SIZE")
-    ap.add_argument("--slow", type=int, default=0, help="bytes per second")
+    ap.add_argument("--conn-rate", type=int, default=0, help="bytes per second per connection")
+    ap.add_argument("--total-rate", type=int, default=0, help="bytes per second in all")
+    ap.add_argument("--no-range", action="store_true", help="ignore Range: always 200")
+    ap.add_argument("--busy", default="0", help="N[:SECONDS]: the first N file GETs get 429")
     args = ap.parse_args()
     for spec in args.repo:
         name, _, folder = spec.partition("=")
@@ -193,7 +290,9 @@ def main() -> None:
         where, _, size = spec.partition("=")
         repo, _, name = where.partition(":")
         DECLARED[(repo, name)] = int(size)
-    SLOW = args.slow
+    CONN_RATE, NO_RANGE, TOTAL = args.conn_rate, args.no_range, Pace(args.total_rate)
+    n, _, wait = args.busy.partition(":")
+    BUSY[:] = [int(n), int(wait or 1)]
     Server(("127.0.0.1", args.port), Hub).serve_forever()
 
 

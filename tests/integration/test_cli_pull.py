@@ -22,7 +22,9 @@ from .conftest import free_port, wait_http
 HUB = Path(__file__).resolve().parents[1] / "fakes" / "hub.py"
 REPO = "org/tiny"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-WEIGHTS = 8 * 1024 * 1024  # big enough to be caught mid-file when served slowly
+MiB = 1024 * 1024
+WEIGHTS = 8 * MiB
+BIG = 48 * MiB  # three 16 MiB parts: the smallest file fetched in parts
 WANTED = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
           "model.safetensors"}
 
@@ -31,7 +33,7 @@ WANTED = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_
 HUB_RETRIES_S = 15
 
 
-def make_repo(folder: Path) -> None:
+def make_repo(folder: Path, weights: int = WEIGHTS) -> None:
     """A repo shaped like a real one: safetensors weights, their .bin duplicate, a GGUF,
     an ONNX export and the original checkpoint in subfolders, config and tokenizer."""
     folder.mkdir(parents=True)
@@ -42,10 +44,10 @@ def make_repo(folder: Path) -> None:
     (folder / "generation_config.json").write_text('{"do_sample": false}')
     (folder / "tokenizer.json").write_text('{"model": {"vocab": {}}}')
     (folder / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
-    header = json.dumps({"w": {"dtype": "U8", "shape": [WEIGHTS],
-                               "data_offsets": [0, WEIGHTS]}}).encode()
+    header = json.dumps({"w": {"dtype": "U8", "shape": [weights],
+                               "data_offsets": [0, weights]}}).encode()
     (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header
-                                               + os.urandom(WEIGHTS))
+                                               + os.urandom(weights))
     (folder / "pytorch_model.bin").write_bytes(os.urandom(1024))
     (folder / "model-q4.gguf").write_bytes(os.urandom(1024))
     (folder / "original").mkdir()
@@ -55,16 +57,17 @@ def make_repo(folder: Path) -> None:
 
 
 class Hub:
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, weights: int = WEIGHTS) -> None:
         self.folder = tmp / "repo"
-        make_repo(self.folder)
+        make_repo(self.folder, weights)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, str(HUB), "--port", str(self.port),
                                       "--repo", f"{REPO}={self.folder}", *args])
         wait_http(self.url + "/control/log")
 
-    def log(self) -> list:
+    def log(self) -> list[dict]:
+        """Every file GET: name, range, status, sent (body bytes), start, end."""
         return httpx.get(self.url + "/control/log").json()
 
     def stop(self) -> None:
@@ -133,26 +136,82 @@ def test_include_fetches_more(tmp_path, hub):
     assert not (snapshot(home) / "pytorch_model.bin").exists()
 
 
-def test_a_pull_killed_mid_file_is_not_a_model_and_the_next_pull_resumes(tmp_path):
-    hub = Hub(tmp_path, "--slow", str(2 * 1024 * 1024))  # 8 MiB at 2 MiB/s: 4 s
-    home = tmp_path / "home"
+def parts_map(home: Path) -> tuple[Path, dict] | None:
+    """The weights' part file and its map, as a killed pull left them."""
+    blobs = home / "models" / "hub" / "models--org--tiny" / "blobs"
+    for m in blobs.glob("*.llmctl-part.json"):
+        try:
+            return m.with_name(m.name.removesuffix(".json")), json.loads(m.read_text())
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def held(doc: dict) -> int:
+    return sum(have for _start, _end, have, _crc in doc["parts"])
+
+
+def kill_mid_pull(home: Path, hub: Hub, at_least: int, *args: str) -> tuple[Path, dict]:
+    """Start a pull, SIGKILL it once its map records `at_least` bytes of the weights."""
+    p = subprocess.Popen([sys.executable, "-m", "llmctl", "pull", REPO, *args],
+                         env=env_for(home, hub.url), start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        p = subprocess.Popen([sys.executable, "-m", "llmctl", "pull", REPO],
-                             env=env_for(home, hub.url), start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        blobs = home / "models" / "hub" / "models--org--tiny" / "blobs"
         deadline = time.monotonic() + 60
-        partial = []
         while time.monotonic() < deadline:
-            partial = [b for b in blobs.glob("*.incomplete") if b.stat().st_size > 1024 * 1024]
-            if partial:
+            found = parts_map(home)
+            if found and held(found[1]) >= at_least:
                 break
+            assert p.poll() is None, "the pull ended before it could be killed"
             time.sleep(0.05)
-        assert partial, "the weights never started arriving"
+        else:
+            raise AssertionError("the weights never started arriving")
+    finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=10)
-        got = partial[0].stat().st_size
-        assert got < WEIGHTS
+    found = parts_map(home)
+    assert found is not None
+    return found
+
+
+def weights_sent(entries: list) -> int:
+    return sum(e["sent"] for e in entries if e["name"] == "model.safetensors")
+
+
+def test_a_large_file_comes_in_ranged_parts_over_several_connections(tmp_path):
+    hub = Hub(tmp_path, "--conn-rate", str(8 * MiB), weights=BIG)
+    home = tmp_path / "home"
+    try:
+        r = llmctl(home, hub.url, "pull", REPO, "--json", "--connections", "4")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)[0]["fetched"] > BIG
+        got = [e for e in hub.log() if e["name"] == "model.safetensors"]
+        assert len(got) >= 3 and all(e["status"] == 206 for e in got), got
+        assert weights_sent(got) == (hub.folder / "model.safetensors").stat().st_size
+        # Side by side: the parts' transfers overlap in time.
+        first_end = min(e["end"] for e in got)
+        assert sum(e["start"] < first_end for e in got) >= 3
+        assert (snapshot(home) / "model.safetensors").read_bytes() == \
+            (hub.folder / "model.safetensors").read_bytes()
+        blobs = snapshot(home).parents[1] / "blobs"
+        assert not list(blobs.glob("*.llmctl-part*")) and not list(blobs.glob("*.incomplete"))
+    finally:
+        hub.stop()
+
+
+def test_a_pull_killed_mid_file_is_not_a_model_and_the_next_pull_fetches_only_the_rest(
+        tmp_path):
+    hub = Hub(tmp_path, "--conn-rate", str(4 * MiB), weights=BIG)  # 3 parts, ~4 s
+    home = tmp_path / "home"
+    size = (hub.folder / "model.safetensors").stat().st_size
+    try:
+        work, doc = kill_mid_pull(home, hub, 8 * MiB)
+        have = held(doc)
+        assert 0 < have < size and len(doc["parts"]) >= 3
+        # Never a blob another tool would take for whole, or resume by its size.
+        blobs = work.parent
+        assert not list(blobs.glob("*.incomplete"))
+        assert not (blobs / work.name.removesuffix(".llmctl-part")).exists()
         # Half a model is not a model: `models` says so, `up --no-pull` refuses it.
         listed = json.loads(llmctl(home, hub.url, "models", "--json").stdout)["models"]
         assert [m["complete"] for m in listed] == [False]
@@ -160,14 +219,143 @@ def test_a_pull_killed_mid_file_is_not_a_model_and_the_next_pull_resumes(tmp_pat
                                           'port = 8999\n')
         up = llmctl(home, hub.url, "up", "--no-pull")
         assert up.returncode == 1 and "is not pulled, or its pull was interrupted" in up.stderr
-        # The next pull asks only for the rest of the file.
-        r = llmctl(home, hub.url, "pull", REPO, "--verify")
+        # The next pull asks only for what the map does not hold: the server's byte count.
+        before = len(hub.log())
+        r = llmctl(home, hub.url, "pull", REPO, "--json")
         assert r.returncode == 0, r.stderr
-        ranges = [rng for name, rng in hub.log() if name == "model.safetensors" and rng]
-        assert ranges and int(ranges[-1].split("=")[1].split("-")[0]) >= got - 1024 * 1024
+        again = hub.log()[before:]
+        assert weights_sent(again) == size - have
+        assert all(e["range"] for e in again if e["name"] == "model.safetensors")
+        assert json.loads(r.stdout)[0]["fetched"] < size
         assert pulled(home)["status"] == "complete"
+        assert (snapshot(home) / "model.safetensors").read_bytes() == \
+            (hub.folder / "model.safetensors").read_bytes()
         listed = json.loads(llmctl(home, hub.url, "models", "--json", "--verify").stdout)
         assert listed["models"][0]["complete"] and listed["models"][0]["mismatched"] == []
+    finally:
+        hub.stop()
+
+
+def test_a_corrupted_part_is_found_and_only_it_is_fetched_again(tmp_path):
+    hub = Hub(tmp_path, "--conn-rate", str(4 * MiB), weights=BIG)
+    home = tmp_path / "home"
+    size = (hub.folder / "model.safetensors").stat().st_size
+    try:
+        work, doc = kill_mid_pull(home, hub, 8 * MiB)
+        start, _end, have, _crc = max(doc["parts"], key=lambda p: p[2])
+        assert have > 4096
+        with open(work, "r+b") as f:  # one flipped byte inside a part the map says is held
+            f.seek(start + have // 2)
+            byte = f.read(1)
+            f.seek(start + have // 2)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        before = len(hub.log())
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        assert "did not match their checksum; fetching them again" in r.stderr
+        again = hub.log()[before:]
+        assert weights_sent(again) == size - held(doc) + have
+        assert any(e["range"] and e["range"].startswith(f"bytes={start}-") for e in again)
+        assert (snapshot(home) / "model.safetensors").read_bytes() == \
+            (hub.folder / "model.safetensors").read_bytes()
+    finally:
+        hub.stop()
+
+
+def test_a_server_that_ignores_range_gets_one_stream_even_on_resume(tmp_path):
+    hub = Hub(tmp_path, "--no-range", "--conn-rate", str(8 * MiB), weights=BIG)
+    home = tmp_path / "home"
+    size = (hub.folder / "model.safetensors").stat().st_size
+    try:
+        kill_mid_pull(home, hub, 4 * MiB)
+        before = len(hub.log())
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        again = [e for e in hub.log()[before:] if e["name"] == "model.safetensors"]
+        # Its first (ranged) request is answered with the whole file, and that is all.
+        assert [e["status"] for e in again] == [200] and again[0]["sent"] == size
+        assert (snapshot(home) / "model.safetensors").read_bytes() == \
+            (hub.folder / "model.safetensors").read_bytes()
+    finally:
+        hub.stop()
+
+
+def test_a_hub_that_answers_429_is_waited_for_and_not_flooded(tmp_path):
+    hub = Hub(tmp_path, "--busy", "2:2", weights=BIG)
+    home = tmp_path / "home"
+    try:
+        r = llmctl(home, hub.url, "pull", REPO)  # 8 connections by default
+        assert r.returncode == 0, r.stderr
+        log = hub.log()
+        busy = [e for e in log if e["status"] == 429]
+        served = [e for e in log if e["status"] != 429]
+        assert len(busy) == 2 and served
+        # Retry-After: 2 — nothing was asked within it (but what was already on its way).
+        for b in busy:
+            assert not [e for e in served if b["end"] + 0.25 < e["start"] < b["end"] + 1.95]
+        # The pool halved: never more than 4 requests at once after the 429s.
+        later = [e for e in served if e["start"] > max(b["end"] for b in busy) + 1]
+        assert later
+        for e in later:
+            assert sum(o["start"] <= e["start"] < o["end"] for o in later) <= 4
+        assert (snapshot(home) / "model.safetensors").read_bytes() == \
+            (hub.folder / "model.safetensors").read_bytes()
+    finally:
+        hub.stop()
+
+
+FILL = r"""
+set -u
+mount -t tmpfs -o size=$((SIZE)) tmpfs "$STORE"
+python -m llmctl pull "$REPO" --quiet >/dev/null 2>"$OUT/err" &
+pid=$!
+for _ in $(seq 600); do
+    if ls "$STORE"/hub/*/blobs/*.llmctl-part.json >/dev/null 2>&1; then break; fi
+    sleep 0.05
+done
+dd if=/dev/zero of="$STORE/filler" bs=1M status=none 2>/dev/null
+wait $pid
+echo $? >"$OUT/rc"
+ls "$STORE"/hub/*/blobs/ >"$OUT/blobs"
+cp "$STORE/pulls.json" "$OUT/pulls.json"
+rm "$STORE/filler"
+python -m llmctl pull "$REPO" >/dev/null 2>"$OUT/err2"
+echo $? >"$OUT/rc2"
+cmp "$STORE"/hub/*/snapshots/*/model.safetensors "$WEIGHTS" && echo same >"$OUT/cmp"
+"""
+
+
+def test_a_disk_that_fills_up_mid_pull_is_one_line_and_resumable(tmp_path):
+    """A real small filesystem (tmpfs in a user and mount namespace) that another
+    process fills while the pull runs."""
+    if subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs unshare with user and mount namespaces, to mount a small tmpfs")
+    hub = Hub(tmp_path, "--conn-rate", str(8 * MiB), weights=BIG)
+    home, out = tmp_path / "home", tmp_path / "out"
+    store = home / "models"
+    store.mkdir(parents=True)
+    out.mkdir()
+    size = (hub.folder / "model.safetensors").stat().st_size
+    try:
+        env = env_for(home, hub.url, STORE=str(store), OUT=str(out), REPO=REPO,
+                      SIZE=str(size + 8 * MiB), WEIGHTS=str(hub.folder / "model.safetensors"),
+                      PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", FILL],
+                       env=env, timeout=180, check=False)
+        err = (out / "err").read_text()
+        lines = err.strip().splitlines()
+        assert (out / "rc").read_text().strip() == "1", err
+        assert "Traceback" not in err and len(lines) == 2, err
+        assert lines[0].startswith("error: org/tiny: model.safetensors: the disk filled up"), err
+        assert lines[1].startswith("hint: free some space") and "resumes" in lines[1]
+        blobs = (out / "blobs").read_text().split()
+        sha = json.loads((out / "pulls.json").read_text())[REPO]["files"][
+            "model.safetensors"]["sha256"]
+        assert sha not in blobs and f"{sha}.llmctl-part" in blobs  # never passes for whole
+        assert json.loads((out / "pulls.json").read_text())[REPO]["status"] == "pulling"
+        assert (out / "rc2").read_text().strip() == "0", (out / "err2").read_text()
+        assert (out / "cmp").read_text().strip() == "same"
     finally:
         hub.stop()
 

@@ -40,11 +40,17 @@ def test_cli_benchmark_runs_and_reports_every_figure():
 
 def test_pull_benchmark_runs_and_reports_every_figure():
     bench = Path(__file__).resolve().parent / "bench_pull.py"
-    r = subprocess.run([sys.executable, str(bench), "--mib", "8", "--rounds", "1", "--json"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, str(bench), "--mib", "8", "--shards", "2", "--rounds",
+                        "1", "--conn-mib", "50", "--total-mib", "100", "--json"],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert res["curl_mib_per_s"] > 0 and res["pull_mib_per_s"] > 0 and res["pull_vs_curl"] > 0
+    for link in ("capped", "local"):
+        assert {"llmctl", "curl"} <= set(res[link])
+        for tool, fig in res[link].items():
+            assert fig["mib_per_s"] > 0 and fig["cpu_s_per_gib"] > 0, tool
+            assert tool == "llmctl" or fig["llmctl_vs"] > 0
+    assert set(res["skipped"]) <= {"aria2c", "hf"}
 
 
 def test_the_history_benchmark_runs_and_reports_every_figure():
