@@ -411,14 +411,31 @@ class PullProgress:
             BarColumn,
             DownloadColumn,
             Progress,
+            ProgressColumn,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
+        from rich.table import Column
+        from rich.text import Text
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                                 console=err, transient=False)
+        class Speed(ProgressColumn):  # rich's TransferSpeedColumn has decimal units only
+            def render(self, task: Any) -> Text:
+                rate = task.finished_speed or task.speed
+                return Text("?" if rate is None else f"{rate / 2**20:.1f} MiB/s",
+                            style="progress.data.speed")
+
+        # Binary units throughout, as the line at the end and `models` say (MiB, GiB).
+        # Figures never wrap; at 80 columns the bar gives way first, then long names end
+        # in "…".
+        whole = Column(no_wrap=True)
+        self.progress = Progress(
+            TextColumn("{task.description}", table_column=Column(
+                no_wrap=True, overflow="ellipsis", ratio=3, min_width=12)),
+            BarColumn(bar_width=None, table_column=Column(ratio=2, min_width=6)),
+            DownloadColumn(binary_units=True, table_column=whole),
+            Speed(table_column=Column(no_wrap=True)),
+            TimeRemainingColumn(table_column=Column(no_wrap=True)),
+            console=err, transient=False, expand=True)
         self.progress.start()
         self.total = self.progress.add_task(_escape(repo), total=size, completed=present)
 
