@@ -64,6 +64,9 @@ ATTEMPTS = 5  # tries of one part over dropped connections
 BUSY_TRIES = 10  # 429/503 answers to one part before giving up
 MAX_WAIT = 120.0  # the longest Retry-After honoured as given
 SUFFIX = ".llmctl-part"
+# Headers that stay with the hub: a redirect to another scheme, host or port drops them
+# (huggingface_hub's headers are lowercase, http.client's any case).
+PRIVATE = ("authorization", "cookie", "proxy-authorization")
 
 
 @dataclass(frozen=True)
@@ -615,9 +618,9 @@ def held(want: Want) -> int:
 
 class _Link:
     """One worker's connections, kept alive per origin, and its buffer. `get` follows
-    redirects (the hub sends weights to its CDN), drops the Authorization header when
-    one leaves the origin, and goes through HTTP(S)_PROXY unless NO_PROXY spares the
-    host."""
+    redirects (the hub sends weights to its CDN), drops the Authorization and Cookie
+    headers, in any case, when one leaves the origin (scheme, host and port), and goes
+    through HTTP(S)_PROXY unless NO_PROXY spares the host."""
 
     def __init__(self, headers: dict[str, str]) -> None:
         self.headers = headers
@@ -629,11 +632,11 @@ class _Link:
         headers = dict(self.headers)
         if rng:
             headers["Range"] = rng
-        origin = urllib.parse.urlsplit(url)[:2]
+        origin = _origin(urllib.parse.urlsplit(url))
         for _ in range(REDIRECTS + 1):
             u = urllib.parse.urlsplit(url)
-            if u[:2] != origin:
-                headers.pop("Authorization", None)
+            if _origin(u) != origin:  # the hub's token is not its CDN's business
+                headers = {k: v for k, v in headers.items() if k.lower() not in PRIVATE}
             conn, target, extra = self._conn(u)
             conn.request("GET", target, headers={**headers, **extra})
             r = conn.getresponse()
@@ -679,6 +682,10 @@ class _Link:
         for conn in self.conns.values():
             conn.close()
         self.conns.clear()
+
+
+def _origin(u: urllib.parse.SplitResult) -> tuple[str, str, int]:
+    return u.scheme, (u.hostname or "").lower(), u.port or (443 if u.scheme == "https" else 80)
 
 
 _TLS: list[ssl.SSLContext] = []

@@ -57,9 +57,12 @@ def make_repo(folder: Path, weights: int = WEIGHTS) -> None:
 
 
 class Hub:
-    def __init__(self, tmp: Path, *args: str, weights: int = WEIGHTS) -> None:
-        self.folder = tmp / "repo"
-        make_repo(self.folder, weights)
+    def __init__(self, tmp: Path, *args: str, weights: int = WEIGHTS,
+                 folder: Path | None = None) -> None:
+        """A fake hub serving a new repo in tmp/repo, or `folder` (another's repo)."""
+        self.folder = folder or tmp / "repo"
+        if folder is None:
+            make_repo(self.folder, weights)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, str(HUB), "--port", str(self.port),
@@ -302,6 +305,29 @@ def test_a_hub_that_answers_429_is_waited_for_and_not_flooded(tmp_path):
             (hub.folder / "model.safetensors").read_bytes()
     finally:
         hub.stop()
+
+
+def same_weights(home: Path, hub: Hub, name: str = "model.safetensors") -> bool:
+    return (snapshot(home) / name).read_bytes() == (hub.folder / name).read_bytes()
+
+
+def test_the_token_goes_to_the_hub_and_never_to_the_cdn_it_redirects_to(tmp_path):
+    cdn = Hub(tmp_path, weights=BIG)  # another origin serving the same files
+    hub = Hub(tmp_path, "--redirect", cdn.url, folder=cdn.folder)
+    home = tmp_path / "home"
+    try:
+        r = llmctl(home, hub.url, "pull", REPO, HF_TOKEN="hf_secret")
+        assert r.returncode == 0, r.stderr
+        asked, served = hub.log(), cdn.log()
+        assert asked and all(e["status"] == 302 for e in asked)
+        assert all(e["auth"] == "Bearer hf_secret" for e in asked), asked
+        assert {e["name"] for e in served} == WANTED
+        assert all(e["auth"] is None for e in served), served
+        assert any(e["status"] == 206 for e in served)  # the parts' requests too
+        assert same_weights(home, hub)
+    finally:
+        hub.stop()
+        cdn.stop()
 
 
 FILL = r"""
