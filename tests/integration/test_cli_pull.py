@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -328,6 +329,27 @@ def test_the_token_goes_to_the_hub_and_never_to_the_cdn_it_redirects_to(tmp_path
     finally:
         hub.stop()
         cdn.stop()
+
+
+def test_files_with_the_same_bytes_are_fetched_once_and_both_names_lead_to_them(tmp_path):
+    hub = Hub(tmp_path, weights=BIG)
+    shutil.copy(hub.folder / "model.safetensors", hub.folder / "model-copy.safetensors")
+    shutil.copy(hub.folder / "tokenizer_config.json", hub.folder / "chat_config.json")
+    home = tmp_path / "home"
+    size = (hub.folder / "model.safetensors").stat().st_size
+    try:
+        r = subprocess.run([sys.executable, "-m", "llmctl", "pull", REPO], capture_output=True,
+                           text=True, timeout=60, env=env_for(home, hub.url))
+        assert r.returncode == 0, r.stderr
+        snap = snapshot(home)
+        for a, b in [("model.safetensors", "model-copy.safetensors"),
+                     ("tokenizer_config.json", "chat_config.json")]:
+            assert (snap / a).resolve() == (snap / b).resolve()
+            assert same_weights(home, hub, a) and same_weights(home, hub, b)
+        got = hub.log()
+        assert sum(e["sent"] for e in got if e["name"].endswith(".safetensors")) == size
+    finally:
+        hub.stop()
 
 
 FILL = r"""
