@@ -36,6 +36,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import ssl
 import threading
 import time
@@ -58,6 +59,7 @@ CONNECTIONS = PULL_CONNECTIONS
 HASH_BLOCK = 8 * MiB
 BUFFER = 4 * MiB  # one socket read (readinto) and one pwrite
 TIMEOUT = 60.0  # seconds a connection may stay silent
+STOP_WAIT = 3.0  # seconds a stop waits for all threads together (reads are cut at once)
 REDIRECTS = 5
 SAVE_EVERY = 1.0  # seconds between rewrites of a file's map
 ATTEMPTS = 5  # tries of one part over dropped connections
@@ -176,6 +178,8 @@ class Fetcher:
         self.cond = threading.Condition()
         self.error: BaseException | None = None
         self.stopping = False
+        self.stopped = False  # _stop has run
+        self.links: list[_Link] = []  # every worker's, so a stop can cut their reads
         self.allowed = self.connections  # halved on each 429/503
         self.pause_until = 0.0
         self.got = [0] * self.connections  # bytes fetched, per worker: one writer each
@@ -199,6 +203,8 @@ class Fetcher:
             while any(t.is_alive() for t in self.threads):
                 with self.cond:
                     self.cond.wait(0.2)
+                    if self.stopping:  # a worker failed: cut the others' reads (finally)
+                        break
                 self._report()
                 if time.monotonic() - last_save >= SAVE_EVERY:
                     self._save_all()
@@ -210,25 +216,43 @@ class Fetcher:
             self._stop(None)
             self._save_all()
             self._report()
-            for f in self.files:
-                if f.fd >= 0:
-                    os.close(f.fd)
-                    f.fd = -1
+            self._close_files()
         if self.error is not None:
             raise self.error
         return sum(self.got)
 
     def _stop(self, error: BaseException | None) -> None:
+        """Every thread told to stop, every socket shut (a read blocked on a silent
+        connection returns at once, not after TIMEOUT), then all joined within one
+        STOP_WAIT."""
         with self.cond:
-            self.stopping = True
             if error is not None and self.error is None:
                 self.error = error
+            if self.stopped:
+                return
+            self.stopped = self.stopping = True
             self.cond.notify_all()
+            links = list(self.links)
+        for link in links:
+            link.abort()
         for f in self.files:
             with f.lock:
                 f.lock.notify_all()
-        for t in [*self.threads, *self.hashers]:  # before the caller closes their files
-            t.join(timeout=5)
+        deadline = time.monotonic() + STOP_WAIT
+        for t in [*self.threads, *self.hashers]:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _close_files(self) -> None:
+        """The part files' descriptors, once no thread that may write or read them is
+        left; one still running (stuck in the kernel) keeps them open until the process
+        exits, rather than write into a descriptor that a later open reuses."""
+        if any(t.is_alive() for t in [*self.threads, *self.hashers]):
+            return
+        for f in self.files:
+            with f.lock:
+                if f.fd >= 0:
+                    os.close(f.fd)
+                    f.fd = -1
 
     def _report(self) -> None:
         while self.queued:
@@ -293,6 +317,8 @@ class Fetcher:
                 continue
             got = 0
             for off in range(p.start, p.start + have, HASH_BLOCK):
+                if self.stopping:
+                    raise _Stopped
                 block = os.pread(f.fd, min(HASH_BLOCK, p.start + have - off), off)
                 got = zlib.crc32(block, got)
             if crc is None:
@@ -308,6 +334,10 @@ class Fetcher:
 
     def _worker(self, index: int) -> None:
         link = _Link(self.headers)
+        with self.cond:
+            self.links.append(link)
+            if self.stopping:
+                return
         try:
             while (job := self._next(index)) is not None:
                 f, part = job
@@ -448,12 +478,14 @@ class Fetcher:
                                  "set SSL_CERT_FILE to its CA bundle") from None
             except (OSError, http.client.HTTPException):  # the network's; the disk's are ModelError
                 link.close()
+                if self.stopping:  # its socket was shut by the stop
+                    raise _Stopped from None
                 drops += 1
                 if drops >= ATTEMPTS:
                     raise ModelError(f"{self.label}{w.name}: the connection to the hub kept "
                                      "dropping", "run `llmctl pull` again: it resumes where "
                                      "it stopped") from None
-                time.sleep(min(2 ** drops, 10))
+                self._sleep(min(2 ** drops, 10))
 
     def _one_stream(self, f: _File, part: _Part) -> _Part:
         """The server ignored Range (200 to a ranged request): this stream brings the
@@ -520,14 +552,20 @@ class Fetcher:
             self.cond.notify_all()
 
     def _wait_turn(self) -> None:
-        while True:
-            with self.cond:
+        with self.cond:
+            while True:
                 if self.stopping:
                     raise _Stopped
                 left = self.pause_until - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.5))
+                if left <= 0:
+                    return
+                self.cond.wait(left)
+
+    def _sleep(self, seconds: float) -> None:
+        """A back-off that a stop ends at once."""
+        with self.cond:
+            if self.cond.wait_for(lambda: self.stopping, timeout=seconds):
+                raise _Stopped
 
     # ── hashing and finishing ───────────────────────────────────────────────
 
@@ -549,6 +587,8 @@ class Fetcher:
                             f.lock.wait(0.5)
                             continue
                     while pos < upto and epoch == f.epoch:
+                        if self.stopping:
+                            return
                         n = min(HASH_BLOCK, upto - pos)
                         digest.update(os.pread(f.fd, n, pos))
                         pos += n
@@ -627,6 +667,8 @@ class _Link:
         self.conns: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
         self.buffer = memoryview(bytearray(BUFFER))
         self.url = ""
+        self.lock = threading.Lock()  # conns, against abort() from the stopping thread
+        self.aborted = False
 
     def get(self, url: str, rng: str | None) -> http.client.HTTPResponse:
         headers = dict(self.headers)
@@ -639,6 +681,8 @@ class _Link:
                 headers = {k: v for k, v in headers.items() if k.lower() not in PRIVATE}
             conn, target, extra = self._conn(u)
             conn.request("GET", target, headers={**headers, **extra})
+            if self.aborted:  # set before abort() looked for this socket: it missed it
+                raise _Stopped
             r = conn.getresponse()
             self.url = url
             location = r.getheader("Location")
@@ -665,7 +709,11 @@ class _Link:
             pair = f"{urllib.parse.unquote(via.username)}:{urllib.parse.unquote(via.password or '')}"
             auth = {"Proxy-Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
         key = (u.scheme, host, port)
-        if key not in self.conns:
+        with self.lock:
+            if self.aborted:
+                raise _Stopped
+            conn = self.conns.get(key)
+        if conn is None:
             at = (via.hostname or "", via.port or 80) if via is not None else (host, port)
             if u.scheme == "https":
                 conn = http.client.HTTPSConnection(*at, timeout=TIMEOUT, context=_tls())
@@ -673,15 +721,34 @@ class _Link:
                     conn.set_tunnel(host, port, headers=auth)
             else:
                 conn = http.client.HTTPConnection(*at, timeout=TIMEOUT)
-            self.conns[key] = conn
+            with self.lock:
+                self.conns[key] = conn
         if via is not None and u.scheme == "http":  # a plain proxy takes the whole URL
-            return self.conns[key], urllib.parse.urlunsplit(u), auth
-        return self.conns[key], target, {}
+            return conn, urllib.parse.urlunsplit(u), auth
+        return conn, target, {}
 
     def close(self) -> None:
-        for conn in self.conns.values():
+        with self.lock:
+            conns = list(self.conns.values())
+            self.conns.clear()
+        for conn in conns:
             conn.close()
-        self.conns.clear()
+
+    def abort(self) -> None:
+        """From the stopping thread: no new request, and every socket shut, so that a
+        read blocked on a silent connection returns now. shutdown(), not close(): the
+        worker still owns the descriptor (socket.socket's, which an SSL socket would
+        otherwise take for the end of TLS)."""
+        with self.lock:
+            self.aborted = True
+            conns = list(self.conns.values())
+        for conn in conns:
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:  # closed meanwhile
+                    pass
 
 
 def _origin(u: urllib.parse.SplitResult) -> tuple[str, str, int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import free_port, wait_http
+from .conftest import free_port, interruptible, wait_http
 
 HUB = Path(__file__).resolve().parents[1] / "fakes" / "hub.py"
 REPO = "org/tiny"
@@ -348,6 +348,47 @@ def test_files_with_the_same_bytes_are_fetched_once_and_both_names_lead_to_them(
             assert same_weights(home, hub, a) and same_weights(home, hub, b)
         got = hub.log()
         assert sum(e["sent"] for e in got if e["name"].endswith(".safetensors")) == size
+    finally:
+        hub.stop()
+
+
+def test_ctrl_c_on_a_stalled_link_stops_at_once_and_the_next_pull_fetches_the_rest(tmp_path):
+    stall = 2 * MiB
+    hub = Hub(tmp_path, "--stall", str(stall), weights=BIG)  # each body goes silent at 2 MiB
+    home = tmp_path / "home"
+    size = (hub.folder / "model.safetensors").stat().st_size
+    p = subprocess.Popen([sys.executable, "-m", "llmctl", "pull", REPO, "--quiet"],
+                         env=env_for(home, hub.url), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(e["sent"] >= stall for e in hub.log()
+                  if e["name"] == "model.safetensors") < 3:  # every part has gone silent
+            assert time.monotonic() < deadline and p.poll() is None, p.poll()
+            time.sleep(0.05)
+        time.sleep(0.5)  # what was sent is read and written; now every read waits
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert time.monotonic() - t0 < 5
+        assert p.returncode == 130 and "Traceback" not in err
+        assert err.strip().splitlines() == [
+            "interrupted: `llmctl pull` again resumes where this one stopped"]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    found = parts_map(home)
+    assert found is not None
+    have = held(found[1])
+    assert have >= 3 * stall
+    httpx.get(hub.url + "/control/set?stall=0")
+    before = len(hub.log())
+    try:
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        assert weights_sent(hub.log()[before:]) == size - have
+        assert same_weights(home, hub)
     finally:
         hub.stop()
 
