@@ -7,7 +7,9 @@ gets back the bytes it fetched, or a one-line `ModelError`.
 - A file of at least two parts is fetched in ranged parts (16-64 MiB) over a bounded
   pool of connections; smaller files ride side by side, one stream each. The first
   request of a file is the only one in flight until the server shows it honours Range
-  (206); a 200 means it does not, and that one stream takes the whole file.
+  (206); a 200 means it does not, and that one stream takes the whole file. Once it has,
+  a 200 is a stray answer, taken for a dropped connection. A 206 may bring less than
+  asked (its Content-Range says so); the rest is asked for next.
 - Parts are written at their offsets (os.pwrite) into `WORK`, the final name plus
   `.llmctl-part`, which no other tool resumes by its size, beside `WORK.json`: each
   part's range, the bytes it holds and their crc32, replaced atomically about once a
@@ -19,7 +21,11 @@ gets back the bytes it fetched, or a one-line `ModelError`.
   blocks (hashlib releases the GIL), so the check ends moments after the last byte, with
   no second pass over the file. Only a file whose size and hash match is renamed to its
   final name; the map cannot localise a wrong whole-file hash, so that file starts over.
-- 429 or 503: every connection waits out Retry-After, and the pool halves.
+- 429 or 503: every connection waits out Retry-After, and the pool halves (once per
+  pause: a burst of them is one signal). A dropped connection and a 500, 502 or 504 are
+  asked again, through the resolve URL, after a back-off; ATTEMPTS tries in a row that
+  bring no byte give up. A stop (Ctrl-C, or another worker's failure) shuts every socket
+  down, so that no read waits out TIMEOUT.
 - The bytes come through http.client's `readinto`, straight from the socket into one
   4 MiB buffer per connection, written with one pwrite: httpx (which the hub's metadata
   calls use) copies each 64 KiB read three times and writes it on its own, at about
@@ -35,6 +41,7 @@ import errno
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -63,6 +70,7 @@ STOP_WAIT = 3.0  # seconds a stop waits for all threads together (reads are cut 
 REDIRECTS = 5
 SAVE_EVERY = 1.0  # seconds between rewrites of a file's map
 ATTEMPTS = 5  # tries of one part over dropped connections
+TRANSIENT = (500, 502, 504)  # retried like a dropped connection
 BUSY_TRIES = 10  # 429/503 answers to one part before giving up
 MAX_WAIT = 120.0  # the longest Retry-After honoured as given
 SUFFIX = ".llmctl-part"
@@ -154,6 +162,10 @@ class _File:
 
 class _Stopped(Exception):
     """Another worker failed, or the user interrupted: stop at the next write."""
+
+
+class _Superseded(Exception):
+    """The file became one stream (its server ignored Range): this part's worker quits."""
 
 
 class Fetcher:
@@ -431,7 +443,9 @@ class Fetcher:
     def _fetch(self, f: _File, part: _Part, index: int, link: _Link) -> None:
         w = f.want
         drops = busy = 0
-        while not part.done:
+        epoch = f.epoch
+        why = "the connection to the hub kept dropping"
+        while not part.done and epoch == f.epoch:  # else the file became one stream
             self._wait_turn()
             have, _ = part.state
             start = part.start + have
@@ -451,27 +465,37 @@ class Fetcher:
                                 "connections (--connections)")
                         self._busy(retry_after(r.getheader("Retry-After"), busy))
                         continue
+                    if r.status in TRANSIENT:  # a hiccup of the hub or its CDN: ask again
+                        why = f"the hub kept answering {r.status}"
+                        raise http.client.HTTPException(why)
                     if r.status >= 300:
                         body = r.read(65536)
                         self.check_response(r.status, dict(r.getheaders()), body, link.url)
                         raise ModelError(f"{self.label}{w.name}: the hub answered {r.status}",
                                          "try again later")
+                    stop = part.end
                     if r.status == 200 and not whole:
+                        if f.ranged:  # it honoured Range before: a stray answer, not a rule
+                            raise http.client.HTTPException("a whole file to a range")
                         part, start = self._one_stream(f, part), 0
+                        epoch, stop = f.epoch, part.end
                     elif r.status == 206:
-                        if not (r.getheader("Content-Range") or "").startswith(
-                                f"bytes {start}-"):
-                            raise http.client.HTTPException("a range other than the one asked")
+                        stop = content_range(r.getheader("Content-Range"), start, part.end,
+                                             w.size)
                         if f.ranged is None:
                             f.ranged = True
                             with self.cond:
                                 self.cond.notify_all()
-                    if r.length is not None and r.length != part.end - start:
+                    if r.length is not None and r.length != stop - start:
                         raise http.client.HTTPException("a length other than the one asked")
-                    self._write(f, part, r, start, index, link.buffer)
+                    self._write(f, part, r, start, stop, index, link.buffer, epoch)
                 finally:
+                    if not r.isclosed():  # left unread: no later request may read its rest
+                        link.close()
                     r.close()
                 drops = 0
+            except _Superseded:
+                return
             except ssl.SSLCertVerificationError as e:
                 raise ModelError(f"{self.label}{w.name}: the hub's TLS certificate was refused "
                                  f"({e.verify_message})", "behind a proxy that inspects TLS, "
@@ -480,11 +504,13 @@ class Fetcher:
                 link.close()
                 if self.stopping:  # its socket was shut by the stop
                     raise _Stopped from None
+                if part.start + part.state[0] > start:
+                    drops = 0  # it brought bytes: go on at once; only fruitless tries count
+                    continue
                 drops += 1
                 if drops >= ATTEMPTS:
-                    raise ModelError(f"{self.label}{w.name}: the connection to the hub kept "
-                                     "dropping", "run `llmctl pull` again: it resumes where "
-                                     "it stopped") from None
+                    raise ModelError(f"{self.label}{w.name}: {why}", "run `llmctl pull` "
+                                     "again: it resumes where it stopped") from None
                 self._sleep(min(2 ** drops, 10))
 
     def _one_stream(self, f: _File, part: _Part) -> _Part:
@@ -502,11 +528,12 @@ class Fetcher:
         return whole
 
     def _write(self, f: _File, part: _Part, r: http.client.HTTPResponse, start: int,
-               index: int, buffer: memoryview) -> None:
-        """The response body into the part file at its offsets: socket → buffer
-        (readinto) → pwrite, a crc32 of each buffer, and no lock but a nudge to the
-        hasher per 8 MiB."""
-        fd, end, lock, got = f.fd, part.end, f.lock, self.got
+               end: int, index: int, buffer: memoryview, epoch: int) -> None:
+        """The response body, [start, end) of the part, into the part file at its
+        offsets: socket → buffer (readinto) → pwrite, a crc32 of each buffer, and no lock
+        but a nudge to the hasher per 8 MiB. Stops when the file's parts are replaced by
+        one stream (`epoch`)."""
+        fd, lock, got = f.fd, f.lock, self.got
         have, crc = part.state
         pos = part.start + have
         if pos != start:
@@ -515,6 +542,8 @@ class Fetcher:
         while pos < end:
             if self.stopping:
                 raise _Stopped
+            if f.epoch != epoch:
+                raise _Superseded
             n = r.readinto(buffer[:min(len(buffer), end - pos)])
             if not n:
                 raise http.client.IncompleteRead(b"", end - pos)
@@ -639,6 +668,20 @@ class Fetcher:
         with self.cond:
             self.queued.append(("done", w.name))
             self.cond.notify_all()
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def content_range(value: str | None, start: int, end: int, size: int) -> int:
+    """Where a 206's body ends (exclusive), by its Content-Range `bytes S-E/T`: S must be
+    the `start` asked for, E within the part [start, end), T the file's size or `*`. A
+    shorter range than asked is fine: what comes is written, the rest asked for next."""
+    m = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if (m is None or int(m[1]) != start or not start <= int(m[2]) < end
+            or m[3] not in ("*", str(size))):
+        raise http.client.HTTPException(f"a range other than the one asked ({value!r})")
+    return int(m[2]) + 1
 
 
 def held(want: Want) -> int:

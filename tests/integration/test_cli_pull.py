@@ -393,6 +393,67 @@ def test_ctrl_c_on_a_stalled_link_stops_at_once_and_the_next_pull_fetches_the_re
         hub.stop()
 
 
+def test_a_whole_file_in_answer_to_one_range_mid_pull_keeps_the_parts_fetched(tmp_path):
+    hub = Hub(tmp_path, "--ignore-range-at", "2", "--conn-rate", str(8 * MiB), weights=BIG)
+    home = tmp_path / "home"
+    size = (hub.folder / "model.safetensors").stat().st_size
+    try:
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        got = [e for e in hub.log() if e["name"] == "model.safetensors"]
+        assert [e["status"] for e in got].count(200) == 1, got
+        # Taken for a dropped connection: every byte came once, from a range.
+        assert sum(e["sent"] for e in got if e["status"] == 206) == size
+        assert same_weights(home, hub)
+    finally:
+        hub.stop()
+
+
+def test_a_few_502s_from_the_hub_are_retried(tmp_path):
+    hub = Hub(tmp_path, "--fail", "3:502")
+    home = tmp_path / "home"
+    try:
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        assert [e["status"] for e in hub.log()].count(502) == 3
+        assert same_weights(home, hub)
+    finally:
+        hub.stop()
+
+
+def test_a_connection_that_keeps_dropping_but_brings_bytes_each_time_gets_there(tmp_path):
+    hub = Hub(tmp_path, "--cut", str(MiB))  # the 8 MiB weights need 9 connections
+    home = tmp_path / "home"
+    try:
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        assert len([e for e in hub.log() if e["name"] == "model.safetensors"]) > fetch_attempts()
+        assert same_weights(home, hub)
+    finally:
+        hub.stop()
+
+
+def fetch_attempts() -> int:
+    from llmctl import fetch
+
+    return fetch.ATTEMPTS
+
+
+def test_a_hub_that_answers_ranges_shorter_than_asked_is_followed(tmp_path):
+    hub = Hub(tmp_path, "--range-cap", str(5 * MiB), weights=BIG)  # 16 MiB parts, 5 MiB answers
+    home = tmp_path / "home"
+    size = (hub.folder / "model.safetensors").stat().st_size
+    try:
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        got = [e for e in hub.log() if e["name"] == "model.safetensors"]
+        assert all(e["status"] == 206 for e in got) and len(got) >= 10
+        assert weights_sent(got) == size
+        assert same_weights(home, hub)
+    finally:
+        hub.stop()
+
+
 FILL = r"""
 set -u
 mount -t tmpfs -o size=$((SIZE)) tmpfs "$STORE"

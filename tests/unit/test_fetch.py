@@ -90,3 +90,28 @@ def test_the_connections_come_from_the_file_then_the_environment():
                                                  "connections 1-64, not 'lots'") as e:
         config.parse({}, env={"LLMCTL_PULL_CONNECTIONS": "lots"})
     assert "pull.connections" in (e.value.hint or "")
+
+
+MB16 = 16 * MiB
+
+
+@pytest.mark.parametrize("value, end", [
+    (f"bytes {MB16}-{2 * MB16 - 1}/{4 * MB16}", 2 * MB16),  # the part, whole
+    (f"bytes {MB16}-{MB16 + 99}/{4 * MB16}", MB16 + 100),  # shorter: the rest asked next
+    (f"bytes {MB16}-{2 * MB16 - 1}/*", 2 * MB16),  # size unknown to the server
+    (f" bytes {MB16}-{MB16}/{4 * MB16} ", MB16 + 1),
+])
+def test_a_content_range_within_the_part_says_where_the_body_ends(value, end):
+    assert fetch.content_range(value, MB16, 2 * MB16, 4 * MB16) == end
+
+
+@pytest.mark.parametrize("value", [
+    None, "", "bytes */67108864", f"bytes 0-{MB16 - 1}/{4 * MB16}",  # not where asked
+    f"bytes {MB16}-{2 * MB16}/{4 * MB16}",  # past the part
+    f"bytes {MB16}-{MB16 - 1}/{4 * MB16}",  # ends before it starts
+    f"bytes {MB16}-{2 * MB16 - 1}/{5 * MB16}",  # another file's size
+    f"bytes {MB16}-{2 * MB16 - 1}/{4 * MB16}, bytes 0-1/{4 * MB16}", "items 16-31/64",
+])
+def test_a_content_range_other_than_asked_is_a_dropped_connection(value):
+    with pytest.raises(fetch.http.client.HTTPException, match="a range other than the one"):
+        fetch.content_range(value, MB16, 2 * MB16, 4 * MB16)
