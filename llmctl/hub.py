@@ -273,7 +273,7 @@ def pull(source: str, *, python: str | None = None, say: Say = lambda s: None,
                 present.discard(f.name)
     missing = [f for f in files if f.name not in present]
     wants = {f.name: _want(repo, commit, f) for f in missing}
-    need = sum(w.size - fetch.held(w) for w in _blobs(wants.values()))
+    need = disk_need(wants.values())
     free = store.free_bytes(store.hub_cache())
     if need > free:
         raise ModelError(f"{repo}: needs {_size(need)} more on disk, and {store.hub_cache()} has "
@@ -312,6 +312,12 @@ def _blobs(wants: Iterable[fetch.Want]) -> list[fetch.Want]:
     for w in wants:
         first.setdefault(w.dest, w)
     return list(first.values())
+
+
+def disk_need(wants: Iterable[fetch.Want]) -> int:
+    """Bytes the disk must still take for `wants`: each blob once, nothing for a blob
+    already here (another revision's, unchanged), less what a killed pull left."""
+    return sum(w.size - fetch.held(w) for w in _blobs(wants) if not w.dest.exists())
 
 
 def _fetch(repo: str, revision: str, commit: str, files: list[store.FileRecord],
