@@ -574,10 +574,13 @@ class Fetcher:
                           "check the folder's permissions and the disk")
 
     def _busy(self, wait: float) -> None:
-        """The hub is rate limiting: every connection pauses, and the pool halves."""
+        """The hub is rate limiting: every connection pauses, and the pool halves, once
+        per pause."""
         with self.cond:
-            self.pause_until = max(self.pause_until, time.monotonic() + wait)
-            self.allowed = max(1, self.allowed // 2)
+            now = time.monotonic()
+            if now >= self.pause_until:  # the other answers of a burst are the same news
+                self.allowed = max(1, self.allowed // 2)
+            self.pause_until = max(self.pause_until, now + wait)
             self.cond.notify_all()
 
     def _wait_turn(self) -> None:

@@ -115,3 +115,13 @@ def test_a_content_range_within_the_part_says_where_the_body_ends(value, end):
 def test_a_content_range_other_than_asked_is_a_dropped_connection(value):
     with pytest.raises(fetch.http.client.HTTPException, match="a range other than the one"):
         fetch.content_range(value, MB16, 2 * MB16, 4 * MB16)
+
+
+def test_a_burst_of_429s_halves_the_pool_once():
+    f = fetch.Fetcher([], connections=8)
+    for _ in range(6):  # six requests sent together, six answers
+        f._busy(2.0)
+    assert f.allowed == 4
+    f.pause_until = 0.0  # the pause is over: the next 429 is news
+    f._busy(2.0)
+    assert f.allowed == 2
