@@ -298,22 +298,19 @@ class Fetcher:
         partial file; anything that does not match this file is dropped."""
         w = f.want
         if w.legacy is not None and w.legacy.exists() and not w.work.exists():
-            have = min(w.legacy.stat().st_size, w.size)
-            os.replace(w.legacy, w.work)
-            parts = [[a, b, max(0, min(b, have) - a), None] for a, b in
-                     layout(w.size, self.connections)]
-            write_atomic(w.map, json.dumps({"size": w.size, "sha256": w.sha256,
-                                            "parts": parts}), 0o644, sync=False)
-        try:
-            doc = json.loads(w.map.read_text())
-            if not w.work.exists() or doc["size"] != w.size or doc["sha256"] != w.sha256:
-                raise ValueError("another file")
-            parts = [_Part(int(a), int(b), int(h), c) for a, b, h, c in doc["parts"]]
-            if (parts[0].start != 0 or parts[-1].end != w.size or any(
-                    p.end != q.start or not 0 <= p.state[0] <= p.end - p.start
-                    for p, q in zip(parts, [*parts[1:], _Part(w.size, w.size)], strict=True))):
-                raise ValueError("parts do not tile the file")
-        except (OSError, ValueError, KeyError, TypeError):
+            try:
+                have = min(w.legacy.stat().st_size, w.size)
+                parts = [[a, b, max(0, min(b, have) - a), None] for a, b in
+                         layout(w.size, self.connections)]
+                # The map first: a kill between the two leaves the old file where the
+                # next run adopts it again (its map is rewritten then).
+                write_atomic(w.map, json.dumps({"size": w.size, "sha256": w.sha256,
+                                                "parts": parts}), 0o644, sync=False)
+                os.replace(w.legacy, w.work)
+            except OSError:
+                pass  # not adopted: without the part file the map goes below
+        parts = _recorded(w)
+        if parts is None:
             w.work.unlink(missing_ok=True)
             w.map.unlink(missing_ok=True)
             return
@@ -687,15 +684,30 @@ def content_range(value: str | None, start: int, end: int, size: int) -> int:
     return int(m[2]) + 1
 
 
+def _recorded(w: Want) -> list[_Part] | None:
+    """The parts a killed pull's map records for `w`; None when there is no map, no part
+    file, or the map is of another file, unreadable, or its parts do not tile the file."""
+    try:
+        doc = json.loads(w.map.read_text())
+        if not w.work.exists() or doc["size"] != w.size or doc["sha256"] != w.sha256:
+            return None
+        parts = [_Part(int(a), int(b), int(h), c) for a, b, h, c in doc["parts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if (not parts or parts[0].start != 0 or parts[-1].end != w.size or any(
+            p.end != q.start or not 0 <= p.state[0] <= p.end - p.start
+            or not (p.state[1] is None or type(p.state[1]) is int)
+            for p, q in zip(parts, [*parts[1:], _Part(w.size, w.size)], strict=True))):
+        return None
+    return parts
+
+
 def held(want: Want) -> int:
     """Bytes of `want` a killed pull left on disk (by its map, or an older llmctl's
     partial file), before any check: what the disk check may count as already here."""
-    try:
-        doc = json.loads(want.map.read_text())
-        if want.work.exists() and doc["size"] == want.size and doc["sha256"] == want.sha256:
-            return sum(int(p[2]) for p in doc["parts"])
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        pass
+    parts = _recorded(want)
+    if parts is not None:
+        return sum(p.state[0] for p in parts)
     try:
         return min(want.size, want.legacy.stat().st_size) if want.legacy else 0
     except OSError:

@@ -125,3 +125,19 @@ def test_a_burst_of_429s_halves_the_pool_once():
     f.pause_until = 0.0  # the pause is over: the next 429 is news
     f._busy(2.0)
     assert f.allowed == 2
+
+
+@pytest.mark.parametrize("parts", [
+    [],  # no parts at all
+    [[0, 16 * MiB, 99 * MiB, 0], [16 * MiB, 64 * MiB, 0, 0]],  # holds more than it spans
+    [[0, 64 * MiB, 5, "crc"]],  # a crc that is no number
+    [[0, 64 * MiB, 5]],
+])
+def test_a_broken_map_is_dropped_and_not_counted_as_held(tmp_path, parts):
+    w = _want(tmp_path)
+    w.work.write_bytes(b"x")
+    w.map.write_text(json.dumps({"size": w.size, "sha256": w.sha256, "parts": parts}))
+    assert fetch.held(w) == 0
+    f = fetch.Fetcher([w])
+    f._load(f.files[0])
+    assert not w.work.exists() and not w.map.exists()
