@@ -738,10 +738,7 @@ class _Link:
             if _origin(u) != origin:  # the hub's token is not its CDN's business
                 headers = {k: v for k, v in headers.items() if k.lower() not in PRIVATE}
             conn, target, extra = self._conn(u)
-            conn.request("GET", target, headers={**headers, **extra})
-            if self.aborted:  # set before abort() looked for this socket: it missed it
-                raise _Stopped
-            r = conn.getresponse()
+            r = self._ask(conn, target, {**headers, **extra})
             self.url = url
             location = r.getheader("Location")
             if r.status in (301, 302, 303, 307, 308) and location:
@@ -750,6 +747,24 @@ class _Link:
                 continue
             return r
         raise http.client.HTTPException("too many redirects")
+
+    def _ask(self, conn: http.client.HTTPConnection, target: str, headers: dict[str, str]
+             ) -> http.client.HTTPResponse:
+        """One request and its answer's head. A kept-alive connection the server closed
+        while it sat idle fails at once; that is no dropped transfer: asked again, once,
+        on a new connection, without counting or waiting."""
+        reused = conn.sock is not None
+        while True:
+            try:
+                conn.request("GET", target, headers=headers)
+                if self.aborted:  # set before abort() looked for this socket: it missed it
+                    raise _Stopped
+                return conn.getresponse()
+            except (http.client.BadStatusLine, ConnectionError):
+                conn.close()
+                if not reused or self.aborted:
+                    raise
+                reused = False
 
     def _conn(self, u: urllib.parse.SplitResult
               ) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:

@@ -5,7 +5,7 @@ run the real huggingface_hub client against it (`HF_ENDPOINT=http://127.0.0.1:PO
         [--gated org/name=TOKEN] [--declare org/name:FILE=SIZE]
         [--conn-rate BYTES_PER_S] [--total-rate BYTES_PER_S] [--no-range]
         [--busy N[:SECONDS]] [--fail N[:STATUS]] [--redirect URL] [--stall BYTES]
-        [--cut BYTES] [--range-cap BYTES] [--ignore-range-at N]
+        [--cut BYTES] [--range-cap BYTES] [--ignore-range-at N] [--keep-alive SECONDS]
 
 It serves each folder as a repo at one fixed commit (revisions "main" and the commit):
   GET  /api/models/{repo}[/revision/{rev}]       model info: sha, siblings with size,
@@ -35,7 +35,8 @@ serving the same folder: a second origin, like the hub's CDN) with a 302; --stal
 sends that much of each body, then goes silent until the client hangs up; --range-cap
 BYTES answers a range with at most that many bytes (a shorter 206, as the standard
 allows); --ignore-range-at N answers the Nth ranged file GET with the whole file (200).
---cut BYTES closes the connection after that much of each body.
+--cut BYTES closes the connection after that much of each body. --keep-alive S closes a
+connection that waits S seconds for its next request, as servers do.
 """
 
 from __future__ import annotations
@@ -344,6 +345,8 @@ def main() -> None:
     ap.add_argument("--stall", type=int, default=0, help="go silent after BYTES of a body")
     ap.add_argument("--range-cap", type=int, default=0, help="at most BYTES per 206")
     ap.add_argument("--ignore-range-at", type=int, default=0, help="the Nth ranged GET gets 200")
+    ap.add_argument("--keep-alive", type=float, default=None,
+                    help="close a connection idle this long")
     ap.add_argument("--cut", type=int, default=0, help="hang up after BYTES of a body")
     args = ap.parse_args()
     for spec in args.repo:
@@ -363,6 +366,7 @@ def main() -> None:
     FAIL[:] = [int(n), int(status or 502)]
     REDIRECT, STALL[0], RANGE_CAP = args.redirect.rstrip("/"), args.stall, args.range_cap
     IGNORE_RANGE_AT[0], CUT = args.ignore_range_at, args.cut
+    Hub.timeout = args.keep_alive  # the socket's timeout: an idle wait for a request ends it
     Server(("127.0.0.1", args.port), Hub).serve_forever()
 
 

@@ -454,6 +454,24 @@ def test_a_hub_that_answers_ranges_shorter_than_asked_is_followed(tmp_path):
         hub.stop()
 
 
+def test_a_kept_alive_connection_the_hub_closed_while_idle_is_opened_again_at_once(tmp_path):
+    from llmctl import fetch
+
+    hub = Hub(tmp_path, "--keep-alive", "0.3")
+    link = fetch._Link({})  # one worker's connections
+    url = f"{hub.url}/{REPO}/resolve/main/config.json"
+    try:
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = link.get(url, None)
+            assert r.status == 200 and r.read() == (hub.folder / "config.json").read_bytes()
+            assert time.monotonic() - t0 < 1  # no back-off
+            time.sleep(0.8)  # meanwhile the hub closes the idle connection
+    finally:
+        link.close()
+        hub.stop()
+
+
 FILL = r"""
 set -u
 mount -t tmpfs -o size=$((SIZE)) tmpfs "$STORE"
