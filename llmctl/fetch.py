@@ -462,6 +462,8 @@ class Fetcher:
                                 "connections (--connections)")
                         self._busy(retry_after(r.getheader("Retry-After"), busy))
                         continue
+                    if r.status == 407:
+                        raise _proxy_auth(f"{self.label}{w.name}")
                     if r.status in TRANSIENT:  # a hiccup of the hub or its CDN: ask again
                         why = f"the hub kept answering {r.status}"
                         raise http.client.HTTPException(why)
@@ -497,10 +499,12 @@ class Fetcher:
                 raise ModelError(f"{self.label}{w.name}: the hub's TLS certificate was refused "
                                  f"({e.verify_message})", "behind a proxy that inspects TLS, "
                                  "set SSL_CERT_FILE to its CA bundle") from None
-            except (OSError, http.client.HTTPException):  # the network's; the disk's are ModelError
+            except (OSError, http.client.HTTPException) as e:  # the network's; the disk's are ModelError
                 link.close()
                 if self.stopping:  # its socket was shut by the stop
                     raise _Stopped from None
+                if str(e).startswith("Tunnel connection failed: 407"):  # http.client's CONNECT
+                    raise _proxy_auth(f"{self.label}{w.name}") from None
                 if part.start + part.state[0] > start:
                     drops = 0  # it brought bytes: go on at once; only fruitless tries count
                     continue
@@ -777,6 +781,11 @@ class _Link:
         via = None
         if proxy and not urllib.request.proxy_bypass(host):
             via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if via.scheme != "http":  # http.client speaks to a proxy in plain text only
+                raise ModelError(f"{u.scheme.upper()}_PROXY is {via.scheme}://{via.hostname}"
+                                 f"{f':{via.port}' if via.port else ''}, which `llmctl pull` "
+                                 "cannot talk to", "give the proxy's http:// address: an "
+                                 "https download is still encrypted end to end through it")
         auth = {}
         if via is not None and via.username:
             pair = f"{urllib.parse.unquote(via.username)}:{urllib.parse.unquote(via.password or '')}"
@@ -822,6 +831,11 @@ class _Link:
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
                 except OSError:  # closed meanwhile
                     pass
+
+
+def _proxy_auth(what: str) -> ModelError:
+    return ModelError(f"{what}: the proxy wants credentials (407)", "put them in the proxy's "
+                      "URL: HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT (and HTTP_PROXY)")
 
 
 def _origin(u: urllib.parse.SplitResult) -> tuple[str, str, int]:

@@ -141,3 +141,48 @@ def test_a_broken_map_is_dropped_and_not_counted_as_held(tmp_path, parts):
     f = fetch.Fetcher([w])
     f._load(f.files[0])
     assert not w.work.exists() and not w.map.exists()
+
+
+def _proxy_answering_407():
+    """A proxy on a local port that wants credentials from everyone."""
+    import socketserver
+    import threading
+
+    class Deny(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+            self.wfile.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                             b"Proxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Deny)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])  # CONNECT, and a plain proxied GET
+def test_a_proxy_that_wants_credentials_is_one_line_at_once(tmp_path, monkeypatch, scheme):
+    server = _proxy_answering_407()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(f"{scheme}_proxy", f"http://127.0.0.1:{server.server_address[1]}")
+    w = fetch.Want("w", f"{scheme}://hub.invalid/w", tmp_path / "blob", 10, None)
+    try:
+        with pytest.raises(fetch.ModelError, match="w: the proxy wants credentials") as e:
+            fetch.Fetcher([w], connections=1).run()
+        assert "USER:PASSWORD@" in (e.value.hint or "")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_https_proxy_is_refused_in_one_line(tmp_path, monkeypatch):
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy", "https://proxy.invalid:8443")
+    w = fetch.Want("w", "https://hub.invalid/w", tmp_path / "blob", 10, None)
+    with pytest.raises(fetch.ModelError, match="HTTPS_PROXY is https://proxy.invalid:8443, "
+                                               "which `llmctl pull` cannot talk to") as e:
+        fetch.Fetcher([w], connections=1).run()
+    assert "http://" in (e.value.hint or "")
