@@ -7,7 +7,9 @@ gets back the bytes it fetched, or a one-line `ModelError`.
 - A file of at least two parts is fetched in ranged parts (16-64 MiB) over a bounded
   pool of connections; smaller files ride side by side, one stream each. The first
   request of a file is the only one in flight until the server shows it honours Range
-  (206); a 200 means it does not, and that one stream takes the whole file.
+  (206); a 200 means it does not, and that one stream takes the whole file. Once it has,
+  a 200 is a stray answer, taken for a dropped connection. A 206 may bring less than
+  asked (its Content-Range says so); the rest is asked for next.
 - Parts are written at their offsets (os.pwrite) into `WORK`, the final name plus
   `.llmctl-part`, which no other tool resumes by its size, beside `WORK.json`: each
   part's range, the bytes it holds and their crc32, replaced atomically about once a
@@ -19,7 +21,11 @@ gets back the bytes it fetched, or a one-line `ModelError`.
   blocks (hashlib releases the GIL), so the check ends moments after the last byte, with
   no second pass over the file. Only a file whose size and hash match is renamed to its
   final name; the map cannot localise a wrong whole-file hash, so that file starts over.
-- 429 or 503: every connection waits out Retry-After, and the pool halves.
+- 429 or 503: every connection waits out Retry-After, and the pool halves (once per
+  pause: a burst of them is one signal). A dropped connection and a 500, 502 or 504 are
+  asked again, through the resolve URL, after a back-off; ATTEMPTS tries in a row that
+  bring no byte give up. A stop (Ctrl-C, or another worker's failure) shuts every socket
+  down, so that no read waits out TIMEOUT.
 - The bytes come through http.client's `readinto`, straight from the socket into one
   4 MiB buffer per connection, written with one pwrite: httpx (which the hub's metadata
   calls use) copies each 64 KiB read three times and writes it on its own, at about
@@ -35,7 +41,9 @@ import errno
 import http.client
 import json
 import os
+import re
 import shutil
+import socket
 import ssl
 import threading
 import time
@@ -58,12 +66,17 @@ CONNECTIONS = PULL_CONNECTIONS
 HASH_BLOCK = 8 * MiB
 BUFFER = 4 * MiB  # one socket read (readinto) and one pwrite
 TIMEOUT = 60.0  # seconds a connection may stay silent
+STOP_WAIT = 3.0  # seconds a stop waits for all threads together (reads are cut at once)
 REDIRECTS = 5
 SAVE_EVERY = 1.0  # seconds between rewrites of a file's map
 ATTEMPTS = 5  # tries of one part over dropped connections
+TRANSIENT = (500, 502, 504)  # retried like a dropped connection
 BUSY_TRIES = 10  # 429/503 answers to one part before giving up
 MAX_WAIT = 120.0  # the longest Retry-After honoured as given
 SUFFIX = ".llmctl-part"
+# Headers that stay with the hub: a redirect to another scheme, host or port drops them
+# (huggingface_hub's headers are lowercase, http.client's any case).
+PRIVATE = ("authorization", "cookie", "proxy-authorization")
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,10 @@ class _Stopped(Exception):
     """Another worker failed, or the user interrupted: stop at the next write."""
 
 
+class _Superseded(Exception):
+    """The file became one stream (its server ignored Range): this part's worker quits."""
+
+
 class Fetcher:
     """Fetch `wants` over at most `connections` connections; `run()` returns the bytes
     fetched. `check_response(status, headers, body, url)` raises a `ModelError` for an
@@ -173,6 +190,8 @@ class Fetcher:
         self.cond = threading.Condition()
         self.error: BaseException | None = None
         self.stopping = False
+        self.stopped = False  # _stop has run
+        self.links: list[_Link] = []  # every worker's, so a stop can cut their reads
         self.allowed = self.connections  # halved on each 429/503
         self.pause_until = 0.0
         self.got = [0] * self.connections  # bytes fetched, per worker: one writer each
@@ -196,6 +215,8 @@ class Fetcher:
             while any(t.is_alive() for t in self.threads):
                 with self.cond:
                     self.cond.wait(0.2)
+                    if self.stopping:  # a worker failed: cut the others' reads (finally)
+                        break
                 self._report()
                 if time.monotonic() - last_save >= SAVE_EVERY:
                     self._save_all()
@@ -207,25 +228,43 @@ class Fetcher:
             self._stop(None)
             self._save_all()
             self._report()
-            for f in self.files:
-                if f.fd >= 0:
-                    os.close(f.fd)
-                    f.fd = -1
+            self._close_files()
         if self.error is not None:
             raise self.error
         return sum(self.got)
 
     def _stop(self, error: BaseException | None) -> None:
+        """Every thread told to stop, every socket shut (a read blocked on a silent
+        connection returns at once, not after TIMEOUT), then all joined within one
+        STOP_WAIT."""
         with self.cond:
-            self.stopping = True
             if error is not None and self.error is None:
                 self.error = error
+            if self.stopped:
+                return
+            self.stopped = self.stopping = True
             self.cond.notify_all()
+            links = list(self.links)
+        for link in links:
+            link.abort()
         for f in self.files:
             with f.lock:
                 f.lock.notify_all()
-        for t in [*self.threads, *self.hashers]:  # before the caller closes their files
-            t.join(timeout=5)
+        deadline = time.monotonic() + STOP_WAIT
+        for t in [*self.threads, *self.hashers]:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _close_files(self) -> None:
+        """The part files' descriptors, once no thread that may write or read them is
+        left; one still running (stuck in the kernel) keeps them open until the process
+        exits, rather than write into a descriptor that a later open reuses."""
+        if any(t.is_alive() for t in [*self.threads, *self.hashers]):
+            return
+        for f in self.files:
+            with f.lock:
+                if f.fd >= 0:
+                    os.close(f.fd)
+                    f.fd = -1
 
     def _report(self) -> None:
         while self.queued:
@@ -259,22 +298,19 @@ class Fetcher:
         partial file; anything that does not match this file is dropped."""
         w = f.want
         if w.legacy is not None and w.legacy.exists() and not w.work.exists():
-            have = min(w.legacy.stat().st_size, w.size)
-            os.replace(w.legacy, w.work)
-            parts = [[a, b, max(0, min(b, have) - a), None] for a, b in
-                     layout(w.size, self.connections)]
-            write_atomic(w.map, json.dumps({"size": w.size, "sha256": w.sha256,
-                                            "parts": parts}), 0o644, sync=False)
-        try:
-            doc = json.loads(w.map.read_text())
-            if not w.work.exists() or doc["size"] != w.size or doc["sha256"] != w.sha256:
-                raise ValueError("another file")
-            parts = [_Part(int(a), int(b), int(h), c) for a, b, h, c in doc["parts"]]
-            if (parts[0].start != 0 or parts[-1].end != w.size or any(
-                    p.end != q.start or not 0 <= p.state[0] <= p.end - p.start
-                    for p, q in zip(parts, [*parts[1:], _Part(w.size, w.size)], strict=True))):
-                raise ValueError("parts do not tile the file")
-        except (OSError, ValueError, KeyError, TypeError):
+            try:
+                have = min(w.legacy.stat().st_size, w.size)
+                parts = [[a, b, max(0, min(b, have) - a), None] for a, b in
+                         layout(w.size, self.connections)]
+                # The map first: a kill between the two leaves the old file where the
+                # next run adopts it again (its map is rewritten then).
+                write_atomic(w.map, json.dumps({"size": w.size, "sha256": w.sha256,
+                                                "parts": parts}), 0o644, sync=False)
+                os.replace(w.legacy, w.work)
+            except OSError:
+                pass  # not adopted: without the part file the map goes below
+        parts = _recorded(w)
+        if parts is None:
             w.work.unlink(missing_ok=True)
             w.map.unlink(missing_ok=True)
             return
@@ -290,6 +326,8 @@ class Fetcher:
                 continue
             got = 0
             for off in range(p.start, p.start + have, HASH_BLOCK):
+                if self.stopping:
+                    raise _Stopped
                 block = os.pread(f.fd, min(HASH_BLOCK, p.start + have - off), off)
                 got = zlib.crc32(block, got)
             if crc is None:
@@ -305,6 +343,10 @@ class Fetcher:
 
     def _worker(self, index: int) -> None:
         link = _Link(self.headers)
+        with self.cond:
+            self.links.append(link)
+            if self.stopping:
+                return
         try:
             while (job := self._next(index)) is not None:
                 f, part = job
@@ -398,7 +440,9 @@ class Fetcher:
     def _fetch(self, f: _File, part: _Part, index: int, link: _Link) -> None:
         w = f.want
         drops = busy = 0
-        while not part.done:
+        epoch = f.epoch
+        why = "the connection to the hub kept dropping"
+        while not part.done and epoch == f.epoch:  # else the file became one stream
             self._wait_turn()
             have, _ = part.state
             start = part.start + have
@@ -418,39 +462,57 @@ class Fetcher:
                                 "connections (--connections)")
                         self._busy(retry_after(r.getheader("Retry-After"), busy))
                         continue
+                    if r.status == 407:
+                        raise _proxy_auth(f"{self.label}{w.name}")
+                    if r.status in TRANSIENT:  # a hiccup of the hub or its CDN: ask again
+                        why = f"the hub kept answering {r.status}"
+                        raise http.client.HTTPException(why)
                     if r.status >= 300:
                         body = r.read(65536)
                         self.check_response(r.status, dict(r.getheaders()), body, link.url)
                         raise ModelError(f"{self.label}{w.name}: the hub answered {r.status}",
                                          "try again later")
+                    stop = part.end
                     if r.status == 200 and not whole:
+                        if f.ranged:  # it honoured Range before: a stray answer, not a rule
+                            raise http.client.HTTPException("a whole file to a range")
                         part, start = self._one_stream(f, part), 0
+                        epoch, stop = f.epoch, part.end
                     elif r.status == 206:
-                        if not (r.getheader("Content-Range") or "").startswith(
-                                f"bytes {start}-"):
-                            raise http.client.HTTPException("a range other than the one asked")
+                        stop = content_range(r.getheader("Content-Range"), start, part.end,
+                                             w.size)
                         if f.ranged is None:
                             f.ranged = True
                             with self.cond:
                                 self.cond.notify_all()
-                    if r.length is not None and r.length != part.end - start:
+                    if r.length is not None and r.length != stop - start:
                         raise http.client.HTTPException("a length other than the one asked")
-                    self._write(f, part, r, start, index, link.buffer)
+                    self._write(f, part, r, start, stop, index, link.buffer, epoch)
                 finally:
+                    if not r.isclosed():  # left unread: no later request may read its rest
+                        link.close()
                     r.close()
                 drops = 0
+            except _Superseded:
+                return
             except ssl.SSLCertVerificationError as e:
                 raise ModelError(f"{self.label}{w.name}: the hub's TLS certificate was refused "
                                  f"({e.verify_message})", "behind a proxy that inspects TLS, "
                                  "set SSL_CERT_FILE to its CA bundle") from None
-            except (OSError, http.client.HTTPException):  # the network's; the disk's are ModelError
+            except (OSError, http.client.HTTPException) as e:  # the network's; the disk's are ModelError
                 link.close()
+                if self.stopping:  # its socket was shut by the stop
+                    raise _Stopped from None
+                if str(e).startswith("Tunnel connection failed: 407"):  # http.client's CONNECT
+                    raise _proxy_auth(f"{self.label}{w.name}") from None
+                if part.start + part.state[0] > start:
+                    drops = 0  # it brought bytes: go on at once; only fruitless tries count
+                    continue
                 drops += 1
                 if drops >= ATTEMPTS:
-                    raise ModelError(f"{self.label}{w.name}: the connection to the hub kept "
-                                     "dropping", "run `llmctl pull` again: it resumes where "
-                                     "it stopped") from None
-                time.sleep(min(2 ** drops, 10))
+                    raise ModelError(f"{self.label}{w.name}: {why}", "run `llmctl pull` "
+                                     "again: it resumes where it stopped") from None
+                self._sleep(min(2 ** drops, 10))
 
     def _one_stream(self, f: _File, part: _Part) -> _Part:
         """The server ignored Range (200 to a ranged request): this stream brings the
@@ -467,11 +529,12 @@ class Fetcher:
         return whole
 
     def _write(self, f: _File, part: _Part, r: http.client.HTTPResponse, start: int,
-               index: int, buffer: memoryview) -> None:
-        """The response body into the part file at its offsets: socket → buffer
-        (readinto) → pwrite, a crc32 of each buffer, and no lock but a nudge to the
-        hasher per 8 MiB."""
-        fd, end, lock, got = f.fd, part.end, f.lock, self.got
+               end: int, index: int, buffer: memoryview, epoch: int) -> None:
+        """The response body, [start, end) of the part, into the part file at its
+        offsets: socket → buffer (readinto) → pwrite, a crc32 of each buffer, and no lock
+        but a nudge to the hasher per 8 MiB. Stops when the file's parts are replaced by
+        one stream (`epoch`)."""
+        fd, lock, got = f.fd, f.lock, self.got
         have, crc = part.state
         pos = part.start + have
         if pos != start:
@@ -480,6 +543,8 @@ class Fetcher:
         while pos < end:
             if self.stopping:
                 raise _Stopped
+            if f.epoch != epoch:
+                raise _Superseded
             n = r.readinto(buffer[:min(len(buffer), end - pos)])
             if not n:
                 raise http.client.IncompleteRead(b"", end - pos)
@@ -510,21 +575,30 @@ class Fetcher:
                           "check the folder's permissions and the disk")
 
     def _busy(self, wait: float) -> None:
-        """The hub is rate limiting: every connection pauses, and the pool halves."""
+        """The hub is rate limiting: every connection pauses, and the pool halves, once
+        per pause."""
         with self.cond:
-            self.pause_until = max(self.pause_until, time.monotonic() + wait)
-            self.allowed = max(1, self.allowed // 2)
+            now = time.monotonic()
+            if now >= self.pause_until:  # the other answers of a burst are the same news
+                self.allowed = max(1, self.allowed // 2)
+            self.pause_until = max(self.pause_until, now + wait)
             self.cond.notify_all()
 
     def _wait_turn(self) -> None:
-        while True:
-            with self.cond:
+        with self.cond:
+            while True:
                 if self.stopping:
                     raise _Stopped
                 left = self.pause_until - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.5))
+                if left <= 0:
+                    return
+                self.cond.wait(left)
+
+    def _sleep(self, seconds: float) -> None:
+        """A back-off that a stop ends at once."""
+        with self.cond:
+            if self.cond.wait_for(lambda: self.stopping, timeout=seconds):
+                raise _Stopped
 
     # ── hashing and finishing ───────────────────────────────────────────────
 
@@ -546,6 +620,8 @@ class Fetcher:
                             f.lock.wait(0.5)
                             continue
                     while pos < upto and epoch == f.epoch:
+                        if self.stopping:
+                            return
                         n = min(HASH_BLOCK, upto - pos)
                         digest.update(os.pread(f.fd, n, pos))
                         pos += n
@@ -598,15 +674,44 @@ class Fetcher:
             self.cond.notify_all()
 
 
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def content_range(value: str | None, start: int, end: int, size: int) -> int:
+    """Where a 206's body ends (exclusive), by its Content-Range `bytes S-E/T`: S must be
+    the `start` asked for, E within the part [start, end), T the file's size or `*`. A
+    shorter range than asked is fine: what comes is written, the rest asked for next."""
+    m = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if (m is None or int(m[1]) != start or not start <= int(m[2]) < end
+            or m[3] not in ("*", str(size))):
+        raise http.client.HTTPException(f"a range other than the one asked ({value!r})")
+    return int(m[2]) + 1
+
+
+def _recorded(w: Want) -> list[_Part] | None:
+    """The parts a killed pull's map records for `w`; None when there is no map, no part
+    file, or the map is of another file, unreadable, or its parts do not tile the file."""
+    try:
+        doc = json.loads(w.map.read_text())
+        if not w.work.exists() or doc["size"] != w.size or doc["sha256"] != w.sha256:
+            return None
+        parts = [_Part(int(a), int(b), int(h), c) for a, b, h, c in doc["parts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if (not parts or parts[0].start != 0 or parts[-1].end != w.size or any(
+            p.end != q.start or not 0 <= p.state[0] <= p.end - p.start
+            or not (p.state[1] is None or type(p.state[1]) is int)
+            for p, q in zip(parts, [*parts[1:], _Part(w.size, w.size)], strict=True))):
+        return None
+    return parts
+
+
 def held(want: Want) -> int:
     """Bytes of `want` a killed pull left on disk (by its map, or an older llmctl's
     partial file), before any check: what the disk check may count as already here."""
-    try:
-        doc = json.loads(want.map.read_text())
-        if want.work.exists() and doc["size"] == want.size and doc["sha256"] == want.sha256:
-            return sum(int(p[2]) for p in doc["parts"])
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        pass
+    parts = _recorded(want)
+    if parts is not None:
+        return sum(p.state[0] for p in parts)
     try:
         return min(want.size, want.legacy.stat().st_size) if want.legacy else 0
     except OSError:
@@ -615,28 +720,29 @@ def held(want: Want) -> int:
 
 class _Link:
     """One worker's connections, kept alive per origin, and its buffer. `get` follows
-    redirects (the hub sends weights to its CDN), drops the Authorization header when
-    one leaves the origin, and goes through HTTP(S)_PROXY unless NO_PROXY spares the
-    host."""
+    redirects (the hub sends weights to its CDN), drops the Authorization and Cookie
+    headers, in any case, when one leaves the origin (scheme, host and port), and goes
+    through HTTP(S)_PROXY unless NO_PROXY spares the host."""
 
     def __init__(self, headers: dict[str, str]) -> None:
         self.headers = headers
         self.conns: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
         self.buffer = memoryview(bytearray(BUFFER))
         self.url = ""
+        self.lock = threading.Lock()  # conns, against abort() from the stopping thread
+        self.aborted = False
 
     def get(self, url: str, rng: str | None) -> http.client.HTTPResponse:
         headers = dict(self.headers)
         if rng:
             headers["Range"] = rng
-        origin = urllib.parse.urlsplit(url)[:2]
+        origin = _origin(urllib.parse.urlsplit(url))
         for _ in range(REDIRECTS + 1):
             u = urllib.parse.urlsplit(url)
-            if u[:2] != origin:
-                headers.pop("Authorization", None)
+            if _origin(u) != origin:  # the hub's token is not its CDN's business
+                headers = {k: v for k, v in headers.items() if k.lower() not in PRIVATE}
             conn, target, extra = self._conn(u)
-            conn.request("GET", target, headers={**headers, **extra})
-            r = conn.getresponse()
+            r = self._ask(conn, target, {**headers, **extra})
             self.url = url
             location = r.getheader("Location")
             if r.status in (301, 302, 303, 307, 308) and location:
@@ -645,6 +751,24 @@ class _Link:
                 continue
             return r
         raise http.client.HTTPException("too many redirects")
+
+    def _ask(self, conn: http.client.HTTPConnection, target: str, headers: dict[str, str]
+             ) -> http.client.HTTPResponse:
+        """One request and its answer's head. A kept-alive connection the server closed
+        while it sat idle fails at once; that is no dropped transfer: asked again, once,
+        on a new connection, without counting or waiting."""
+        reused = conn.sock is not None
+        while True:
+            try:
+                conn.request("GET", target, headers=headers)
+                if self.aborted:  # set before abort() looked for this socket: it missed it
+                    raise _Stopped
+                return conn.getresponse()
+            except (http.client.BadStatusLine, ConnectionError):
+                conn.close()
+                if not reused or self.aborted:
+                    raise
+                reused = False
 
     def _conn(self, u: urllib.parse.SplitResult
               ) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
@@ -657,12 +781,21 @@ class _Link:
         via = None
         if proxy and not urllib.request.proxy_bypass(host):
             via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if via.scheme != "http":  # http.client speaks to a proxy in plain text only
+                raise ModelError(f"{u.scheme.upper()}_PROXY is {via.scheme}://{via.hostname}"
+                                 f"{f':{via.port}' if via.port else ''}, which `llmctl pull` "
+                                 "cannot talk to", "give the proxy's http:// address: an "
+                                 "https download is still encrypted end to end through it")
         auth = {}
         if via is not None and via.username:
             pair = f"{urllib.parse.unquote(via.username)}:{urllib.parse.unquote(via.password or '')}"
             auth = {"Proxy-Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
         key = (u.scheme, host, port)
-        if key not in self.conns:
+        with self.lock:
+            if self.aborted:
+                raise _Stopped
+            conn = self.conns.get(key)
+        if conn is None:
             at = (via.hostname or "", via.port or 80) if via is not None else (host, port)
             if u.scheme == "https":
                 conn = http.client.HTTPSConnection(*at, timeout=TIMEOUT, context=_tls())
@@ -670,15 +803,43 @@ class _Link:
                     conn.set_tunnel(host, port, headers=auth)
             else:
                 conn = http.client.HTTPConnection(*at, timeout=TIMEOUT)
-            self.conns[key] = conn
+            with self.lock:
+                self.conns[key] = conn
         if via is not None and u.scheme == "http":  # a plain proxy takes the whole URL
-            return self.conns[key], urllib.parse.urlunsplit(u), auth
-        return self.conns[key], target, {}
+            return conn, urllib.parse.urlunsplit(u), auth
+        return conn, target, {}
 
     def close(self) -> None:
-        for conn in self.conns.values():
+        with self.lock:
+            conns = list(self.conns.values())
+            self.conns.clear()
+        for conn in conns:
             conn.close()
-        self.conns.clear()
+
+    def abort(self) -> None:
+        """From the stopping thread: no new request, and every socket shut, so that a
+        read blocked on a silent connection returns now. shutdown(), not close(): the
+        worker still owns the descriptor (socket.socket's, which an SSL socket would
+        otherwise take for the end of TLS)."""
+        with self.lock:
+            self.aborted = True
+            conns = list(self.conns.values())
+        for conn in conns:
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:  # closed meanwhile
+                    pass
+
+
+def _proxy_auth(what: str) -> ModelError:
+    return ModelError(f"{what}: the proxy wants credentials (407)", "put them in the proxy's "
+                      "URL: HTTPS_PROXY=http://USER:PASSWORD@HOST:PORT (and HTTP_PROXY)")
+
+
+def _origin(u: urllib.parse.SplitResult) -> tuple[str, str, int]:
+    return u.scheme, (u.hostname or "").lower(), u.port or (443 if u.scheme == "https" else 80)
 
 
 _TLS: list[ssl.SSLContext] = []

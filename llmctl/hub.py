@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -273,7 +273,7 @@ def pull(source: str, *, python: str | None = None, say: Say = lambda s: None,
                 present.discard(f.name)
     missing = [f for f in files if f.name not in present]
     wants = {f.name: _want(repo, commit, f) for f in missing}
-    need = sum(f.size - fetch.held(wants[f.name]) for f in missing)
+    need = disk_need(wants.values())
     free = store.free_bytes(store.hub_cache())
     if need > free:
         raise ModelError(f"{repo}: needs {_size(need)} more on disk, and {store.hub_cache()} has "
@@ -281,8 +281,10 @@ def pull(source: str, *, python: str | None = None, say: Say = lambda s: None,
                          "(LLMCTL_MODELS, or HF_HUB_CACHE for the Hugging Face cache)")
     store.record(repo, status="pulling", revision=revision, commit=commit, path=snapshot,
                  files=files)
-    progress.begin(repo, [(f.name, f.size) for f in files],
-                   sum(f.size for f in files if f.name in present))
+    # Only the first name of each blob reports its bytes; a copy under another name is
+    # counted as here from the start.
+    progress.begin(repo, [(f.name, f.size) for f in files], sum(f.size for f in files)
+                   - sum(w.size for w in _blobs(wants.values())))
     fetched = _fetch(repo, revision, commit, missing, wants, progress, say, connections)
     store.record(repo, status="complete", revision=revision, commit=commit, path=snapshot,
                  files=files)
@@ -301,6 +303,21 @@ def _want(repo: str, commit: str, f: store.FileRecord) -> fetch.Want:
     return fetch.Want(f.name, hf_hub_url(repo, f.name, revision=commit), blob, f.size, f.sha256,
                       check=None if f.sha256 else (lambda p: store.file_ok(p, vars(f))),
                       legacy=blob.with_name(f"{etag}.incomplete"))
+
+
+def _blobs(wants: Iterable[fetch.Want]) -> list[fetch.Want]:
+    """One want per blob: files with the same bytes (two names for one shard, identical
+    small JSON files) share their blob, which is locked and fetched once."""
+    first: dict[Path, fetch.Want] = {}
+    for w in wants:
+        first.setdefault(w.dest, w)
+    return list(first.values())
+
+
+def disk_need(wants: Iterable[fetch.Want]) -> int:
+    """Bytes the disk must still take for `wants`: each blob once, nothing for a blob
+    already here (another revision's, unchanged), less what a killed pull left."""
+    return sum(w.size - fetch.held(w) for w in _blobs(wants) if not w.dest.exists())
 
 
 def _fetch(repo: str, revision: str, commit: str, files: list[store.FileRecord],
@@ -339,11 +356,13 @@ def _fetch(repo: str, revision: str, commit: str, files: list[store.FileRecord],
 
     with contextlib.ExitStack() as locks:
         # Sorted: two pulls of one repo take the locks in the same order, never crosswise.
-        for w in sorted(wants.values(), key=lambda w: w.dest.name):
+        # One lock per blob: a second lock of one file in one process waits for ever.
+        blobs = _blobs(wants.values())
+        for w in sorted(blobs, key=lambda w: w.dest.name):
             lock = store.hub_cache() / ".locks" / root.name / f"{w.dest.name}.lock"
             lock.parent.mkdir(parents=True, exist_ok=True)
             locks.enter_context(WeakFileLock(lock))
-        todo = [w for w in wants.values() if not w.dest.exists()]
+        todo = [w for w in blobs if not w.dest.exists()]
         fetched = fetch.Fetcher(todo, connections=connections, headers=build_hf_headers(),
                                 check_response=check, events=event,
                                 label=f"{repo}: ").run() if todo else 0

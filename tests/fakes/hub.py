@@ -4,7 +4,8 @@ run the real huggingface_hub client against it (`HF_ENDPOINT=http://127.0.0.1:PO
     python tests/fakes/hub.py --port 9001 --repo org/name=FOLDER [--repo …]
         [--gated org/name=TOKEN] [--declare org/name:FILE=SIZE]
         [--conn-rate BYTES_PER_S] [--total-rate BYTES_PER_S] [--no-range]
-        [--busy N[:SECONDS]]
+        [--busy N[:SECONDS]] [--fail N[:STATUS]] [--redirect URL] [--stall BYTES]
+        [--cut BYTES] [--range-cap BYTES] [--ignore-range-at N] [--keep-alive SECONDS]
 
 It serves each folder as a repo at one fixed commit (revisions "main" and the commit):
   GET  /api/models/{repo}[/revision/{rev}]       model info: sha, siblings with size,
@@ -16,7 +17,9 @@ It serves each folder as a repo at one fixed commit (revisions "main" and the co
                                                  request gets 206 (one range per request)
   GET  /api/models/{repo}/tree/{rev}             every file, as `hf download` lists them
   GET  /control/log                              every file GET: {name, range, status,
-                                                 sent (body bytes), start, end (epoch s)}
+                                                 sent (body bytes), start, end (epoch s),
+                                                 auth (its Authorization header or null)}
+  GET  /control/set?stall=N                      change --stall while running (0: off)
 Errors are the hub's: 404 with X-Error-Code RepoNotFound, RevisionNotFound or
 EntryNotFound; a gated repo without its Bearer token is 401 with GatedRepo.
 
@@ -25,6 +28,15 @@ request), paced like a CDN: --conn-rate caps each connection, --total-rate all o
 together. --no-range answers every GET with the whole file (200), as servers without
 Range do. --busy N[:S] answers the first N file GETs 429 with Retry-After S (default 1).
 --declare makes model info claim a size a file does not have (for the disk-space check).
+
+Faults a CDN shows, for the pull's recovery: --fail N[:STATUS] answers the first N file
+GETs STATUS (default 502); --redirect URL sends every file GET to URL (another fake hub
+serving the same folder: a second origin, like the hub's CDN) with a 302; --stall BYTES
+sends that much of each body, then goes silent until the client hangs up; --range-cap
+BYTES answers a range with at most that many bytes (a shorter 206, as the standard
+allows); --ignore-range-at N answers the Nth ranged file GET with the whole file (200).
+--cut BYTES closes the connection after that much of each body. --keep-alive S closes a
+connection that waits S seconds for its next request, as servers do.
 """
 
 from __future__ import annotations
@@ -47,6 +59,12 @@ LOCK = threading.Lock()
 CONN_RATE = 0
 NO_RANGE = False
 BUSY = [0, 1]  # 429s left to send, Retry-After seconds
+FAIL = [0, 502]  # error answers left to send, their status
+REDIRECT = ""  # another origin serving the same files
+STALL = [0]  # body bytes sent before going silent (0: never)
+CUT = 0  # body bytes sent before hanging up (0: never)
+RANGE_CAP = 0  # the most bytes one 206 carries (0: no cap)
+IGNORE_RANGE_AT = [0]  # ranged GETs left until the one answered 200 (0: none)
 STEP = 256 * 1024  # bytes per paced send
 
 
@@ -172,6 +190,16 @@ class Hub(BaseHTTPRequestHandler):
             return
         if rev not in ("main", COMMIT):
             return self._error(404, "RevisionNotFound")
+        if REDIRECT and body:
+            with LOCK:
+                LOG.append({"name": name, "range": self.headers.get("Range"), "status": 302,
+                            "sent": 0, "start": time.time(), "end": time.time(),
+                            "auth": self.headers.get("Authorization")})
+            self.send_response(302)
+            self.send_header("Location", REDIRECT + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         f = REPOS[repo] / name
         if not f.is_file():
             return self._error(404, "EntryNotFound")
@@ -180,12 +208,22 @@ class Hub(BaseHTTPRequestHandler):
         header = self.headers.get("Range")
         rng = None if NO_RANGE else re.match(r"bytes=(\d+)-(\d*)$", header or "")
         entry = {"name": name, "range": header, "status": 200, "sent": 0,
-                 "start": time.time(), "end": None}
+                 "start": time.time(), "end": None, "auth": self.headers.get("Authorization")}
         if body:
             with LOCK:
                 LOG.append(entry)
                 busy = BUSY[0] > 0
                 BUSY[0] -= busy
+                fail = FAIL[0] > 0
+                FAIL[0] -= fail
+                if rng and IGNORE_RANGE_AT[0] > 0:
+                    IGNORE_RANGE_AT[0] -= 1
+                    if not IGNORE_RANGE_AT[0]:
+                        rng = None
+            if fail:
+                entry["status"] = FAIL[1]
+                entry["end"] = time.time()
+                return self._error(FAIL[1], "Unavailable")
             if busy:
                 entry["status"] = 429
                 entry["end"] = time.time()
@@ -205,6 +243,8 @@ class Hub(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             entry["status"] = 206
+            if RANGE_CAP:
+                end = min(end, start + RANGE_CAP - 1)
         self.send_response(206 if rng else 200)
         self.send_header("X-Repo-Commit", COMMIT)
         self.send_header("ETag", f'"{etag(f, name)}"')
@@ -228,7 +268,15 @@ class Hub(BaseHTTPRequestHandler):
         own = time.monotonic()
         with open(f, "rb") as fh:
             while count > 0:
+                if STALL[0] and entry["sent"] >= STALL[0]:
+                    return self._stall()
+                if CUT and entry["sent"] >= CUT:
+                    self.close_connection = True
+                    return
                 n = min(count, STEP) if CONN_RATE or TOTAL.rate else count
+                for limit in (STALL[0], CUT):
+                    if limit:
+                        n = min(n, limit - entry["sent"])
                 wait = TOTAL.book(n, max(own, time.monotonic()) if CONN_RATE else 0.0)
                 if CONN_RATE:
                     own = wait + n / CONN_RATE
@@ -241,6 +289,16 @@ class Hub(BaseHTTPRequestHandler):
                 count -= sent
                 entry["sent"] += sent
 
+    def _stall(self) -> None:
+        """Silent, the connection open, until the client hangs up (or two minutes)."""
+        import select
+
+        self.close_connection = True  # the body is cut short: this connection is done
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if select.select([self.connection], [], [], 0.5)[0]:
+                return  # readable: the client closed it (or wrote, which no client does)
+
     def do_HEAD(self) -> None:
         self._file(body=False)
 
@@ -248,6 +306,9 @@ class Hub(BaseHTTPRequestHandler):
         if self.path.startswith("/control/log"):
             with LOCK:
                 return self._json(LOG)
+        if self.path.startswith("/control/set?stall="):
+            STALL[0] = int(self.path.rpartition("=")[2])
+            return self._json({"stall": STALL[0]})
         m = re.match(r"^/api/models/([^/?]+/[^/?]+)/tree/([^/?]+)", self.path)
         if m:
             return self._tree(m.group(1), m.group(2))
@@ -269,7 +330,7 @@ class Server(ThreadingHTTPServer):
 
 
 def main() -> None:
-    global CONN_RATE, NO_RANGE, TOTAL
+    global CONN_RATE, NO_RANGE, TOTAL, REDIRECT, RANGE_CAP, CUT
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--repo", action="append", default=[], help="org/name=FOLDER")
@@ -279,6 +340,14 @@ def main() -> None:
     ap.add_argument("--total-rate", type=int, default=0, help="bytes per second in all")
     ap.add_argument("--no-range", action="store_true", help="ignore Range: always 200")
     ap.add_argument("--busy", default="0", help="N[:SECONDS]: the first N file GETs get 429")
+    ap.add_argument("--fail", default="0", help="N[:STATUS]: the first N file GETs get STATUS")
+    ap.add_argument("--redirect", default="", help="send file GETs to this origin (302)")
+    ap.add_argument("--stall", type=int, default=0, help="go silent after BYTES of a body")
+    ap.add_argument("--range-cap", type=int, default=0, help="at most BYTES per 206")
+    ap.add_argument("--ignore-range-at", type=int, default=0, help="the Nth ranged GET gets 200")
+    ap.add_argument("--keep-alive", type=float, default=None,
+                    help="close a connection idle this long")
+    ap.add_argument("--cut", type=int, default=0, help="hang up after BYTES of a body")
     args = ap.parse_args()
     for spec in args.repo:
         name, _, folder = spec.partition("=")
@@ -293,6 +362,11 @@ def main() -> None:
     CONN_RATE, NO_RANGE, TOTAL = args.conn_rate, args.no_range, Pace(args.total_rate)
     n, _, wait = args.busy.partition(":")
     BUSY[:] = [int(n), int(wait or 1)]
+    n, _, status = args.fail.partition(":")
+    FAIL[:] = [int(n), int(status or 502)]
+    REDIRECT, STALL[0], RANGE_CAP = args.redirect.rstrip("/"), args.stall, args.range_cap
+    IGNORE_RANGE_AT[0], CUT = args.ignore_range_at, args.cut
+    Hub.timeout = args.keep_alive  # the socket's timeout: an idle wait for a request ends it
     Server(("127.0.0.1", args.port), Hub).serve_forever()
 
 

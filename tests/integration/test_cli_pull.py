@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import free_port, wait_http
+from .conftest import free_port, interruptible, wait_http
 
 HUB = Path(__file__).resolve().parents[1] / "fakes" / "hub.py"
 REPO = "org/tiny"
@@ -57,9 +58,12 @@ def make_repo(folder: Path, weights: int = WEIGHTS) -> None:
 
 
 class Hub:
-    def __init__(self, tmp: Path, *args: str, weights: int = WEIGHTS) -> None:
-        self.folder = tmp / "repo"
-        make_repo(self.folder, weights)
+    def __init__(self, tmp: Path, *args: str, weights: int = WEIGHTS,
+                 folder: Path | None = None) -> None:
+        """A fake hub serving a new repo in tmp/repo, or `folder` (another's repo)."""
+        self.folder = folder or tmp / "repo"
+        if folder is None:
+            make_repo(self.folder, weights)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, str(HUB), "--port", str(self.port),
@@ -301,6 +305,170 @@ def test_a_hub_that_answers_429_is_waited_for_and_not_flooded(tmp_path):
         assert (snapshot(home) / "model.safetensors").read_bytes() == \
             (hub.folder / "model.safetensors").read_bytes()
     finally:
+        hub.stop()
+
+
+def same_weights(home: Path, hub: Hub, name: str = "model.safetensors") -> bool:
+    return (snapshot(home) / name).read_bytes() == (hub.folder / name).read_bytes()
+
+
+def test_the_token_goes_to_the_hub_and_never_to_the_cdn_it_redirects_to(tmp_path):
+    cdn = Hub(tmp_path, weights=BIG)  # another origin serving the same files
+    hub = Hub(tmp_path, "--redirect", cdn.url, folder=cdn.folder)
+    home = tmp_path / "home"
+    try:
+        r = llmctl(home, hub.url, "pull", REPO, HF_TOKEN="hf_secret")
+        assert r.returncode == 0, r.stderr
+        asked, served = hub.log(), cdn.log()
+        assert asked and all(e["status"] == 302 for e in asked)
+        assert all(e["auth"] == "Bearer hf_secret" for e in asked), asked
+        assert {e["name"] for e in served} == WANTED
+        assert all(e["auth"] is None for e in served), served
+        assert any(e["status"] == 206 for e in served)  # the parts' requests too
+        assert same_weights(home, hub)
+    finally:
+        hub.stop()
+        cdn.stop()
+
+
+def test_files_with_the_same_bytes_are_fetched_once_and_both_names_lead_to_them(tmp_path):
+    hub = Hub(tmp_path, weights=BIG)
+    shutil.copy(hub.folder / "model.safetensors", hub.folder / "model-copy.safetensors")
+    shutil.copy(hub.folder / "tokenizer_config.json", hub.folder / "chat_config.json")
+    home = tmp_path / "home"
+    size = (hub.folder / "model.safetensors").stat().st_size
+    try:
+        r = subprocess.run([sys.executable, "-m", "llmctl", "pull", REPO], capture_output=True,
+                           text=True, timeout=60, env=env_for(home, hub.url))
+        assert r.returncode == 0, r.stderr
+        snap = snapshot(home)
+        for a, b in [("model.safetensors", "model-copy.safetensors"),
+                     ("tokenizer_config.json", "chat_config.json")]:
+            assert (snap / a).resolve() == (snap / b).resolve()
+            assert same_weights(home, hub, a) and same_weights(home, hub, b)
+        got = hub.log()
+        assert sum(e["sent"] for e in got if e["name"].endswith(".safetensors")) == size
+    finally:
+        hub.stop()
+
+
+def test_ctrl_c_on_a_stalled_link_stops_at_once_and_the_next_pull_fetches_the_rest(tmp_path):
+    stall = 2 * MiB
+    hub = Hub(tmp_path, "--stall", str(stall), weights=BIG)  # each body goes silent at 2 MiB
+    home = tmp_path / "home"
+    size = (hub.folder / "model.safetensors").stat().st_size
+    p = subprocess.Popen([sys.executable, "-m", "llmctl", "pull", REPO, "--quiet"],
+                         env=env_for(home, hub.url), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(e["sent"] >= stall for e in hub.log()
+                  if e["name"] == "model.safetensors") < 3:  # every part has gone silent
+            assert time.monotonic() < deadline and p.poll() is None, p.poll()
+            time.sleep(0.05)
+        time.sleep(0.5)  # what was sent is read and written; now every read waits
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert time.monotonic() - t0 < 5
+        assert p.returncode == 130 and "Traceback" not in err
+        assert err.strip().splitlines() == [
+            "interrupted: `llmctl pull` again resumes where this one stopped"]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    found = parts_map(home)
+    assert found is not None
+    have = held(found[1])
+    assert have >= 3 * stall
+    httpx.get(hub.url + "/control/set?stall=0")
+    before = len(hub.log())
+    try:
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        assert weights_sent(hub.log()[before:]) == size - have
+        assert same_weights(home, hub)
+    finally:
+        hub.stop()
+
+
+def test_a_whole_file_in_answer_to_one_range_mid_pull_keeps_the_parts_fetched(tmp_path):
+    hub = Hub(tmp_path, "--ignore-range-at", "2", "--conn-rate", str(8 * MiB), weights=BIG)
+    home = tmp_path / "home"
+    size = (hub.folder / "model.safetensors").stat().st_size
+    try:
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        got = [e for e in hub.log() if e["name"] == "model.safetensors"]
+        assert [e["status"] for e in got].count(200) == 1, got
+        # Taken for a dropped connection: every byte came once, from a range.
+        assert sum(e["sent"] for e in got if e["status"] == 206) == size
+        assert same_weights(home, hub)
+    finally:
+        hub.stop()
+
+
+def test_a_few_502s_from_the_hub_are_retried(tmp_path):
+    hub = Hub(tmp_path, "--fail", "3:502")
+    home = tmp_path / "home"
+    try:
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        assert [e["status"] for e in hub.log()].count(502) == 3
+        assert same_weights(home, hub)
+    finally:
+        hub.stop()
+
+
+def test_a_connection_that_keeps_dropping_but_brings_bytes_each_time_gets_there(tmp_path):
+    hub = Hub(tmp_path, "--cut", str(MiB))  # the 8 MiB weights need 9 connections
+    home = tmp_path / "home"
+    try:
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        assert len([e for e in hub.log() if e["name"] == "model.safetensors"]) > fetch_attempts()
+        assert same_weights(home, hub)
+    finally:
+        hub.stop()
+
+
+def fetch_attempts() -> int:
+    from llmctl import fetch
+
+    return fetch.ATTEMPTS
+
+
+def test_a_hub_that_answers_ranges_shorter_than_asked_is_followed(tmp_path):
+    hub = Hub(tmp_path, "--range-cap", str(5 * MiB), weights=BIG)  # 16 MiB parts, 5 MiB answers
+    home = tmp_path / "home"
+    size = (hub.folder / "model.safetensors").stat().st_size
+    try:
+        r = llmctl(home, hub.url, "pull", REPO)
+        assert r.returncode == 0, r.stderr
+        got = [e for e in hub.log() if e["name"] == "model.safetensors"]
+        assert all(e["status"] == 206 for e in got) and len(got) >= 10
+        assert weights_sent(got) == size
+        assert same_weights(home, hub)
+    finally:
+        hub.stop()
+
+
+def test_a_kept_alive_connection_the_hub_closed_while_idle_is_opened_again_at_once(tmp_path):
+    from llmctl import fetch
+
+    hub = Hub(tmp_path, "--keep-alive", "0.3")
+    link = fetch._Link({})  # one worker's connections
+    url = f"{hub.url}/{REPO}/resolve/main/config.json"
+    try:
+        for _ in range(3):
+            t0 = time.monotonic()
+            r = link.get(url, None)
+            assert r.status == 200 and r.read() == (hub.folder / "config.json").read_bytes()
+            assert time.monotonic() - t0 < 1  # no back-off
+            time.sleep(0.8)  # meanwhile the hub closes the idle connection
+    finally:
+        link.close()
         hub.stop()
 
 

@@ -90,3 +90,99 @@ def test_the_connections_come_from_the_file_then_the_environment():
                                                  "connections 1-64, not 'lots'") as e:
         config.parse({}, env={"LLMCTL_PULL_CONNECTIONS": "lots"})
     assert "pull.connections" in (e.value.hint or "")
+
+
+MB16 = 16 * MiB
+
+
+@pytest.mark.parametrize("value, end", [
+    (f"bytes {MB16}-{2 * MB16 - 1}/{4 * MB16}", 2 * MB16),  # the part, whole
+    (f"bytes {MB16}-{MB16 + 99}/{4 * MB16}", MB16 + 100),  # shorter: the rest asked next
+    (f"bytes {MB16}-{2 * MB16 - 1}/*", 2 * MB16),  # size unknown to the server
+    (f" bytes {MB16}-{MB16}/{4 * MB16} ", MB16 + 1),
+])
+def test_a_content_range_within_the_part_says_where_the_body_ends(value, end):
+    assert fetch.content_range(value, MB16, 2 * MB16, 4 * MB16) == end
+
+
+@pytest.mark.parametrize("value", [
+    None, "", "bytes */67108864", f"bytes 0-{MB16 - 1}/{4 * MB16}",  # not where asked
+    f"bytes {MB16}-{2 * MB16}/{4 * MB16}",  # past the part
+    f"bytes {MB16}-{MB16 - 1}/{4 * MB16}",  # ends before it starts
+    f"bytes {MB16}-{2 * MB16 - 1}/{5 * MB16}",  # another file's size
+    f"bytes {MB16}-{2 * MB16 - 1}/{4 * MB16}, bytes 0-1/{4 * MB16}", "items 16-31/64",
+])
+def test_a_content_range_other_than_asked_is_a_dropped_connection(value):
+    with pytest.raises(fetch.http.client.HTTPException, match="a range other than the one"):
+        fetch.content_range(value, MB16, 2 * MB16, 4 * MB16)
+
+
+def test_a_burst_of_429s_halves_the_pool_once():
+    f = fetch.Fetcher([], connections=8)
+    for _ in range(6):  # six requests sent together, six answers
+        f._busy(2.0)
+    assert f.allowed == 4
+    f.pause_until = 0.0  # the pause is over: the next 429 is news
+    f._busy(2.0)
+    assert f.allowed == 2
+
+
+@pytest.mark.parametrize("parts", [
+    [],  # no parts at all
+    [[0, 16 * MiB, 99 * MiB, 0], [16 * MiB, 64 * MiB, 0, 0]],  # holds more than it spans
+    [[0, 64 * MiB, 5, "crc"]],  # a crc that is no number
+    [[0, 64 * MiB, 5]],
+])
+def test_a_broken_map_is_dropped_and_not_counted_as_held(tmp_path, parts):
+    w = _want(tmp_path)
+    w.work.write_bytes(b"x")
+    w.map.write_text(json.dumps({"size": w.size, "sha256": w.sha256, "parts": parts}))
+    assert fetch.held(w) == 0
+    f = fetch.Fetcher([w])
+    f._load(f.files[0])
+    assert not w.work.exists() and not w.map.exists()
+
+
+def _proxy_answering_407():
+    """A proxy on a local port that wants credentials from everyone."""
+    import socketserver
+    import threading
+
+    class Deny(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+            self.wfile.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                             b"Proxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Deny)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])  # CONNECT, and a plain proxied GET
+def test_a_proxy_that_wants_credentials_is_one_line_at_once(tmp_path, monkeypatch, scheme):
+    server = _proxy_answering_407()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(f"{scheme}_proxy", f"http://127.0.0.1:{server.server_address[1]}")
+    w = fetch.Want("w", f"{scheme}://hub.invalid/w", tmp_path / "blob", 10, None)
+    try:
+        with pytest.raises(fetch.ModelError, match="w: the proxy wants credentials") as e:
+            fetch.Fetcher([w], connections=1).run()
+        assert "USER:PASSWORD@" in (e.value.hint or "")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_https_proxy_is_refused_in_one_line(tmp_path, monkeypatch):
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy", "https://proxy.invalid:8443")
+    w = fetch.Want("w", "https://hub.invalid/w", tmp_path / "blob", 10, None)
+    with pytest.raises(fetch.ModelError, match="HTTPS_PROXY is https://proxy.invalid:8443, "
+                                               "which `llmctl pull` cannot talk to") as e:
+        fetch.Fetcher([w], connections=1).run()
+    assert "http://" in (e.value.hint or "")
