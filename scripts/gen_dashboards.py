@@ -42,6 +42,11 @@ def row(title: str) -> dict:
     return {"row": title}
 
 
+# Tokens the engines generated and read, per second (vLLM's counters): on two dashboards.
+TOKENS = [q(f"sum by (model) (rate(vllm:generation_tokens_total{{{M}}}{RATE}))",
+            "{{model}} generated"),
+          q(f"sum by (model) (rate(vllm:prompt_tokens_total{{{M}}}{RATE}))", "{{model}} prompt")]
+
 OVERVIEW = [
     row("Traffic"),
     panel("Requests/s by model", "reqps",
@@ -58,10 +63,7 @@ OVERVIEW = [
     panel("End-to-end latency", "s", quantiles("llmctl_request_duration_seconds"),
           description="From the request reaching the proxy to its last byte."),
     panel("Tokens/s by model", "short",
-          [q(f"sum by (model) (rate(vllm:generation_tokens_total{{{M}}}{RATE}))",
-             "{{model}} generated"),
-           q(f"sum by (model) (rate(vllm:prompt_tokens_total{{{M}}}{RATE}))",
-             "{{model}} prompt")],
+          TOKENS,
           description="Tokens the engines generated and read, per second (vLLM's counters)."),
     panel("Requests in flight", "short",
           [q(f"sum by (model) (llmctl_requests_in_flight{{{M}}})", "{{model}}")],
@@ -114,10 +116,7 @@ ENGINES = [
           quantiles("vllm:request_queue_time_seconds", qs=(0.5, 0.95)),
           description="Time a request waited in the engine before it was scheduled."),
     panel("Engine tokens/s", "short",
-          [q(f"sum by (model) (rate(vllm:generation_tokens_total{{{M}}}{RATE}))",
-             "{{model}} generated"),
-           q(f"sum by (model) (rate(vllm:prompt_tokens_total{{{M}}}{RATE}))",
-             "{{model}} prompt")]),
+          TOKENS),
     row("On-demand life"),
     panel("Starts, swaps and idle stops in the range", "short",
           [q(f"sum by (model) (increase(llmctl_backend_starts_total{{{M}}}[$__range]))",
