@@ -427,12 +427,11 @@ class PullProgress:
         # Binary units throughout, as the line at the end and `models` say (MiB, GiB).
         # Figures never wrap; at 80 columns the bar gives way first, then long names end
         # in "…".
-        whole = Column(no_wrap=True)
         self.progress = Progress(
             TextColumn("{task.description}", table_column=Column(
                 no_wrap=True, overflow="ellipsis", ratio=3, min_width=12)),
             BarColumn(bar_width=None, table_column=Column(ratio=2, min_width=6)),
-            DownloadColumn(binary_units=True, table_column=whole),
+            DownloadColumn(binary_units=True, table_column=Column(no_wrap=True)),
             Speed(table_column=Column(no_wrap=True)),
             TimeRemainingColumn(table_column=Column(no_wrap=True)),
             console=err, transient=False, expand=True)

@@ -174,9 +174,7 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
         data = await asyncio.to_thread(status) if status else {"backends": {}}
         used = await asyncio.to_thread(usage_summary) if callers.keys_path is not None else None
         if not c.admin:
-            mine = None if c.allowed is None else \
-                {b.model.key for b in models.all if c.may_use(b)}
-            data = redacted(data, mine)
+            data = redacted(data, models.keys_for(c))
             if used is not None:  # usage per key: a named key sees its own
                 data["usage"] = {k: v for k, v in used.items() if k == c.name}
             return JSONResponse(data)
@@ -201,8 +199,8 @@ def build(*, models: Models, callers: Callers, control: Control, ledger: Ledger,
             return JSONResponse({"now": None, "interval_s": None, "span_s": 0, "points": []})
         if c.admin:
             return JSONResponse(history(since))
-        mine = None if c.allowed is None else {b.model.key for b in models.all if c.may_use(b)}
-        return JSONResponse(history(since, models=mine, key=c.name, hardware=False))
+        return JSONResponse(history(since, models=models.keys_for(c), key=c.name,
+                                    hardware=False))
 
     if web:
         _web_routes(api)

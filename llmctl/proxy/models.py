@@ -77,5 +77,10 @@ class Models:
         return [(b.model.name, b.model.upstream) for b in self.all
                 if b.model.managed and b.state in SCRAPED_STATES]
 
+    def keys_for(self, caller: Caller) -> set[str] | None:
+        """The model keys a caller may use; None: all of them."""
+        return None if caller.allowed is None else \
+            {b.model.key for b in self.all if caller.may_use(b)}
+
     def states(self) -> dict[str, str]:
         return {b.model.name: str(b.state) for b in self.all}
